@@ -1,0 +1,263 @@
+//! Recognises and loads the kernel image: bzImage (boot protocol >= 2.06
+//! with a 64-bit entry point), ELF64 with a 64-bit entry, or ELF64 with a
+//! PVH note (preferred when present, as QEMU and cloud-hypervisor do).
+
+use std::io::{Read, Seek, SeekFrom};
+
+use address_space::memory::low_ram_end;
+use address_space::GuestMemoryMmap;
+use linux_loader::loader::bootparam::setup_header;
+use linux_loader::loader::{BzImage, Elf, KernelLoader, PvhBootCapability};
+use vm_memory::{Address, GuestAddress, ReadVolatile};
+
+use crate::error::BootError;
+use crate::layout::{ELF_CMDLINE_MAX, HIGH_MEMORY_START};
+
+/// Offset of the 64-bit entry point from a bzImage's load address.
+const BZIMAGE_ENTRY64_OFFSET: u64 = 0x200;
+/// xloadflags bit: the kernel has a 64-bit entry point at +0x200.
+const XLF_KERNEL_64: u16 = 1;
+/// `HdrS` magic at offset 0x202.
+const HDRS_MAGIC: &[u8; 4] = b"HdrS";
+/// ELF machine number of x86-64.
+const EM_X86_64: u16 = 62;
+
+/// The mode the boot vCPU starts in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EntryMode {
+    /// 64-bit long mode with identity paging (Linux 64-bit boot protocol).
+    Long64,
+    /// 32-bit protected mode, paging off (PVH).
+    Pvh32,
+}
+
+/// A kernel loaded into guest memory.
+#[derive(Clone)]
+pub struct LoadedKernel {
+    /// Entry point.
+    pub entry: u64,
+    /// How to enter.
+    pub entry_mode: EntryMode,
+    /// Lowest address the kernel occupies.
+    pub start: u64,
+    /// End (exclusive) of the memory the kernel needs, including a
+    /// bzImage's in-place decompression area (`init_size`).
+    pub end: u64,
+    /// The bzImage setup header, passed on in the zero page.
+    pub setup_header: Option<setup_header>,
+    /// Longest command line the kernel accepts, excluding the NUL.
+    pub cmdline_max: usize,
+    /// Highest address (inclusive) the initrd may occupy.
+    pub initrd_addr_max: u64,
+}
+
+enum Format {
+    BzImage,
+    Elf,
+}
+
+fn detect<K: Read + Seek>(kernel: &mut K) -> Result<Format, BootError> {
+    let mut head = [0u8; 0x206];
+    kernel.rewind().map_err(BootError::KernelRead)?;
+    let mut filled = 0;
+    while filled < head.len() {
+        match kernel.read(&mut head[filled..]).map_err(BootError::KernelRead)? {
+            0 => break,
+            n => filled += n,
+        }
+    }
+    if filled >= 0x206 && &head[0x202..0x206] == HDRS_MAGIC {
+        return Ok(Format::BzImage);
+    }
+    if filled >= 20 && head[..4] == *b"\x7fELF" {
+        if head[4] != 2 {
+            return Err(BootError::UnsupportedElf(
+                "32-bit ELF (ELFCLASS32); an ELF64 image is required".into(),
+            ));
+        }
+        let machine = u16::from_le_bytes([head[18], head[19]]);
+        if machine != EM_X86_64 {
+            return Err(BootError::UnsupportedElf(format!(
+                "machine type {machine} is not x86-64"
+            )));
+        }
+        return Ok(Format::Elf);
+    }
+    Err(BootError::NotAKernel)
+}
+
+/// Loads the kernel into `mem` and reports how to enter it.
+pub fn load_kernel<K: Read + ReadVolatile + Seek>(
+    mem: &GuestMemoryMmap,
+    kernel: &mut K,
+) -> Result<LoadedKernel, BootError> {
+    match detect(kernel)? {
+        Format::BzImage => load_bzimage(mem, kernel),
+        Format::Elf => load_elf(mem, kernel),
+    }
+}
+
+fn read_setup_header<K: Read + Seek>(kernel: &mut K) -> Result<setup_header, BootError> {
+    let mut hdr = setup_header::default();
+    kernel
+        .seek(SeekFrom::Start(0x1f1))
+        .map_err(BootError::KernelRead)?;
+    // SAFETY: setup_header is plain old data; any byte pattern is valid.
+    let bytes = unsafe {
+        std::slice::from_raw_parts_mut(
+            (&mut hdr as *mut setup_header).cast::<u8>(),
+            std::mem::size_of::<setup_header>(),
+        )
+    };
+    kernel.read_exact(bytes).map_err(BootError::KernelRead)?;
+    Ok(hdr)
+}
+
+fn load_bzimage<K: Read + ReadVolatile + Seek>(
+    mem: &GuestMemoryMmap,
+    kernel: &mut K,
+) -> Result<LoadedKernel, BootError> {
+    let hdr = read_setup_header(kernel)?;
+    let version = hdr.version;
+    if version < 0x0206 {
+        return Err(BootError::UnsupportedBzImage(format!(
+            "boot protocol {}.{:02} is older than 2.06",
+            version >> 8,
+            version & 0xff
+        )));
+    }
+    let xloadflags = hdr.xloadflags;
+    if xloadflags & XLF_KERNEL_64 == 0 {
+        return Err(BootError::UnsupportedBzImage(
+            "no 64-bit entry point (XLF_KERNEL_64 not set in xloadflags)".into(),
+        ));
+    }
+    if hdr.loadflags & 1 == 0 {
+        return Err(BootError::UnsupportedBzImage(
+            "not loadable high (LOADED_HIGH not set in loadflags)".into(),
+        ));
+    }
+    let setup_sects = if hdr.setup_sects == 0 { 4 } else { u64::from(hdr.setup_sects) };
+    let file_len = kernel.seek(SeekFrom::End(0)).map_err(BootError::KernelRead)?;
+    let payload = file_len.saturating_sub((setup_sects + 1) * 512);
+    let load_addr = u64::from(hdr.code32_start);
+    let init_size = if version >= 0x020a { u64::from(hdr.init_size) } else { 0 };
+    let end = load_addr + payload.max(init_size);
+    let ram_end = low_ram_end(mem);
+    if end > ram_end {
+        return Err(BootError::KernelTooLarge { end, ram_end });
+    }
+    let result = BzImage::load(mem, None, kernel, Some(GuestAddress(HIGH_MEMORY_START)))?;
+    let loaded = result.kernel_load.raw_value();
+    let hdr = result.setup_header.unwrap_or(hdr);
+    Ok(LoadedKernel {
+        entry: loaded + BZIMAGE_ENTRY64_OFFSET,
+        entry_mode: EntryMode::Long64,
+        start: loaded,
+        end: end.max(result.kernel_end),
+        cmdline_max: hdr.cmdline_size as usize,
+        initrd_addr_max: u64::from(hdr.initrd_addr_max),
+        setup_header: Some(hdr),
+    })
+}
+
+fn load_elf<K: Read + ReadVolatile + Seek>(
+    mem: &GuestMemoryMmap,
+    kernel: &mut K,
+) -> Result<LoadedKernel, BootError> {
+    let result = Elf::load(mem, None, kernel, Some(GuestAddress(HIGH_MEMORY_START)))?;
+    let ram_end = low_ram_end(mem);
+    if result.kernel_end > ram_end {
+        return Err(BootError::KernelTooLarge {
+            end: result.kernel_end,
+            ram_end,
+        });
+    }
+    let (entry, entry_mode) = match result.pvh_boot_cap {
+        PvhBootCapability::PvhEntryPresent(addr) => (addr.raw_value(), EntryMode::Pvh32),
+        _ => (result.kernel_load.raw_value(), EntryMode::Long64),
+    };
+    if entry < HIGH_MEMORY_START || entry >= result.kernel_end.max(HIGH_MEMORY_START + 1) {
+        return Err(BootError::UnsupportedElf(format!(
+            "entry point {entry:#x} lies outside the loaded segments"
+        )));
+    }
+    Ok(LoadedKernel {
+        entry,
+        entry_mode,
+        start: HIGH_MEMORY_START,
+        end: result.kernel_end,
+        setup_header: None,
+        cmdline_max: ELF_CMDLINE_MAX - 1,
+        initrd_addr_max: ram_end - 1,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use address_space::memory::{create_guest_memory, MemoryOptions};
+    use std::io::Cursor;
+
+    fn mem() -> GuestMemoryMmap {
+        create_guest_memory(32 << 20, MemoryOptions::default()).unwrap()
+    }
+
+    fn bzimage(version: u16, xloadflags: u16, payload: usize, init_size: u32) -> Vec<u8> {
+        let mut img = vec![0u8; 1024 + payload];
+        img[0x1f1] = 1; // setup_sects
+        img[0x1fe..0x200].copy_from_slice(&0xaa55u16.to_le_bytes());
+        img[0x202..0x206].copy_from_slice(HDRS_MAGIC);
+        img[0x206..0x208].copy_from_slice(&version.to_le_bytes());
+        img[0x211] = 1; // LOADED_HIGH
+        img[0x214..0x218].copy_from_slice(&0x10_0000u32.to_le_bytes());
+        img[0x22c..0x230].copy_from_slice(&0x37ff_ffffu32.to_le_bytes());
+        img[0x236..0x238].copy_from_slice(&xloadflags.to_le_bytes());
+        img[0x238..0x23c].copy_from_slice(&2047u32.to_le_bytes());
+        img[0x260..0x264].copy_from_slice(&init_size.to_le_bytes());
+        img[1024] = 0xf4;
+        img
+    }
+
+    #[test]
+    fn bzimage_loads_with_64bit_entry() {
+        let m = mem();
+        let k = load_kernel(&m, &mut Cursor::new(bzimage(0x020f, 1, 4096, 0x20000))).unwrap();
+        assert_eq!(k.entry, 0x10_0200);
+        assert_eq!(k.entry_mode, EntryMode::Long64);
+        assert_eq!(k.end, 0x10_0000 + 0x20000);
+        assert_eq!(k.cmdline_max, 2047);
+        assert_eq!(k.initrd_addr_max, 0x37ff_ffff);
+    }
+
+    #[test]
+    fn old_or_32bit_bzimage_is_refused() {
+        let m = mem();
+        let e = load_kernel(&m, &mut Cursor::new(bzimage(0x0205, 1, 512, 0))).err().unwrap();
+        assert!(e.to_string().contains("2.05 is older than 2.06"), "{e}");
+        let e = load_kernel(&m, &mut Cursor::new(bzimage(0x020f, 0, 512, 0))).err().unwrap();
+        assert!(e.to_string().contains("no 64-bit entry point"), "{e}");
+    }
+
+    #[test]
+    fn bzimage_larger_than_ram_is_refused() {
+        let m = mem();
+        let e = load_kernel(&m, &mut Cursor::new(bzimage(0x020f, 1, 512, 64 << 20)))
+            .err()
+            .unwrap();
+        assert!(matches!(e, BootError::KernelTooLarge { .. }), "{e}");
+    }
+
+    #[test]
+    fn garbage_is_not_a_kernel() {
+        let m = mem();
+        let e = load_kernel(&m, &mut Cursor::new(vec![0x55u8; 4096])).err().unwrap();
+        assert!(matches!(e, BootError::NotAKernel));
+        let e = load_kernel(&m, &mut Cursor::new(Vec::new())).err().unwrap();
+        assert!(matches!(e, BootError::NotAKernel));
+        let mut elf32 = vec![0u8; 64];
+        elf32[..5].copy_from_slice(b"\x7fELF\x01");
+        let e = load_kernel(&m, &mut Cursor::new(elf32)).err().unwrap();
+        assert!(e.to_string().contains("ELFCLASS32"), "{e}");
+    }
+}
