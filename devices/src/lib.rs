@@ -1,1 +1,50 @@
-//! placeholder
+//! Legacy devices of the microVM, each a [`address_space::BusDevice`] on
+//! the port-I/O bus:
+//! - [`serial::SerialDevice`]: 16550A UART (COM1 at 0x3F8, IRQ 4), from vm-superio;
+//! - [`i8042::I8042`]: keyboard controller, only for the CPU-reset command;
+//! - [`boot_complete::BootCompletePort`]: a port the guest writes to when it
+//!   has booted, so boot time can be measured without parsing the console.
+
+pub mod boot_complete;
+pub mod i8042;
+pub mod serial;
+
+/// I/O port of COM1.
+pub const COM1_PORT: u64 = 0x3f8;
+/// Number of ports a 16550A occupies.
+pub const COM1_PORT_LEN: u64 = 8;
+/// GSI (IRQ line) of COM1.
+pub const COM1_IRQ: u32 = 4;
+/// First I/O port of the i8042 (data port; the command port is +4).
+pub const I8042_PORT: u64 = 0x60;
+/// Ports covered by the i8042.
+pub const I8042_PORT_LEN: u64 = 5;
+/// The boot-complete port.
+pub const BOOT_COMPLETE_PORT: u64 = 0x3f0;
+/// Byte the guest writes to [`BOOT_COMPLETE_PORT`] to signal boot completion
+/// (the same convention as Firecracker's boot timer).
+pub const BOOT_COMPLETE_MAGIC: u8 = 123;
+
+/// Errors of legacy device set-up.
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceError {
+    /// Creating an eventfd failed.
+    #[error("cannot create eventfd for {what}: {source}")]
+    EventFd {
+        /// Which device.
+        what: &'static str,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// Opening the serial output file failed.
+    #[error("-serial: cannot open '{path}': {source}")]
+    SerialFile {
+        /// The path given.
+        path: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// Spawning the serial input thread failed.
+    #[error("cannot start the serial input thread: {0}")]
+    InputThread(std::io::Error),
+}
