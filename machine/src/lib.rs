@@ -1,1 +1,267 @@
-//! placeholder
+//! Assembles an x86_64 microVM from a [`VmConfig`] and runs it until the
+//! guest resets, shuts down or fails, or the host asks it to stop.
+//!
+//! [`MicroVm::build`] reads top to bottom as the recipe: check KVM, create
+//! the VM and its interrupt controllers, map guest RAM, load the kernel and
+//! boot structures, attach the legacy devices, create the vCPUs.
+
+pub mod error;
+pub mod events;
+pub mod kvm_checks;
+pub mod legacy;
+
+use std::fs::File;
+use std::io::Cursor;
+use std::sync::mpsc::Receiver;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use address_space::memory::{create_guest_memory, register_with_kvm};
+use address_space::{Bus, GuestMemoryMmap, MemoryOptions};
+use boot_loader::{load_boot_source, BootInfo, BootSource, InitrdSource};
+use cpu::{Vcpu, VcpuControl, VcpuEvent, VcpuHandle, VcpuRunState};
+use kvm_bindings::{kvm_pit_config, KVM_PIT_SPEAKER_DUMMY};
+use kvm_ioctls::{Kvm, VmFd};
+use machine_manager::config::VmConfig;
+
+pub use error::MachineError;
+pub use events::{EventSender, VmEvent};
+use legacy::LegacyDevices;
+
+/// Address of the 3-page region KVM needs for the TSS on Intel hosts
+/// (just below the BIOS area at the top of 4 GiB, inside the MMIO gap).
+const KVM_TSS_ADDRESS: usize = 0xfffb_d000;
+
+/// Why the VM stopped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExitReason {
+    /// The guest reset the machine (i8042 or KVM reset event).
+    Reset,
+    /// The guest shut down (e.g. triple fault).
+    Shutdown(&'static str),
+    /// Every vCPU halted for good.
+    Halted,
+    /// The host asked the VM to stop (signal number).
+    HostSignal(i32),
+    /// A vCPU failed.
+    Error(String),
+}
+
+/// The kernel to boot: a file, or an image built into the binary.
+pub enum KernelSource<'a> {
+    /// A kernel image on disk.
+    File(&'a std::path::Path),
+    /// An in-memory image (the built-in demo guest).
+    Builtin(&'static [u8]),
+}
+
+/// A built microVM, ready to run.
+pub struct MicroVm {
+    // Field order matters on drop: vCPUs before the VM, the VM before memory.
+    vcpus: Vec<Vcpu>,
+    legacy: LegacyDevices,
+    events: Receiver<VmEvent>,
+    sender: EventSender,
+    boot: BootInfo,
+    _vm: VmFd,
+    _kvm: Kvm,
+    _mem: GuestMemoryMmap,
+}
+
+impl MicroVm {
+    /// Builds the microVM described by `cfg`. `start` is the VMM's start
+    /// time, used to report boot-complete latency.
+    pub fn build(
+        cfg: &VmConfig,
+        kernel: KernelSource<'_>,
+        start: Instant,
+    ) -> Result<Self, MachineError> {
+        reject_unsupported(cfg)?;
+        let kvm = kvm_checks::open_kvm()?;
+        let vm = create_vm(&kvm)?;
+        let mem = create_guest_memory(
+            cfg.machine.mem_size,
+            MemoryOptions {
+                shared: cfg.machine.mem_share,
+                no_dump: !cfg.machine.dump_guest_core,
+            },
+        )?;
+        register_with_kvm(&vm, &mem)?;
+        let boot = load_guest(&mem, cfg, kernel)?;
+        log::info!(
+            "kernel loaded at {:#x}-{:#x}, entry {:#x} ({:?})",
+            boot.kernel.0,
+            boot.kernel.1,
+            boot.entry,
+            boot.protocol
+        );
+
+        let (sender, events) = events::channel();
+        let mut io_bus = Bus::new();
+        let legacy = LegacyDevices::attach(&vm, &mut io_bus, &cfg.serial, sender.clone(), start)?;
+        let io_bus = Arc::new(io_bus);
+        let mmio_bus = Arc::new(Bus::new());
+
+        let nr_vcpus = cfg.machine.nr_vcpus;
+        let mut vcpus = Vec::with_capacity(usize::from(nr_vcpus));
+        for id in 0..nr_vcpus {
+            vcpus.push(Vcpu::new(
+                &kvm,
+                &vm,
+                id,
+                nr_vcpus,
+                (id == 0).then_some(&boot),
+                io_bus.clone(),
+                mmio_bus.clone(),
+                Arc::new(sender.clone()),
+            )?);
+        }
+        Ok(Self {
+            vcpus,
+            legacy,
+            events,
+            sender,
+            boot,
+            _vm: vm,
+            _kvm: kvm,
+            _mem: mem,
+        })
+    }
+
+    /// Where and how the guest was loaded.
+    pub fn boot_info(&self) -> &BootInfo {
+        &self.boot
+    }
+
+    /// A handle other threads (signal handling, later QMP) use to post
+    /// events to the running VM.
+    pub fn event_sender(&self) -> EventSender {
+        self.sender.clone()
+    }
+
+    /// Runs the guest until it stops; returns why.
+    pub fn run(self) -> Result<ExitReason, MachineError> {
+        cpu::install_kick_handler()?;
+        let MicroVm {
+            vcpus,
+            mut legacy,
+            events,
+            ..
+        } = self;
+        let nr_vcpus = vcpus.len();
+        let mut handles: Vec<VcpuHandle> = Vec::with_capacity(nr_vcpus);
+        for vcpu in vcpus {
+            handles.push(vcpu.start(VcpuControl::new(VcpuRunState::Running))?);
+        }
+        let mut halted = 0;
+        let reason = loop {
+            let Ok(event) = events.recv() else {
+                break ExitReason::Error("event channel closed".into());
+            };
+            match event {
+                VmEvent::GuestReset | VmEvent::Vcpu(_, VcpuEvent::Reset) => break ExitReason::Reset,
+                VmEvent::Vcpu(id, VcpuEvent::Shutdown(why)) => {
+                    log::warn!("guest shutdown reported by vCPU {id}: {why}");
+                    break ExitReason::Shutdown(why);
+                }
+                VmEvent::Vcpu(id, VcpuEvent::Error(e)) => {
+                    break ExitReason::Error(format!("vCPU {id}: {e}"))
+                }
+                VmEvent::Vcpu(id, VcpuEvent::Halted) => {
+                    halted += 1;
+                    log::info!("vCPU {id} halted");
+                    if halted == nr_vcpus {
+                        break ExitReason::Halted;
+                    }
+                }
+                VmEvent::HostSignal(sig) => break ExitReason::HostSignal(sig),
+            }
+        };
+        for h in handles.iter_mut() {
+            h.stop();
+        }
+        legacy.flush();
+        Ok(reason)
+    }
+}
+
+/// Device sections parsed from the configuration whose device models are
+/// not part of this build yet are refused rather than silently ignored.
+fn reject_unsupported(cfg: &VmConfig) -> Result<(), MachineError> {
+    if let Some(d) = cfg.drives.first() {
+        return Err(MachineError::Unsupported(format!("drive '{}' (virtio-blk)", d.id)));
+    }
+    if let Some(n) = cfg.nets.first() {
+        return Err(MachineError::Unsupported(format!("net '{}' (virtio-net)", n.id)));
+    }
+    if let Some(v) = &cfg.vsock {
+        return Err(MachineError::Unsupported(format!("vsock '{}'", v.id)));
+    }
+    if cfg.rng.is_some() {
+        return Err(MachineError::Unsupported("rng (virtio-rng)".into()));
+    }
+    Ok(())
+}
+
+/// Creates the VM with its in-kernel IOAPIC/PIC/LAPICs and PIT.
+fn create_vm(kvm: &Kvm) -> Result<VmFd, MachineError> {
+    let kvm_err = |what| move |source| MachineError::Kvm { what, source };
+    let vm = kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
+    vm.set_tss_address(KVM_TSS_ADDRESS)
+        .map_err(kvm_err("KVM_SET_TSS_ADDR"))?;
+    vm.create_irq_chip().map_err(kvm_err("KVM_CREATE_IRQCHIP"))?;
+    let pit = kvm_pit_config {
+        flags: KVM_PIT_SPEAKER_DUMMY,
+        ..Default::default()
+    };
+    vm.create_pit2(pit).map_err(kvm_err("KVM_CREATE_PIT2"))?;
+    Ok(vm)
+}
+
+/// Loads the kernel, command line and initrd, and writes the boot tables.
+fn load_guest(
+    mem: &GuestMemoryMmap,
+    cfg: &VmConfig,
+    kernel: KernelSource<'_>,
+) -> Result<BootInfo, MachineError> {
+    let mut initrd_file = match &cfg.boot.initrd {
+        Some(path) => Some(File::open(path).map_err(|source| MachineError::InitrdOpen {
+            path: path.display().to_string(),
+            source,
+        })?),
+        None => None,
+    };
+    let initrd = initrd_file.as_mut().map(|f| f as &mut dyn InitrdSource);
+    let cmdline = cfg.boot.cmdline.as_str();
+    let nr_cpus = cfg.machine.nr_vcpus;
+    let info = match kernel {
+        KernelSource::File(path) => {
+            let mut file = File::open(path).map_err(|source| MachineError::KernelOpen {
+                path: path.display().to_string(),
+                source,
+            })?;
+            load_boot_source(
+                mem,
+                BootSource {
+                    kernel: &mut file,
+                    initrd,
+                    cmdline,
+                    nr_cpus,
+                },
+            )?
+        }
+        KernelSource::Builtin(bytes) => load_boot_source(
+            mem,
+            BootSource {
+                kernel: &mut Cursor::new(bytes),
+                initrd,
+                cmdline,
+                nr_cpus,
+            },
+        )?,
+    };
+    Ok(info)
+}
+
+/// Keeps the serial device reachable for callers that need to flush it.
+pub type SharedSerial = Arc<Mutex<devices::serial::SerialDevice>>;

@@ -1,0 +1,79 @@
+//! Errors of assembling and running a microVM.
+
+use boot_loader::BootError;
+
+/// Building or running the microVM failed.
+#[derive(Debug, thiserror::Error)]
+pub enum MachineError {
+    /// /dev/kvm could not be opened.
+    #[error("cannot open /dev/kvm: {0} (is KVM available and are you allowed to use it?)")]
+    KvmOpen(kvm_ioctls::Error),
+    /// The KVM API version is not 12.
+    #[error("KVM API version {0} is not supported (need 12)")]
+    KvmApiVersion(i32),
+    /// A KVM capability altovirt uses is missing.
+    #[error("KVM lacks a required capability: {0}")]
+    KvmMissingCap(&'static str),
+    /// A VM-level KVM call failed.
+    #[error("{what} failed: {source}")]
+    Kvm {
+        /// The ioctl or step.
+        what: &'static str,
+        /// The KVM error.
+        source: kvm_ioctls::Error,
+    },
+    /// Guest memory could not be set up.
+    #[error("guest memory: {0}")]
+    Memory(#[from] address_space::MemoryError),
+    /// A device could not be placed on a bus.
+    #[error("cannot register {what}: {source}")]
+    Bus {
+        /// Which device.
+        what: &'static str,
+        /// The bus error.
+        source: address_space::BusError,
+    },
+    /// The kernel file could not be opened.
+    #[error("-kernel: cannot open '{path}': {source}")]
+    KernelOpen {
+        /// Path given.
+        path: String,
+        /// OS error.
+        source: std::io::Error,
+    },
+    /// The initrd file could not be opened.
+    #[error("-initrd: cannot open '{path}': {source}")]
+    InitrdOpen {
+        /// Path given.
+        path: String,
+        /// OS error.
+        source: std::io::Error,
+    },
+    /// A boot step failed.
+    #[error("{0}")]
+    Boot(#[from] BootError),
+    /// A legacy device could not be created.
+    #[error("{0}")]
+    Device(#[from] devices::DeviceError),
+    /// A vCPU could not be created or started.
+    #[error("{0}")]
+    Cpu(#[from] cpu::CpuError),
+    /// A configured device type is not implemented yet.
+    #[error("{0}: not supported yet by this altovirt build")]
+    Unsupported(String),
+}
+
+impl MachineError {
+    /// True when the error comes from what the user supplied (a bad image,
+    /// a command line too long, …) rather than from the host; the binary
+    /// exits with status 2 for these, like for command-line errors.
+    pub fn is_user_error(&self) -> bool {
+        matches!(
+            self,
+            MachineError::Boot(_)
+                | MachineError::KernelOpen { .. }
+                | MachineError::InitrdOpen { .. }
+                | MachineError::Unsupported(_)
+        )
+    }
+}

@@ -1,0 +1,103 @@
+//! Wires the legacy devices onto the port-I/O bus and their interrupts to
+//! KVM: COM1 (IRQ 4 through an irqfd), the i8042, the boot-complete port.
+
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use address_space::Bus;
+use devices::boot_complete::BootCompletePort;
+use devices::i8042::I8042;
+use devices::serial::{spawn_input_thread, SerialDevice};
+use devices::{DeviceError, BOOT_COMPLETE_PORT, COM1_IRQ, COM1_PORT, COM1_PORT_LEN, I8042_PORT, I8042_PORT_LEN};
+use kvm_ioctls::VmFd;
+use machine_manager::config::SerialConfig;
+
+use crate::error::MachineError;
+use crate::events::EventSender;
+
+/// The legacy devices of a running VM.
+pub struct LegacyDevices {
+    serial: Option<Arc<Mutex<SerialDevice>>>,
+    boot_complete: Arc<Mutex<BootCompletePort>>,
+}
+
+impl LegacyDevices {
+    /// Creates the devices and registers them on `io_bus`.
+    pub fn attach(
+        vm: &VmFd,
+        io_bus: &mut Bus,
+        serial_cfg: &SerialConfig,
+        events: EventSender,
+        start: Instant,
+    ) -> Result<Self, MachineError> {
+        let bus_err = |what| move |source| MachineError::Bus { what, source };
+        let serial = match serial_output(serial_cfg)? {
+            Some(out) => {
+                let (dev, irq) = SerialDevice::new(out)?;
+                vm.register_irqfd(&irq, COM1_IRQ)
+                    .map_err(|source| MachineError::Kvm {
+                        what: "KVM_IRQFD (serial)",
+                        source,
+                    })?;
+                // The irqfd holds its own reference; the device keeps the original.
+                drop(irq);
+                let dev = Arc::new(Mutex::new(dev));
+                io_bus
+                    .insert(COM1_PORT, COM1_PORT_LEN, dev.clone())
+                    .map_err(bus_err("serial"))?;
+                if matches!(serial_cfg, SerialConfig::Stdio) {
+                    spawn_input_thread(dev.clone(), Box::new(std::io::stdin()))?;
+                }
+                Some(dev)
+            }
+            None => None,
+        };
+        io_bus
+            .insert(I8042_PORT, I8042_PORT_LEN, Arc::new(Mutex::new(I8042::new(Box::new(events)))))
+            .map_err(bus_err("i8042"))?;
+        let boot_complete = Arc::new(Mutex::new(BootCompletePort::new(start)));
+        io_bus
+            .insert(BOOT_COMPLETE_PORT, 1, boot_complete.clone())
+            .map_err(bus_err("boot-complete port"))?;
+        Ok(Self {
+            serial,
+            boot_complete,
+        })
+    }
+
+    /// Flushes guest console output.
+    pub fn flush(&mut self) {
+        if let Some(s) = &self.serial {
+            s.lock().unwrap_or_else(|p| p.into_inner()).flush();
+        }
+    }
+
+    /// Time from VMM start to the guest's boot-complete signal, if seen.
+    pub fn boot_time(&self) -> Option<std::time::Duration> {
+        self.boot_complete
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .boot_time()
+    }
+}
+
+fn serial_output(cfg: &SerialConfig) -> Result<Option<Box<dyn Write + Send>>, MachineError> {
+    Ok(match cfg {
+        SerialConfig::Stdio => Some(Box::new(std::io::stdout())),
+        SerialConfig::File(path) => {
+            let file = OpenOptions::new()
+                .create(true)
+                .write(true)
+                .truncate(true)
+                .open(path)
+                .map_err(|source| DeviceError::SerialFile {
+                    path: path.display().to_string(),
+                    source,
+                })?;
+            Some(Box::new(file))
+        }
+        SerialConfig::None => None,
+    })
+}

@@ -1,0 +1,260 @@
+//! VM configuration: the types that describe a VM and the parsers that build
+//! them from the command line ([`parse_cmdline`]) and from a JSON file
+//! (`-config FILE`).
+//!
+//! Everything returned by the parsers has been validated: sizes and counts
+//! are in range, files exist and are readable, ids are unique. See
+//! `docs/config.md` for the user-facing reference.
+
+mod cmdline;
+mod error;
+mod json;
+mod options;
+mod size;
+mod validate;
+
+use std::path::PathBuf;
+
+pub use cmdline::{parse_cmdline, Command, USAGE};
+pub use error::ConfigError;
+pub use size::{MIN_MEM_SIZE, PAGE_SIZE};
+pub use validate::{MAX_IFNAME_LEN, MAX_VCPUS, MIN_VCPUS};
+
+/// Guest memory used when neither `-m` nor `machine-config.mem_size` is given.
+pub const DEFAULT_MEM_SIZE: u64 = 256 * size::MIB;
+
+/// Smallest vsock context id a guest may use (0-2 are reserved).
+pub const MIN_GUEST_CID: u32 = 3;
+
+/// A complete, validated description of the VM to run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VmConfig {
+    /// Guest name (`-name`, `machine-config.name`).
+    pub name: Option<String>,
+    /// Guest UUID in lower-case 8-4-4-4-12 form (`-uuid`).
+    pub uuid: Option<String>,
+    /// CPU and memory layout.
+    pub machine: MachineConfig,
+    /// What to boot.
+    pub boot: BootConfig,
+    /// Where the legacy serial port is connected.
+    pub serial: SerialConfig,
+    /// Where the VMM writes its own log (`-D`).
+    pub log: LogTarget,
+    /// Do not install the seccomp filter (`-disable-seccomp`).
+    pub disable_seccomp: bool,
+    /// Detach from the terminal and run in the background (`-daemonize`).
+    pub daemonize: bool,
+    /// File to write the VMM's process id to (`-pidfile`).
+    pub pidfile: Option<PathBuf>,
+    /// Exit instead of rebooting when the guest reboots (`-no-reboot`).
+    pub no_reboot: bool,
+    /// No graphical output (`-nographic`); accepted for compatibility.
+    pub nographic: bool,
+    /// Do not create default devices (`-nodefaults`).
+    pub nodefaults: bool,
+    /// Block devices, in the order given.
+    pub drives: Vec<DriveConfig>,
+    /// Network devices, in the order given.
+    pub nets: Vec<NetConfig>,
+    /// The vsock device, if any.
+    pub vsock: Option<VsockConfig>,
+    /// The entropy device, if any.
+    pub rng: Option<RngConfig>,
+}
+
+impl Default for VmConfig {
+    fn default() -> Self {
+        VmConfig {
+            name: None,
+            uuid: None,
+            machine: MachineConfig::default(),
+            boot: BootConfig::default(),
+            serial: SerialConfig::Stdio,
+            log: LogTarget::None,
+            disable_seccomp: false,
+            daemonize: false,
+            pidfile: None,
+            no_reboot: false,
+            nographic: false,
+            nodefaults: false,
+            drives: Vec::new(),
+            nets: Vec::new(),
+            vsock: None,
+            rng: None,
+        }
+    }
+}
+
+/// CPU and memory layout of the guest.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MachineConfig {
+    /// Guest memory in bytes: at least [`MIN_MEM_SIZE`], a multiple of [`PAGE_SIZE`].
+    pub mem_size: u64,
+    /// vCPUs started at boot, `1..=254`.
+    pub nr_vcpus: u8,
+    /// Most vCPUs the guest may have, `nr_vcpus..=254`.
+    pub max_vcpus: u8,
+    /// Include guest memory in a core dump of the VMM.
+    pub dump_guest_core: bool,
+    /// Map guest memory shared so other processes can map it too.
+    pub mem_share: bool,
+}
+
+impl Default for MachineConfig {
+    fn default() -> Self {
+        MachineConfig {
+            mem_size: DEFAULT_MEM_SIZE,
+            nr_vcpus: 1,
+            max_vcpus: 1,
+            dump_guest_core: true,
+            mem_share: false,
+        }
+    }
+}
+
+/// What the guest boots.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct BootConfig {
+    /// Kernel image; `None` boots the built-in demo guest.
+    pub kernel: Option<PathBuf>,
+    /// Initial RAM disk; only allowed together with a kernel.
+    pub initrd: Option<PathBuf>,
+    /// Kernel command line.
+    pub cmdline: String,
+}
+
+/// Backend of the legacy serial port.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SerialConfig {
+    /// The VMM's standard input and output.
+    Stdio,
+    /// Guest output is written to this file.
+    File(PathBuf),
+    /// No serial port.
+    None,
+}
+
+/// Destination of the VMM's own log messages.
+#[derive(Debug, Clone, PartialEq)]
+pub enum LogTarget {
+    /// Logging is off.
+    None,
+    /// Log to standard error.
+    Stderr,
+    /// Log to this file.
+    File(PathBuf),
+}
+
+/// A virtio block device.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DriveConfig {
+    /// Device id, unique among all devices.
+    pub id: String,
+    /// Image file or block device on the host.
+    pub path: PathBuf,
+    /// Expose the disk read-only.
+    pub read_only: bool,
+    /// Open the image with `O_DIRECT`.
+    pub direct: bool,
+}
+
+/// A virtio network device backed by a host tap device.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NetConfig {
+    /// Device id, unique among all devices.
+    pub id: String,
+    /// Name of the tap device on the host.
+    pub host_dev_name: String,
+    /// Guest MAC address as written (`xx:xx:xx:xx:xx:xx`), if fixed.
+    pub mac: Option<String>,
+}
+
+/// A virtio vsock device.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VsockConfig {
+    /// Device id, unique among all devices.
+    pub id: String,
+    /// Guest context id, `3..u32::MAX`.
+    pub guest_cid: u32,
+}
+
+/// A virtio entropy device.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RngConfig {
+    /// Host file the entropy is read from.
+    pub random_file: PathBuf,
+}
+
+#[cfg(test)]
+pub(crate) mod test_util {
+    //! Scratch directories for tests that need real files.
+
+    use std::path::{Path, PathBuf};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+    /// A directory removed again when dropped.
+    pub(crate) struct TempDir {
+        path: PathBuf,
+    }
+
+    impl TempDir {
+        /// Create a fresh, empty directory.
+        pub(crate) fn new(tag: &str) -> Self {
+            let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+            let path = std::env::temp_dir().join(format!(
+                "altovirt-config-{}-{}-{}",
+                std::process::id(),
+                tag,
+                n
+            ));
+            let _ = std::fs::remove_dir_all(&path);
+            std::fs::create_dir_all(&path).unwrap();
+            TempDir { path }
+        }
+
+        /// The directory itself.
+        pub(crate) fn path(&self) -> &Path {
+            &self.path
+        }
+
+        /// Write a file in the directory and return its path.
+        pub(crate) fn file(&self, name: &str, contents: &[u8]) -> PathBuf {
+            let path = self.path.join(name);
+            std::fs::write(&path, contents).unwrap();
+            path
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.path);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults() {
+        let vm = VmConfig::default();
+        assert_eq!(vm.machine.mem_size, 256 * 1024 * 1024);
+        assert_eq!(vm.machine.nr_vcpus, 1);
+        assert_eq!(vm.machine.max_vcpus, 1);
+        assert!(vm.machine.dump_guest_core);
+        assert!(!vm.machine.mem_share);
+        assert_eq!(vm.serial, SerialConfig::Stdio);
+        assert_eq!(vm.log, LogTarget::None);
+        assert_eq!(vm.boot, BootConfig::default());
+        assert_eq!(vm.boot.cmdline, "");
+        assert!(vm.name.is_none() && vm.uuid.is_none() && vm.pidfile.is_none());
+        assert!(!vm.disable_seccomp && !vm.daemonize && !vm.no_reboot);
+        assert!(!vm.nographic && !vm.nodefaults);
+        assert!(vm.drives.is_empty() && vm.nets.is_empty());
+        assert!(vm.vsock.is_none() && vm.rng.is_none());
+    }
+}
