@@ -1,1 +1,114 @@
-fn main(){}
+//! `altovirt`: boots a KVM microVM from a QEMU/StratoVirt-style command line
+//! or a JSON configuration file.
+
+use std::process::ExitCode;
+use std::time::Instant;
+
+use machine::{ExitReason, KernelSource, MicroVm, VmEvent};
+use machine_manager::config::{parse_cmdline, Command, SerialConfig, VmConfig, USAGE};
+use machine_manager::logger;
+use machine_manager::process::{
+    block_terminating_signals, daemonize, spawn_signal_thread, PidFile, TerminalGuard,
+};
+
+/// The guest booted when no `-kernel` is given: prints what it sees
+/// (memory map, command line, CPUs) on the serial console and resets.
+static DEMO_GUEST: &[u8] = include_bytes!(env!("ALTOVIRT_GUEST_ELF64"));
+
+/// Exit status for errors in what the user supplied.
+const EXIT_USAGE: u8 = 2;
+/// Exit status for host-side failures.
+const EXIT_FAILURE: u8 = 1;
+
+fn main() -> ExitCode {
+    let start = Instant::now();
+    let mut args = Vec::new();
+    for (i, arg) in std::env::args_os().skip(1).enumerate() {
+        match arg.into_string() {
+            Ok(a) => args.push(a),
+            Err(bad) => {
+                eprintln!("altovirt: argument {} is not valid UTF-8: {:?}", i + 1, bad);
+                return ExitCode::from(EXIT_USAGE);
+            }
+        }
+    }
+    match parse_cmdline(&args) {
+        Err(e) => {
+            eprintln!("altovirt: {e}");
+            ExitCode::from(EXIT_USAGE)
+        }
+        Ok(Command::Help) => {
+            print!("{USAGE}");
+            ExitCode::SUCCESS
+        }
+        Ok(Command::Version) => {
+            println!("altovirt version {}", env!("CARGO_PKG_VERSION"));
+            ExitCode::SUCCESS
+        }
+        Ok(Command::Run(cfg)) => match run(&cfg, start) {
+            Ok(code) => code,
+            Err((code, msg)) => {
+                log::error!("{msg}");
+                eprintln!("altovirt: {msg}");
+                ExitCode::from(code)
+            }
+        },
+    }
+}
+
+type Failure = (u8, String);
+
+fn fail(code: u8) -> impl FnOnce(&dyn std::fmt::Display) -> Failure {
+    move |e| (code, e.to_string())
+}
+
+/// Runs the VM described by `cfg`; returns the process exit status.
+fn run(cfg: &VmConfig, start: Instant) -> Result<ExitCode, Failure> {
+    if cfg.daemonize && cfg.serial == SerialConfig::Stdio {
+        return Err((
+            EXIT_USAGE,
+            "-daemonize: the serial console cannot use stdio in the background; \
+             add -serial none or -serial file:PATH"
+                .into(),
+        ));
+    }
+    logger::init(&cfg.log, start).map_err(|e| fail(EXIT_FAILURE)(&e))?;
+    // Before any thread exists: fork, and block the signals a thread of its
+    // own will receive.
+    let mut daemon = match cfg.daemonize {
+        true => Some(daemonize().map_err(|e| fail(EXIT_FAILURE)(&e))?),
+        false => None,
+    };
+    let _pidfile = match &cfg.pidfile {
+        Some(path) => Some(PidFile::acquire(path).map_err(|e| fail(EXIT_FAILURE)(&e))?),
+        None => None,
+    };
+    block_terminating_signals().map_err(|e| fail(EXIT_FAILURE)(&e))?;
+    let _terminal = (cfg.serial == SerialConfig::Stdio).then(TerminalGuard::for_stdin);
+
+    let kernel = match &cfg.boot.kernel {
+        Some(path) => KernelSource::File(path),
+        None => KernelSource::Builtin(DEMO_GUEST),
+    };
+    let vm = MicroVm::build(cfg, kernel, start).map_err(|e| {
+        let code = if e.is_user_error() { EXIT_USAGE } else { EXIT_FAILURE };
+        (code, e.to_string())
+    })?;
+    let events = vm.event_sender();
+    spawn_signal_thread(move |sig| events.send(VmEvent::HostSignal(sig)))
+        .map_err(|e| fail(EXIT_FAILURE)(&e))?;
+    if let Some(d) = daemon.as_mut() {
+        d.ready();
+    }
+    log::info!("VM started ({} ms after exec)", start.elapsed().as_millis());
+
+    let reason = vm.run().map_err(|e| fail(EXIT_FAILURE)(&e))?;
+    match reason {
+        ExitReason::Reset => log::info!("guest reset: exiting"),
+        ExitReason::Shutdown(why) => log::warn!("guest shut down ({why}): exiting"),
+        ExitReason::Halted => log::info!("all vCPUs halted: exiting"),
+        ExitReason::HostSignal(sig) => log::info!("terminating on signal {sig}"),
+        ExitReason::Error(e) => return Err((EXIT_FAILURE, format!("guest stopped: {e}"))),
+    }
+    Ok(ExitCode::SUCCESS)
+}

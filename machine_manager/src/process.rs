@@ -173,18 +173,26 @@ fn terminating_set() -> libc::sigset_t {
     }
 }
 
-/// Blocks the terminating signals in the calling thread (and so in every
-/// thread spawned after) and starts a thread that waits for them and calls
-/// `on_signal`. Call from the main thread before spawning other threads.
-pub fn handle_terminating_signals(
-    on_signal: impl Fn(libc::c_int) + Send + 'static,
-) -> Result<(), ProcessError> {
+/// Blocks the terminating signals in the calling thread, and so in every
+/// thread spawned after it, so that none of them can be killed by one.
+/// Call from the main thread before spawning any thread, then start
+/// [`spawn_signal_thread`] to receive them.
+pub fn block_terminating_signals() -> Result<(), ProcessError> {
     let set = terminating_set();
-    // SAFETY: set is initialised; blocking signals in this thread.
+    // SAFETY: set is initialised; changes only this thread's mask.
     let rc = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
     if rc != 0 {
         return Err(ProcessError::Signals(std::io::Error::from_raw_os_error(rc)));
     }
+    Ok(())
+}
+
+/// Starts a thread that waits for the (blocked) terminating signals and
+/// calls `on_signal` for each.
+pub fn spawn_signal_thread(
+    on_signal: impl Fn(libc::c_int) + Send + 'static,
+) -> Result<(), ProcessError> {
+    let set = terminating_set();
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || loop {
