@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# The project's test command (README, .ci/run): installs what the tests need
+# if it is missing, then runs every test of the workspace.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_apt=()
+command -v gcc >/dev/null 2>&1 || need_apt+=(gcc)
+command -v ld >/dev/null 2>&1 || need_apt+=(binutils)
+if [ ${#need_apt[@]} -gt 0 ]; then
+    echo "installing: ${need_apt[*]}"
+    apt-get update -qq && apt-get install -y -qq "${need_apt[@]}"
+fi
+
+if [ ! -r /dev/kvm ] || [ ! -w /dev/kvm ]; then
+    echo "warning: /dev/kvm is not usable; KVM tests will fail under CI=true and skip (with a message) otherwise" >&2
+fi
+
+cargo fmt --all -- --check
+cargo test --workspace "$@"

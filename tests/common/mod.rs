@@ -1,0 +1,149 @@
+//! Helpers shared by the integration tests: run the real `altovirt`
+//! binary with a timeout, find the tiny test guests, and check for KVM.
+
+#![allow(dead_code)]
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+/// The altovirt binary under test.
+pub fn altovirt() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_altovirt"))
+}
+
+/// Tiny guest images built by build.rs.
+pub const GUEST_ELF64: &str = env!("ALTOVIRT_GUEST_ELF64");
+/// ELF with a PVH note.
+pub const GUEST_PVH: &str = env!("ALTOVIRT_GUEST_PVH");
+/// bzImage-format guest.
+pub const GUEST_BZIMAGE: &str = env!("ALTOVIRT_GUEST_BZIMAGE");
+
+/// True when /dev/kvm can be used. Where it cannot, the test prints why and
+/// returns early — except under CI (CI=true) or ALTOVIRT_REQUIRE_KVM=1,
+/// where nothing may skip and the test fails instead.
+pub fn kvm_usable(test: &str) -> bool {
+    match std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm") {
+        Ok(_) => true,
+        Err(e) => {
+            let must = std::env::var("CI").is_ok_and(|v| v == "true")
+                || std::env::var("ALTOVIRT_REQUIRE_KVM").is_ok_and(|v| v == "1");
+            assert!(!must, "{test}: /dev/kvm is required here but unusable: {e}");
+            eprintln!("SKIP {test}: /dev/kvm unusable ({e}); set up KVM to run this test");
+            false
+        }
+    }
+}
+
+/// What a finished altovirt run produced.
+#[derive(Debug)]
+pub struct Outcome {
+    /// Exit status.
+    pub status: ExitStatus,
+    /// Captured stdout (the serial console with -serial stdio).
+    pub stdout: String,
+    /// Captured stderr.
+    pub stderr: String,
+}
+
+impl Outcome {
+    /// Exit code, or -signal when killed.
+    pub fn code(&self) -> i32 {
+        use std::os::unix::process::ExitStatusExt;
+        self.status
+            .code()
+            .unwrap_or_else(|| -self.status.signal().unwrap_or(0))
+    }
+
+    /// Lines of stdout starting with `prefix`, with the prefix removed.
+    pub fn lines(&self, prefix: &str) -> Vec<String> {
+        self.stdout
+            .lines()
+            .filter_map(|l| l.strip_prefix(prefix).map(str::to_string))
+            .collect()
+    }
+}
+
+/// Runs `cmd` to completion, killing it after `timeout`.
+pub fn run_with_timeout(mut cmd: Command, timeout: Duration) -> Outcome {
+    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let child = cmd.spawn().expect("spawn altovirt");
+    wait_with_timeout(child, timeout)
+}
+
+/// Waits for `child` (with piped stdout/stderr), killing it after `timeout`.
+pub fn wait_with_timeout(mut child: Child, timeout: Duration) -> Outcome {
+    let mut out = child.stdout.take();
+    let mut err = child.stderr.take();
+    let t_out = std::thread::spawn(move || {
+        let mut s = String::new();
+        if let Some(o) = out.as_mut() {
+            let _ = o.read_to_string(&mut s);
+        }
+        s
+    });
+    let t_err = std::thread::spawn(move || {
+        let mut s = String::new();
+        if let Some(e) = err.as_mut() {
+            let _ = e.read_to_string(&mut s);
+        }
+        s
+    });
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        if let Some(st) = child.try_wait().expect("wait") {
+            break st;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let st = child.wait().expect("wait after kill");
+            let stdout = t_out.join().unwrap_or_default();
+            panic!("altovirt timed out after {timeout:?} (status {st:?}); stdout so far:\n{stdout}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    Outcome {
+        status,
+        stdout: t_out.join().unwrap_or_default(),
+        stderr: t_err.join().unwrap_or_default(),
+    }
+}
+
+/// Boots `kernel` with `args` and waits (60 s at most).
+pub fn boot(kernel: &str, args: &[&str]) -> Outcome {
+    let mut cmd = altovirt();
+    cmd.args(["-kernel", kernel, "-serial", "stdio"]).args(args);
+    run_with_timeout(cmd, Duration::from_secs(60))
+}
+
+/// A fresh scratch directory for one test.
+pub fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("altovirt-test-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("create scratch dir");
+    dir
+}
+
+/// 32-bit FNV-1a, the checksum the test guests print for the initrd.
+pub fn fnv1a32(bytes: &[u8]) -> u32 {
+    bytes.iter().fold(0x811c_9dc5u32, |h, b| (h ^ u32::from(*b)).wrapping_mul(0x0100_0193))
+}
+
+/// Waits until `path` exists (or `timeout` passes); returns whether it does.
+pub fn wait_for_path(path: &Path, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if path.exists() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    path.exists()
+}
+
+/// Whether process `pid` is alive.
+pub fn pid_alive(pid: i32) -> bool {
+    // SAFETY: signal 0 only checks for existence.
+    unsafe { libc::kill(pid, 0) == 0 }
+}
