@@ -1,0 +1,170 @@
+#!/usr/bin/env python3
+"""Side-by-side start-up benchmark: altovirt vs QEMU microvm.
+
+Boots the same tiny PVH test guest (tests/guests, built by cargo) repeatedly
+with each VMM and prints medians of
+  - wall time from exec to exit (the guest resets at once),
+  - CPU time of the VMM process (user + system, from wait4),
+  - resident memory of the VMM excluding guest RAM, sampled from
+    /proc/PID/smaps while a guest that stays up (guest.exit=halt) runs.
+QEMU comes from Debian's qemu-system-x86 package (installed if missing).
+Nothing here asserts a time: it measures and prints.
+
+Usage: scripts/bench.py [-n ITERATIONS] [--mem MIB] [--write docs/benchmarks.md]
+"""
+
+import argparse
+import glob
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def sh(cmd, **kw):
+    return subprocess.run(cmd, check=True, **kw)
+
+
+def ensure_qemu():
+    qemu = shutil.which("qemu-system-x86_64")
+    if qemu:
+        return qemu
+    print("installing qemu-system-x86 (Debian package)...", file=sys.stderr)
+    sh(["apt-get", "update", "-qq"])
+    sh(["apt-get", "install", "-y", "-qq", "qemu-system-x86"])
+    return shutil.which("qemu-system-x86_64")
+
+
+def build():
+    sh(["cargo", "build", "--release", "--quiet"], cwd=ROOT)
+    binary = os.path.join(ROOT, "target", "release", "altovirt")
+    guests = sorted(
+        glob.glob(os.path.join(ROOT, "target", "release", "build", "altovirt-*", "out", "guest-pvh.elf")),
+        key=os.path.getmtime,
+    )
+    if not guests:
+        sys.exit("bench: guest-pvh.elf not found after the build")
+    return binary, guests[-1]
+
+
+def altovirt_cmd(binary, guest, mem, exit_action, serial):
+    return [binary, "-kernel", guest, "-m", str(mem), "-smp", "1",
+            "-serial", serial, "-append", f"guest.exit={exit_action}"]
+
+
+def qemu_cmd(qemu, guest, mem, exit_action, serial):
+    return [qemu, "-M", "microvm,acpi=off,pic=on,pit=on,rtc=off", "-enable-kvm",
+            "-cpu", "host,-arch-capabilities", "-m", str(mem), "-smp", "1",
+            "-nodefaults", "-no-user-config", "-nographic", "-no-reboot",
+            "-serial", serial, "-kernel", guest, "-append", f"guest.exit={exit_action}"]
+
+
+def time_runs(make_cmd, n):
+    walls, cpus = [], []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(make_cmd("triplefault", "none"),
+                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE)
+        _, status, ru = os.wait4(proc.pid, 0)
+        walls.append((time.perf_counter() - t0) * 1000)
+        cpus.append((ru.ru_utime + ru.ru_stime) * 1000)
+        code = os.waitstatus_to_exitcode(status)
+        if code != 0:
+            err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+            sys.exit(f"bench: {make_cmd('triplefault', 'none')[0]} exited {code}: {err}")
+    return statistics.median(walls), statistics.median(cpus)
+
+
+def rss_excluding_guest_ram(pid, mem_mib):
+    """Sum of Rss (KiB) over mappings smaller than guest RAM."""
+    guest_kib = mem_mib * 1024
+    total = 0
+    size = 0
+    with open(f"/proc/{pid}/smaps") as f:
+        for line in f:
+            if line.startswith("Size:"):
+                size = int(line.split()[1])
+            elif line.startswith("Rss:") and size < guest_kib:
+                total += int(line.split()[1])
+    return total
+
+
+def memory(make_cmd, mem_mib, samples=3):
+    values = []
+    for _ in range(samples):
+        with tempfile.TemporaryDirectory() as d:
+            console = os.path.join(d, "console")
+            proc = subprocess.Popen(make_cmd("halt", f"file:{console}"),
+                                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                    stderr=subprocess.DEVNULL)
+            deadline = time.time() + 30
+            while time.time() < deadline:
+                try:
+                    if "halting" in open(console, errors="replace").read():
+                        break
+                except FileNotFoundError:
+                    pass
+                time.sleep(0.02)
+            else:
+                proc.kill()
+                sys.exit(f"bench: guest did not come up under {make_cmd('halt', 'x')[0]}")
+            time.sleep(0.2)
+            values.append(rss_excluding_guest_ram(proc.pid, mem_mib))
+            proc.kill()
+            proc.wait()
+    return statistics.median(values)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("-n", "--iterations", type=int, default=20)
+    ap.add_argument("--mem", type=int, default=128, help="guest RAM in MiB")
+    ap.add_argument("--write", help="also write the markdown report to this file")
+    args = ap.parse_args()
+
+    binary, guest = build()
+    qemu = ensure_qemu()
+    qemu_version = subprocess.run([qemu, "--version"], capture_output=True, text=True).stdout.splitlines()[0]
+
+    vmms = [
+        ("altovirt", lambda e, s: altovirt_cmd(binary, guest, args.mem, e, s)),
+        ("qemu microvm", lambda e, s: qemu_cmd(qemu, guest, args.mem, e, s)),
+    ]
+    rows = []
+    for name, make in vmms:
+        time_runs(make, 2)  # warm the page cache
+        wall, cpu = time_runs(make, args.iterations)
+        rss = memory(make, args.mem)
+        rows.append((name, wall, cpu, rss))
+
+    lines = [
+        f"Tiny PVH guest, {args.mem} MiB, 1 vCPU, {args.iterations} runs each, medians; "
+        f"host: {platform.node()} ({os.cpu_count()} CPUs, kernel {platform.release()}); {qemu_version}.",
+        "",
+        "| VMM | exec→exit wall (ms) | CPU user+sys (ms) | RSS excl. guest RAM (MiB) |",
+        "| --- | ---: | ---: | ---: |",
+    ]
+    for name, wall, cpu, rss in rows:
+        lines.append(f"| {name} | {wall:.1f} | {cpu:.1f} | {rss / 1024:.1f} |")
+    report = "\n".join(lines)
+    print(report)
+    if args.write:
+        with open(args.write, "w") as f:
+            f.write("# Benchmarks\n\nProduced by `scripts/bench.py`"
+                    f" on {time.strftime('%Y-%m-%d')}.\n\n"
+                    "The guest is `tests/guests` built as an ELF with a PVH note, which both VMMs boot. "
+                    "For the timing runs it triple-faults right after printing its report (both VMMs exit on that; "
+                    "QEMU with `-no-reboot`); for the memory sample it halts and the VMM's `/proc/PID/smaps` is read: "
+                    "the sum of `Rss` over every mapping smaller than guest RAM.\n\n")
+            f.write(report + "\n")
+
+
+if __name__ == "__main__":
+    main()
