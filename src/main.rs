@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use machine::{ExitReason, KernelSource, MicroVm, VmEvent};
-use machine_manager::config::{parse_cmdline, Command, SerialConfig, VmConfig, USAGE};
+use machine_manager::config::{parse_cmdline, Command, LogTarget, SerialConfig, VmConfig, USAGE};
 use machine_manager::logger;
 use machine_manager::process::{
     block_terminating_signals, daemonize, spawn_signal_thread, PidFile, TerminalGuard,
@@ -48,7 +48,10 @@ fn main() -> ExitCode {
         Ok(Command::Run(cfg)) => match run(&cfg, start) {
             Ok(code) => code,
             Err((code, msg)) => {
-                log::error!("{msg}");
+                // stderr gets the message once; a log file gets it too.
+                if matches!(cfg.log, LogTarget::File(_)) {
+                    log::error!("{msg}");
+                }
                 eprintln!("altovirt: {msg}");
                 ExitCode::from(code)
             }
@@ -91,7 +94,11 @@ fn run(cfg: &VmConfig, start: Instant) -> Result<ExitCode, Failure> {
         None => KernelSource::Builtin(DEMO_GUEST),
     };
     let vm = MicroVm::build(cfg, kernel, start).map_err(|e| {
-        let code = if e.is_user_error() { EXIT_USAGE } else { EXIT_FAILURE };
+        let code = if e.is_user_error() {
+            EXIT_USAGE
+        } else {
+            EXIT_FAILURE
+        };
         (code, e.to_string())
     })?;
     let events = vm.event_sender();

@@ -115,7 +115,9 @@ impl Bus {
 /// holding it (device state stays usable; a poisoned lock must not take down
 /// every vCPU).
 fn lock(device: &Mutex<dyn BusDevice>) -> MutexGuard<'_, dyn BusDevice + 'static> {
-    device.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    device
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 #[cfg(test)]
@@ -170,16 +172,28 @@ mod tests {
         bus.insert(0x100, 0x10, recorder()).unwrap();
         assert_eq!(
             bus.insert(0x10f, 1, recorder()),
-            Err(BusError::Overlap { base: 0x10f, len: 1 })
+            Err(BusError::Overlap {
+                base: 0x10f,
+                len: 1
+            })
         );
         assert_eq!(
             bus.insert(0xf8, 0x10, recorder()),
-            Err(BusError::Overlap { base: 0xf8, len: 0x10 })
+            Err(BusError::Overlap {
+                base: 0xf8,
+                len: 0x10
+            })
         );
         assert!(bus.insert(0x110, 1, recorder()).is_ok());
         assert!(bus.insert(0xf0, 0x10, recorder()).is_ok());
-        assert!(matches!(bus.insert(0x200, 0, recorder()), Err(BusError::InvalidRange { .. })));
-        assert!(matches!(bus.insert(u64::MAX, 2, recorder()), Err(BusError::InvalidRange { .. })));
+        assert!(matches!(
+            bus.insert(0x200, 0, recorder()),
+            Err(BusError::InvalidRange { .. })
+        ));
+        assert!(matches!(
+            bus.insert(u64::MAX, 2, recorder()),
+            Err(BusError::InvalidRange { .. })
+        ));
     }
 
     #[test]

@@ -188,7 +188,10 @@ mod tests {
 
     #[test]
     fn small_memory_is_one_range() {
-        assert_eq!(ram_ranges(256 << 20).unwrap(), vec![(GuestAddress(0), 256 << 20)]);
+        assert_eq!(
+            ram_ranges(256 << 20).unwrap(),
+            vec![(GuestAddress(0), 256 << 20)]
+        );
         assert_eq!(
             ram_ranges(MMIO_GAP_START).unwrap(),
             vec![(GuestAddress(0), MMIO_GAP_START)]
@@ -221,7 +224,10 @@ mod tests {
         )
         .unwrap();
         mem.write_obj(0xdead_beefu32, GuestAddress(0x1000)).unwrap();
-        assert_eq!(mem.read_obj::<u32>(GuestAddress(0x1000)).unwrap(), 0xdead_beef);
+        assert_eq!(
+            mem.read_obj::<u32>(GuestAddress(0x1000)).unwrap(),
+            0xdead_beef
+        );
         assert_eq!(ram_size(&mem), 16 << 20);
         assert_eq!(low_ram_end(&mem), 16 << 20);
     }
@@ -229,8 +235,8 @@ mod tests {
     #[test]
     fn private_memory_above_the_gap() {
         // Mapped with MAP_NORESERVE, so a large size costs nothing until touched.
-        let mem = create_guest_memory(MMIO_GAP_START + (64 << 20), MemoryOptions::default())
-            .unwrap();
+        let mem =
+            create_guest_memory(MMIO_GAP_START + (64 << 20), MemoryOptions::default()).unwrap();
         assert_eq!(mem.num_regions(), 2);
         assert_eq!(low_ram_end(&mem), MMIO_GAP_START);
         assert!(mem.read_obj::<u8>(GuestAddress(MMIO_GAP_START)).is_err());

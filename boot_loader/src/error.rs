@@ -19,7 +19,9 @@ pub enum BootError {
     #[error("failed to load kernel: read error: {0}")]
     KernelRead(std::io::Error),
     /// The kernel (including its in-place decompression area) does not fit in RAM.
-    #[error("failed to load kernel: it needs memory up to {end:#x} but low RAM ends at {ram_end:#x}")]
+    #[error(
+        "failed to load kernel: it needs memory up to {end:#x} but low RAM ends at {ram_end:#x}"
+    )]
     KernelTooLarge {
         /// End of the memory the kernel needs.
         end: u64,
@@ -27,7 +29,9 @@ pub enum BootError {
         ram_end: u64,
     },
     /// The command line exceeds what the kernel accepts.
-    #[error("failed to write kernel command line: {len} bytes exceeds the kernel's limit of {max}")]
+    #[error(
+        "failed to write kernel command line: {len} bytes exceeds the kernel's limit of {max}"
+    )]
     CmdlineTooLong {
         /// Length of the command line.
         len: usize,

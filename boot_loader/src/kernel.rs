@@ -61,7 +61,10 @@ fn detect<K: Read + Seek>(kernel: &mut K) -> Result<Format, BootError> {
     kernel.rewind().map_err(BootError::KernelRead)?;
     let mut filled = 0;
     while filled < head.len() {
-        match kernel.read(&mut head[filled..]).map_err(BootError::KernelRead)? {
+        match kernel
+            .read(&mut head[filled..])
+            .map_err(BootError::KernelRead)?
+        {
             0 => break,
             n => filled += n,
         }
@@ -137,11 +140,21 @@ fn load_bzimage<K: Read + ReadVolatile + Seek>(
             "not loadable high (LOADED_HIGH not set in loadflags)".into(),
         ));
     }
-    let setup_sects = if hdr.setup_sects == 0 { 4 } else { u64::from(hdr.setup_sects) };
-    let file_len = kernel.seek(SeekFrom::End(0)).map_err(BootError::KernelRead)?;
+    let setup_sects = if hdr.setup_sects == 0 {
+        4
+    } else {
+        u64::from(hdr.setup_sects)
+    };
+    let file_len = kernel
+        .seek(SeekFrom::End(0))
+        .map_err(BootError::KernelRead)?;
     let payload = file_len.saturating_sub((setup_sects + 1) * 512);
     let load_addr = u64::from(hdr.code32_start);
-    let init_size = if version >= 0x020a { u64::from(hdr.init_size) } else { 0 };
+    let init_size = if version >= 0x020a {
+        u64::from(hdr.init_size)
+    } else {
+        0
+    };
     let end = load_addr + payload.max(init_size);
     let ram_end = low_ram_end(mem);
     if end > ram_end {
@@ -233,9 +246,13 @@ mod tests {
     #[test]
     fn old_or_32bit_bzimage_is_refused() {
         let m = mem();
-        let e = load_kernel(&m, &mut Cursor::new(bzimage(0x0205, 1, 512, 0))).err().unwrap();
+        let e = load_kernel(&m, &mut Cursor::new(bzimage(0x0205, 1, 512, 0)))
+            .err()
+            .unwrap();
         assert!(e.to_string().contains("2.05 is older than 2.06"), "{e}");
-        let e = load_kernel(&m, &mut Cursor::new(bzimage(0x020f, 0, 512, 0))).err().unwrap();
+        let e = load_kernel(&m, &mut Cursor::new(bzimage(0x020f, 0, 512, 0)))
+            .err()
+            .unwrap();
         assert!(e.to_string().contains("no 64-bit entry point"), "{e}");
     }
 
@@ -251,7 +268,9 @@ mod tests {
     #[test]
     fn garbage_is_not_a_kernel() {
         let m = mem();
-        let e = load_kernel(&m, &mut Cursor::new(vec![0x55u8; 4096])).err().unwrap();
+        let e = load_kernel(&m, &mut Cursor::new(vec![0x55u8; 4096]))
+            .err()
+            .unwrap();
         assert!(matches!(e, BootError::NotAKernel));
         let e = load_kernel(&m, &mut Cursor::new(Vec::new())).err().unwrap();
         assert!(matches!(e, BootError::NotAKernel));

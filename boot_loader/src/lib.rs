@@ -11,8 +11,8 @@ pub mod error;
 pub mod kernel;
 pub mod layout;
 pub mod mptable;
-pub mod params;
 pub mod paging;
+pub mod params;
 
 use std::io::{Read, Seek};
 

@@ -125,7 +125,8 @@ mod tests {
         assert_eq!(&hdr[..4], b"PCMP");
         let len = u16::from_le_bytes([hdr[4], hdr[5]]) as usize;
         let mut table = vec![0u8; len];
-        mem.read_slice(&mut table, GuestAddress(table_addr)).unwrap();
+        mem.read_slice(&mut table, GuestAddress(table_addr))
+            .unwrap();
         assert_eq!(sum(&table), 0);
         // Walk the entries as a guest would.
         let (mut off, mut cpus, mut bsp) = (44, vec![], 0);

@@ -4,7 +4,9 @@ use address_space::GuestMemoryMmap;
 use vm_memory::{Bytes, GuestAddress};
 
 use crate::error::BootError;
-use crate::layout::{BOOT_GDT_START, BOOT_IDT_START, IDENTITY_MAP_GIB, PDE_START, PDPTE_START, PML4_START};
+use crate::layout::{
+    BOOT_GDT_START, BOOT_IDT_START, IDENTITY_MAP_GIB, PDE_START, PDPTE_START, PML4_START,
+};
 
 /// Selector of the code segment in the boot GDT.
 pub const CODE_SELECTOR: u16 = 0x08;
@@ -38,10 +40,16 @@ pub fn boot_gdt(long_mode: bool) -> [u64; 4] {
 pub fn write_gdt(mem: &GuestMemoryMmap, long_mode: bool) -> Result<(), BootError> {
     for (i, entry) in boot_gdt(long_mode).iter().enumerate() {
         mem.write_obj(*entry, GuestAddress(BOOT_GDT_START + (i as u64) * 8))
-            .map_err(|source| BootError::GuestWrite { what: "GDT", source })?;
+            .map_err(|source| BootError::GuestWrite {
+                what: "GDT",
+                source,
+            })?;
     }
     mem.write_obj(0u64, GuestAddress(BOOT_IDT_START))
-        .map_err(|source| BootError::GuestWrite { what: "IDT", source })
+        .map_err(|source| BootError::GuestWrite {
+            what: "IDT",
+            source,
+        })
 }
 
 /// Writes page tables identity-mapping the first [`IDENTITY_MAP_GIB`] GiB
@@ -83,7 +91,9 @@ mod tests {
         assert_eq!(write_identity_page_tables(&mem).unwrap(), PML4_START);
         let pdpte: u64 = mem.read_obj(GuestAddress(PDPTE_START + 3 * 8)).unwrap();
         assert_eq!(pdpte & !0xfff, PDE_START + 0x3000);
-        let last: u64 = mem.read_obj(GuestAddress(PDE_START + 0x3000 + 511 * 8)).unwrap();
+        let last: u64 = mem
+            .read_obj(GuestAddress(PDE_START + 0x3000 + 511 * 8))
+            .unwrap();
         assert_eq!(last, 0xffe0_0083);
     }
 }

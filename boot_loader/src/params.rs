@@ -233,8 +233,12 @@ mod tests {
     #[test]
     fn initrd_goes_high_and_page_aligned() {
         let mem = create_guest_memory(64 << 20, MemoryOptions::default()).unwrap();
-        let (s, e) = load_initrd(&mem, &kernel(0x200000, u64::MAX - 1), &mut Blob(vec![7; 5000]))
-            .unwrap();
+        let (s, e) = load_initrd(
+            &mem,
+            &kernel(0x200000, u64::MAX - 1),
+            &mut Blob(vec![7; 5000]),
+        )
+        .unwrap();
         assert_eq!(s % 4096, 0);
         assert_eq!(e - s, 5000);
         assert!(e <= 64 << 20 && s >= (64 << 20) - 0x2000);
@@ -254,17 +258,28 @@ mod tests {
     #[test]
     fn initrd_that_does_not_fit_is_refused() {
         let mem = create_guest_memory(16 << 20, MemoryOptions::default()).unwrap();
-        let err = load_initrd(&mem, &kernel(0x200000, u64::MAX - 1), &mut Blob(vec![0; 15 << 20]))
-            .err()
-            .unwrap();
-        assert!(err.to_string().starts_with("failed to load initrd: 15728640 bytes do not fit"));
+        let err = load_initrd(
+            &mem,
+            &kernel(0x200000, u64::MAX - 1),
+            &mut Blob(vec![0; 15 << 20]),
+        )
+        .err()
+        .unwrap();
+        assert!(err
+            .to_string()
+            .starts_with("failed to load initrd: 15728640 bytes do not fit"));
     }
 
     #[test]
     fn zero_page_points_at_cmdline_initrd_and_e820() {
         let mem = create_guest_memory(64 << 20, MemoryOptions::default()).unwrap();
-        write_zero_page(&mem, &kernel(0x200000, 0), "console=ttyS0", Some((0x300000, 0x300010)))
-            .unwrap();
+        write_zero_page(
+            &mem,
+            &kernel(0x200000, 0),
+            "console=ttyS0",
+            Some((0x300000, 0x300010)),
+        )
+        .unwrap();
         let p: boot_params = mem.read_obj(GuestAddress(ZERO_PAGE_START)).unwrap();
         assert_eq!({ p.hdr.cmd_line_ptr }, CMDLINE_START as u32);
         assert_eq!({ p.hdr.ramdisk_image }, 0x300000);
@@ -288,10 +303,14 @@ mod tests {
     #[test]
     fn cmdline_with_nul_is_refused() {
         let mem = create_guest_memory(16 << 20, MemoryOptions::default()).unwrap();
-        assert!(matches!(write_cmdline(&mem, "a\0b"), Err(BootError::CmdlineNul)));
+        assert!(matches!(
+            write_cmdline(&mem, "a\0b"),
+            Err(BootError::CmdlineNul)
+        ));
         write_cmdline(&mem, "hello").unwrap();
         let mut buf = [0u8; 6];
-        mem.read_slice(&mut buf, GuestAddress(CMDLINE_START)).unwrap();
+        mem.read_slice(&mut buf, GuestAddress(CMDLINE_START))
+            .unwrap();
         assert_eq!(&buf, b"hello\0");
     }
 }

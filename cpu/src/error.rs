@@ -14,7 +14,9 @@ pub enum CpuError {
         source: kvm_ioctls::Error,
     },
     /// KVM accepted fewer MSRs than given.
-    #[error("vCPU {id}: KVM_SET_MSRS set {set} of {total} MSRs (first refused: {first_refused:#x})")]
+    #[error(
+        "vCPU {id}: KVM_SET_MSRS set {set} of {total} MSRs (first refused: {first_refused:#x})"
+    )]
     Msrs {
         /// vCPU index.
         id: u8,

@@ -10,4 +10,6 @@ pub mod regs;
 pub mod vcpu;
 
 pub use error::CpuError;
-pub use vcpu::{install_kick_handler, Vcpu, VcpuControl, VcpuEvent, VcpuEventSink, VcpuHandle, VcpuRunState};
+pub use vcpu::{
+    install_kick_handler, Vcpu, VcpuControl, VcpuEvent, VcpuEventSink, VcpuHandle, VcpuRunState,
+};

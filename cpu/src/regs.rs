@@ -19,7 +19,11 @@ pub fn segment_from_gdt(entry: u64, selector: u16) -> kvm_segment {
     let raw_limit = ((entry & 0xffff) | ((entry >> 32) & 0xf_0000)) as u32;
     kvm_segment {
         base: ((entry >> 16) & 0xff_ffff) | ((entry >> 32) & 0xff00_0000),
-        limit: if g == 1 { (raw_limit << 12) | 0xfff } else { raw_limit },
+        limit: if g == 1 {
+            (raw_limit << 12) | 0xfff
+        } else {
+            raw_limit
+        },
         selector,
         type_: ((entry >> 40) & 0xf) as u8,
         present: ((entry >> 47) & 1) as u8,
@@ -115,7 +119,10 @@ mod tests {
     fn long_mode_entry() {
         let b = boot(BootProtocol::Linux64 { zero_page: 0x7000 });
         let r = boot_regs(&b);
-        assert_eq!((r.rip, r.rsi, r.rsp, r.rflags), (0x100200, 0x7000, 0x8ff0, 2));
+        assert_eq!(
+            (r.rip, r.rsi, r.rsp, r.rflags),
+            (0x100200, 0x7000, 0x8ff0, 2)
+        );
         let mut s = kvm_sregs::default();
         boot_sregs(&b, &mut s);
         assert_eq!(s.cs.l, 1);

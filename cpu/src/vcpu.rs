@@ -172,7 +172,9 @@ impl Vcpu {
         mmio_bus: Arc<Bus>,
         events: Arc<dyn VcpuEventSink>,
     ) -> Result<Self, CpuError> {
-        let fd = vm.create_vcpu(u64::from(id)).map_err(kvm(id, "KVM_CREATE_VCPU"))?;
+        let fd = vm
+            .create_vcpu(u64::from(id))
+            .map_err(kvm(id, "KVM_CREATE_VCPU"))?;
         let mut cpuid = kvm_handle
             .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
             .map_err(kvm(id, "KVM_GET_SUPPORTED_CPUID"))?;
@@ -180,7 +182,10 @@ impl Vcpu {
         fd.set_cpuid2(&cpuid).map_err(kvm(id, "KVM_SET_CPUID2"))?;
 
         let entries = msrs::boot_msr_entries();
-        let list = msrs::to_kvm_msrs(&entries).ok_or(CpuError::Fam { id, what: "MSR list" })?;
+        let list = msrs::to_kvm_msrs(&entries).ok_or(CpuError::Fam {
+            id,
+            what: "MSR list",
+        })?;
         let set = fd.set_msrs(&list).map_err(kvm(id, "KVM_SET_MSRS"))?;
         if set != entries.len() {
             return Err(CpuError::Msrs {
@@ -190,16 +195,19 @@ impl Vcpu {
                 first_refused: entries.get(set).map(|e| e.0).unwrap_or(0),
             });
         }
-        fd.set_fpu(&regs::boot_fpu()).map_err(kvm(id, "KVM_SET_FPU"))?;
+        fd.set_fpu(&regs::boot_fpu())
+            .map_err(kvm(id, "KVM_SET_FPU"))?;
         let mut lapic_state = fd.get_lapic().map_err(kvm(id, "KVM_GET_LAPIC"))?;
         lapic::set_lint(&mut lapic_state);
-        fd.set_lapic(&lapic_state).map_err(kvm(id, "KVM_SET_LAPIC"))?;
+        fd.set_lapic(&lapic_state)
+            .map_err(kvm(id, "KVM_SET_LAPIC"))?;
 
         if let Some(boot) = boot {
             let mut sregs = fd.get_sregs().map_err(kvm(id, "KVM_GET_SREGS"))?;
             regs::boot_sregs(boot, &mut sregs);
             fd.set_sregs(&sregs).map_err(kvm(id, "KVM_SET_SREGS"))?;
-            fd.set_regs(&regs::boot_regs(boot)).map_err(kvm(id, "KVM_SET_REGS"))?;
+            fd.set_regs(&regs::boot_regs(boot))
+                .map_err(kvm(id, "KVM_SET_REGS"))?;
         }
         Ok(Self {
             id,

@@ -10,7 +10,9 @@ use address_space::Bus;
 use devices::boot_complete::BootCompletePort;
 use devices::i8042::I8042;
 use devices::serial::{spawn_input_thread, SerialDevice};
-use devices::{DeviceError, BOOT_COMPLETE_PORT, COM1_IRQ, COM1_PORT, COM1_PORT_LEN, I8042_PORT, I8042_PORT_LEN};
+use devices::{
+    DeviceError, BOOT_COMPLETE_PORT, COM1_IRQ, COM1_PORT, COM1_PORT_LEN, I8042_PORT, I8042_PORT_LEN,
+};
 use kvm_ioctls::VmFd;
 use machine_manager::config::SerialConfig;
 
@@ -55,7 +57,11 @@ impl LegacyDevices {
             None => None,
         };
         io_bus
-            .insert(I8042_PORT, I8042_PORT_LEN, Arc::new(Mutex::new(I8042::new(Box::new(events)))))
+            .insert(
+                I8042_PORT,
+                I8042_PORT_LEN,
+                Arc::new(Mutex::new(I8042::new(Box::new(events)))),
+            )
             .map_err(bus_err("i8042"))?;
         let boot_complete = Arc::new(Mutex::new(BootCompletePort::new(start)));
         io_bus

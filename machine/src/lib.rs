@@ -159,7 +159,9 @@ impl MicroVm {
                 break ExitReason::Error("event channel closed".into());
             };
             match event {
-                VmEvent::GuestReset | VmEvent::Vcpu(_, VcpuEvent::Reset) => break ExitReason::Reset,
+                VmEvent::GuestReset | VmEvent::Vcpu(_, VcpuEvent::Reset) => {
+                    break ExitReason::Reset
+                }
                 VmEvent::Vcpu(id, VcpuEvent::Shutdown(why)) => {
                     log::warn!("guest shutdown reported by vCPU {id}: {why}");
                     break ExitReason::Shutdown(why);
@@ -189,10 +191,16 @@ impl MicroVm {
 /// not part of this build yet are refused rather than silently ignored.
 fn reject_unsupported(cfg: &VmConfig) -> Result<(), MachineError> {
     if let Some(d) = cfg.drives.first() {
-        return Err(MachineError::Unsupported(format!("drive '{}' (virtio-blk)", d.id)));
+        return Err(MachineError::Unsupported(format!(
+            "drive '{}' (virtio-blk)",
+            d.id
+        )));
     }
     if let Some(n) = cfg.nets.first() {
-        return Err(MachineError::Unsupported(format!("net '{}' (virtio-net)", n.id)));
+        return Err(MachineError::Unsupported(format!(
+            "net '{}' (virtio-net)",
+            n.id
+        )));
     }
     if let Some(v) = &cfg.vsock {
         return Err(MachineError::Unsupported(format!("vsock '{}'", v.id)));
@@ -209,7 +217,8 @@ fn create_vm(kvm: &Kvm) -> Result<VmFd, MachineError> {
     let vm = kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
     vm.set_tss_address(KVM_TSS_ADDRESS)
         .map_err(kvm_err("KVM_SET_TSS_ADDR"))?;
-    vm.create_irq_chip().map_err(kvm_err("KVM_CREATE_IRQCHIP"))?;
+    vm.create_irq_chip()
+        .map_err(kvm_err("KVM_CREATE_IRQCHIP"))?;
     let pit = kvm_pit_config {
         flags: KVM_PIT_SPEAKER_DUMMY,
         ..Default::default()
