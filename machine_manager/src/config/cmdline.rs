@@ -44,6 +44,9 @@ Usage: altovirt [OPTIONS]
   -daemonize            run in the background after startup
   -pidfile PATH         write the process id to PATH
   -config FILE          read the JSON configuration file FILE (flags override it)
+  -qmp unix:PATH,server,nowait  serve QMP on a unix socket (may repeat)
+  -api-channel unix:PATH        the same, StratoVirt spelling
+  -S                    do not start the vCPUs until QMP 'cont'
   -version              print the version and exit
   -h, -help, --help     print this help and exit
 
@@ -77,6 +80,8 @@ struct Flags {
     nographic: bool,
     nodefaults: bool,
     config: Option<PathBuf>,
+    qmp: Vec<PathBuf>,
+    start_paused: bool,
 }
 
 /// Parse the program's arguments (without `argv[0]`).
@@ -102,6 +107,7 @@ pub fn parse_cmdline(args: &[String]) -> Result<Command, ConfigError> {
             "nographic" => flags.nographic = true,
             "no-reboot" => flags.no_reboot = true,
             "daemonize" => flags.daemonize = true,
+            "S" => flags.start_paused = true,
             "D" => {
                 // The log file is optional: a following flag is not a value.
                 flags.log = match args.get(i) {
@@ -114,7 +120,7 @@ pub fn parse_cmdline(args: &[String]) -> Result<Command, ConfigError> {
                 };
             }
             "kernel" | "initrd" | "append" | "m" | "smp" | "machine" | "name" | "uuid"
-            | "serial" | "pidfile" | "config" => {
+            | "serial" | "pidfile" | "config" | "qmp" | "api-channel" => {
                 let flag = format!("-{name}");
                 let value = args
                     .get(i)
@@ -159,6 +165,7 @@ fn apply_valued(flags: &mut Flags, flag: &str, value: &str) -> Result<(), Config
         }
         "-uuid" => flags.uuid = Some(parse_uuid(flag, value)?),
         "-serial" => flags.serial = Some(parse_serial(value)?),
+        "-qmp" | "-api-channel" => flags.qmp.push(parse_qmp_socket(flag, value)?),
         "-pidfile" => {
             check_non_empty(flag, value)?;
             flags.pidfile = Some(value.into());
@@ -354,7 +361,46 @@ fn merge(flags: Flags, file: FileConfig) -> Result<VmConfig, ConfigError> {
         nets: file.nets,
         vsock: file.vsock,
         rng: file.rng,
+        qmp: flags.qmp,
+        start_paused: flags.start_paused,
     })
+}
+
+/// `-qmp unix:PATH,server,nowait` (also `server=on,wait=off`) and
+/// StratoVirt's `-api-channel unix:PATH`: the path of a listening unix
+/// socket. altovirt only serves (never connects) and never waits for a
+/// client before starting the guest.
+fn parse_qmp_socket(flag: &str, value: &str) -> Result<PathBuf, ConfigError> {
+    let invalid = |reason: &str| ConfigError::InvalidQmpSocket {
+        at: flag.into(),
+        value: value.into(),
+        reason: reason.into(),
+    };
+    let mut items = value.split(',');
+    let target = items.next().unwrap_or_default();
+    let Some(path) = target.strip_prefix("unix:") else {
+        return Err(invalid("only unix:PATH sockets are supported"));
+    };
+    if path.is_empty() {
+        return Err(invalid("the socket path is empty"));
+    }
+    for item in items {
+        let (key, val) = item.split_once('=').unwrap_or((item, "on"));
+        if !matches!(key, "server" | "wait" | "nowait") {
+            return Err(ConfigError::UnknownKey {
+                at: flag.into(),
+                key: key.into(),
+            });
+        }
+        let on = parse_bool(&format!("{flag} {key}"), val)?;
+        match (key, on) {
+            ("server", true) | ("wait", false) => {}
+            ("nowait", true) => {}
+            ("server", false) => return Err(invalid("client mode (server=off) is not supported")),
+            _ => return Err(invalid("waiting for a client (wait=on) is not supported")),
+        }
+    }
+    Ok(PathBuf::from(path))
 }
 
 /// Join `-append` pieces with single spaces, skipping empty pieces.

@@ -499,3 +499,60 @@ fn config_file_errors() {
         2
     );
 }
+
+#[cfg(test)]
+mod qmp_socket_tests {
+    use super::super::{parse_cmdline, Command, ConfigError};
+    use std::path::PathBuf;
+
+    fn run(args: &[&str]) -> Result<Command, ConfigError> {
+        parse_cmdline(&args.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+    }
+
+    fn qmp_paths(args: &[&str]) -> Vec<PathBuf> {
+        match run(args) {
+            Ok(Command::Run(cfg)) => cfg.qmp.clone(),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn qmp_forms_kata_and_qemu_use() {
+        assert_eq!(
+            qmp_paths(&["-qmp", "unix:/run/vm/qmp.sock,server,nowait"]),
+            vec![PathBuf::from("/run/vm/qmp.sock")]
+        );
+        assert_eq!(
+            qmp_paths(&[
+                "-qmp",
+                "unix:/a,server=on,wait=off",
+                "-api-channel",
+                "unix:/b"
+            ]),
+            vec![PathBuf::from("/a"), PathBuf::from("/b")]
+        );
+    }
+
+    #[test]
+    fn qmp_refuses_what_it_cannot_serve() {
+        let e = run(&["-qmp", "tcp:localhost:4444,server,nowait"]).unwrap_err();
+        assert!(
+            e.to_string().starts_with("-qmp: unsupported QMP socket"),
+            "{e}"
+        );
+        let e = run(&["-qmp", "unix:/a,server,wait=on"]).unwrap_err();
+        assert!(e.to_string().contains("wait=on"), "{e}");
+        let e = run(&["-qmp", "unix:/a,bogus=1"]).unwrap_err();
+        assert_eq!(e.to_string(), "-qmp: unknown key 'bogus'");
+        let e = run(&["-qmp", "unix:"]).unwrap_err();
+        assert!(e.to_string().contains("empty"), "{e}");
+    }
+
+    #[test]
+    fn start_paused_flag() {
+        match run(&["-S"]) {
+            Ok(Command::Run(cfg)) => assert!(cfg.start_paused),
+            other => panic!("{other:?}"),
+        }
+    }
+}

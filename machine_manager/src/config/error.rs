@@ -174,6 +174,17 @@ pub enum ConfigError {
     },
 
     /// A `-serial` backend this VMM does not provide.
+    /// A QMP socket option that altovirt cannot serve.
+    #[error("{at}: unsupported QMP socket '{value}': {reason}")]
+    InvalidQmpSocket {
+        /// The flag.
+        at: String,
+        /// The option string given.
+        value: String,
+        /// Why it is refused.
+        reason: String,
+    },
+
     #[error(
         "{at}: unsupported serial backend '{value}' (expected stdio, file:PATH, none or null)"
     )]

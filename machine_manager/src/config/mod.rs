@@ -61,6 +61,10 @@ pub struct VmConfig {
     pub vsock: Option<VsockConfig>,
     /// The entropy device, if any.
     pub rng: Option<RngConfig>,
+    /// Unix socket paths of the QMP servers (`-qmp`, `-api-channel`).
+    pub qmp: Vec<PathBuf>,
+    /// Start with the vCPUs stopped (`-S`); `cont` over QMP starts them.
+    pub start_paused: bool,
 }
 
 impl Default for VmConfig {
@@ -82,6 +86,8 @@ impl Default for VmConfig {
             nets: Vec::new(),
             vsock: None,
             rng: None,
+            qmp: Vec::new(),
+            start_paused: false,
         }
     }
 }
