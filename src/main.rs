@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 use std::time::Instant;
 
-use machine::{ExitReason, KernelSource, MicroVm, VmEvent};
+use machine::{ExitReason, KernelSource, MicroVm, NoListener, VmEvent};
 use machine_manager::config::{parse_cmdline, Command, LogTarget, SerialConfig, VmConfig, USAGE};
 use machine_manager::logger;
 use machine_manager::process::{
@@ -109,12 +109,13 @@ fn run(cfg: &VmConfig, start: Instant) -> Result<ExitCode, Failure> {
     }
     log::info!("VM started ({} ms after exec)", start.elapsed().as_millis());
 
-    let reason = vm.run().map_err(|e| fail(EXIT_FAILURE)(&e))?;
+    let reason = vm.run(&NoListener).map_err(|e| fail(EXIT_FAILURE)(&e))?;
     match reason {
         ExitReason::Reset => log::info!("guest reset: exiting"),
         ExitReason::Shutdown(why) => log::warn!("guest shut down ({why}): exiting"),
         ExitReason::Halted => log::info!("all vCPUs halted: exiting"),
         ExitReason::HostSignal(sig) => log::info!("terminating on signal {sig}"),
+        ExitReason::Quit => log::info!("quit requested: exiting"),
         ExitReason::Error(e) => return Err((EXIT_FAILURE, format!("guest stopped: {e}"))),
     }
     Ok(ExitCode::SUCCESS)

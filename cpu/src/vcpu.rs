@@ -61,6 +61,8 @@ pub enum VcpuRunState {
 
 struct ControlState {
     requested: VcpuRunState,
+    /// Host thread id of the vCPU thread, once it runs.
+    tid: Option<i32>,
     /// True while the vCPU thread is outside KVM_RUN honouring `requested`.
     parked: bool,
 }
@@ -77,10 +79,31 @@ impl VcpuControl {
         Arc::new(Self {
             state: Mutex::new(ControlState {
                 requested: initial,
+                tid: None,
                 parked: false,
             }),
             changed: Condvar::new(),
         })
+    }
+
+    /// Host thread id (as in /proc/PID/task) of the vCPU thread, once started.
+    pub fn thread_id(&self) -> Option<i32> {
+        self.lock().tid
+    }
+
+    fn set_thread_id(&self, tid: i32) {
+        self.lock().tid = Some(tid);
+        self.changed.notify_all();
+    }
+
+    /// Waits up to `timeout` until the thread id is known.
+    pub fn wait_thread_id(&self, timeout: Duration) -> Option<i32> {
+        let st = self.lock();
+        let (st, _) = self
+            .changed
+            .wait_timeout_while(st, timeout, |s| s.tid.is_none())
+            .unwrap_or_else(|p| p.into_inner());
+        st.tid
     }
 
     fn lock(&self) -> MutexGuard<'_, ControlState> {
@@ -236,7 +259,8 @@ impl Vcpu {
     fn run_loop(mut self, control: &VcpuControl) {
         let id = self.id;
         // SAFETY: gettid has no preconditions.
-        let tid = unsafe { libc::syscall(libc::SYS_gettid) };
+        let tid = unsafe { libc::syscall(libc::SYS_gettid) } as i32;
+        control.set_thread_id(tid);
         log::debug!("vCPU {id} running on thread {tid}");
         while control.wait_runnable() {
             if let Some(event) = self.run_once() {
@@ -318,9 +342,9 @@ impl VcpuHandle {
         self.id
     }
 
-    /// Host thread id of the vCPU thread, if still running.
-    pub fn pthread(&self) -> Option<libc::pthread_t> {
-        self.thread.as_ref().map(|t| t.as_pthread_t())
+    /// The control block shared with the vCPU thread.
+    pub fn control(&self) -> &Arc<VcpuControl> {
+        &self.control
     }
 
     fn finished(&self) -> bool {

@@ -4,10 +4,12 @@
 use std::sync::mpsc::{self, Receiver, Sender};
 
 use cpu::{VcpuEvent, VcpuEventSink};
+
+use crate::control::ControlCall;
 use devices::i8042::ResetNotifier;
 
 /// An event for the VM's control loop.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum VmEvent {
     /// A vCPU reported something.
     Vcpu(u8, VcpuEvent),
@@ -15,6 +17,8 @@ pub enum VmEvent {
     GuestReset,
     /// The host delivered a terminating signal.
     HostSignal(i32),
+    /// A lifecycle request from the control plane.
+    Control(ControlCall),
 }
 
 /// Cloneable sender of [`VmEvent`]s.

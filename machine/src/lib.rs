@@ -5,6 +5,7 @@
 //! the VM and its interrupt controllers, map guest RAM, load the kernel and
 //! boot structures, attach the legacy devices, create the vCPUs.
 
+pub mod control;
 pub mod error;
 pub mod events;
 pub mod kvm_checks;
@@ -24,6 +25,7 @@ use kvm_bindings::{kvm_pit_config, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::{Kvm, VmFd};
 use machine_manager::config::VmConfig;
 
+pub use control::{ControlRequest, LifecycleListener, NoListener, VmShared, VmStatus};
 pub use error::MachineError;
 pub use events::{EventSender, VmEvent};
 use legacy::LegacyDevices;
@@ -43,6 +45,8 @@ pub enum ExitReason {
     Halted,
     /// The host asked the VM to stop (signal number).
     HostSignal(i32),
+    /// The control plane asked the VM to quit.
+    Quit,
     /// A vCPU failed.
     Error(String),
 }
@@ -63,6 +67,8 @@ pub struct MicroVm {
     events: Receiver<VmEvent>,
     sender: EventSender,
     boot: BootInfo,
+    shared: Arc<VmShared>,
+    start_paused: bool,
     _vm: VmFd,
     _kvm: Kvm,
     _mem: GuestMemoryMmap,
@@ -122,6 +128,13 @@ impl MicroVm {
             events,
             sender,
             boot,
+            shared: VmShared::new(
+                cfg.name.clone(),
+                cfg.uuid.clone(),
+                cfg.machine.nr_vcpus,
+                cfg.machine.max_vcpus,
+            ),
+            start_paused: cfg.start_paused,
             _vm: vm,
             _kvm: kvm,
             _mem: mem,
@@ -139,20 +152,39 @@ impl MicroVm {
         self.sender.clone()
     }
 
-    /// Runs the guest until it stops; returns why.
-    pub fn run(self) -> Result<ExitReason, MachineError> {
+    /// State the control plane reads (status, vCPU threads, identity).
+    pub fn shared(&self) -> Arc<VmShared> {
+        self.shared.clone()
+    }
+
+    /// Runs the guest until it stops; returns why. Lifecycle events go to
+    /// `listener` (the QMP server, or [`NoListener`]).
+    pub fn run(self, listener: &dyn LifecycleListener) -> Result<ExitReason, MachineError> {
         cpu::install_kick_handler()?;
         let MicroVm {
             vcpus,
             mut legacy,
             events,
+            shared,
+            start_paused,
             ..
         } = self;
         let nr_vcpus = vcpus.len();
+        let initial = if start_paused {
+            VcpuRunState::Paused
+        } else {
+            VcpuRunState::Running
+        };
         let mut handles: Vec<VcpuHandle> = Vec::with_capacity(nr_vcpus);
         for vcpu in vcpus {
-            handles.push(vcpu.start(VcpuControl::new(VcpuRunState::Running))?);
+            handles.push(vcpu.start(VcpuControl::new(initial))?);
         }
+        shared.set_vcpus(handles.iter().map(|h| h.control().clone()).collect());
+        shared.set_status(if start_paused {
+            VmStatus::Prelaunch
+        } else {
+            VmStatus::Running
+        });
         let mut halted = 0;
         let reason = loop {
             let Ok(event) = events.recv() else {
@@ -177,13 +209,94 @@ impl MicroVm {
                     }
                 }
                 VmEvent::HostSignal(sig) => break ExitReason::HostSignal(sig),
+                VmEvent::Control(call) => {
+                    if let Some(reason) = control(call, &handles, &shared, listener) {
+                        break reason;
+                    }
+                }
             }
         };
         for h in handles.iter_mut() {
             h.stop();
         }
         legacy.flush();
+        shared.set_status(VmStatus::Shutdown);
+        if let Some((guest, why)) = shutdown_cause(&reason) {
+            listener.lifecycle_event(
+                "SHUTDOWN",
+                serde_json::json!({"guest": guest, "reason": why}),
+            );
+        }
         Ok(reason)
+    }
+}
+
+/// Carries out a lifecycle request on the control loop; returns an exit
+/// reason when the VM must end.
+fn control(
+    call: control::ControlCall,
+    handles: &[VcpuHandle],
+    shared: &VmShared,
+    listener: &dyn LifecycleListener,
+) -> Option<ExitReason> {
+    let status = shared.status();
+    let (answer, event, exit) = match call.request {
+        ControlRequest::Stop => {
+            if status == VmStatus::Running {
+                handles.iter().for_each(VcpuHandle::pause);
+                shared.set_status(VmStatus::Paused);
+                (Ok(()), Some("STOP"), None)
+            } else {
+                (Ok(()), None, None)
+            }
+        }
+        ControlRequest::Cont => {
+            if matches!(status, VmStatus::Paused | VmStatus::Prelaunch) {
+                handles.iter().for_each(VcpuHandle::resume);
+                shared.set_status(VmStatus::Running);
+                (Ok(()), Some("RESUME"), None)
+            } else {
+                (Ok(()), None, None)
+            }
+        }
+        ControlRequest::Quit => (Ok(()), None, Some(ExitReason::Quit)),
+        ControlRequest::SystemReset => (
+            Err(
+                "system_reset: this microVM cannot reset its guest in place yet; \
+                 use quit and start a new VM"
+                    .to_string(),
+            ),
+            None,
+            None,
+        ),
+        ControlRequest::SystemPowerdown => (
+            Err(
+                "system_powerdown: this microVM has no ACPI power button yet to deliver it; \
+                 use quit, or have the guest power off"
+                    .to_string(),
+            ),
+            None,
+            None,
+        ),
+    };
+    // The answer goes out before the event it causes.
+    let _ = call.reply.send(answer);
+    if let Some(name) = event {
+        listener.lifecycle_event(name, serde_json::json!({}));
+    }
+    exit
+}
+
+/// QMP SHUTDOWN event fields (`guest`, `reason`) for an exit reason.
+fn shutdown_cause(reason: &ExitReason) -> Option<(bool, &'static str)> {
+    match reason {
+        ExitReason::Reset => Some((true, "guest-reset")),
+        ExitReason::Shutdown("guest crash") => Some((true, "guest-panic")),
+        ExitReason::Shutdown("triple fault") => Some((true, "guest-reset")),
+        ExitReason::Shutdown(_) | ExitReason::Halted => Some((true, "guest-shutdown")),
+        ExitReason::HostSignal(_) => Some((false, "host-signal")),
+        ExitReason::Quit => Some((false, "host-qmp-quit")),
+        ExitReason::Error(_) => None,
     }
 }
 

@@ -1,0 +1,145 @@
+//! The VM's lifecycle as the control plane (QMP) sees it: the run status,
+//! lifecycle requests answered by the VM's control loop, and the listener
+//! that receives lifecycle events (STOP, RESUME, SHUTDOWN, …).
+
+use std::sync::mpsc::{self, Sender};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use cpu::VcpuControl;
+
+/// Run status, with the names QMP's `query-status` uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VmStatus {
+    /// Built, vCPUs not started yet (`-S`).
+    Prelaunch,
+    /// vCPUs running.
+    Running,
+    /// vCPUs stopped by `stop`.
+    Paused,
+    /// The VM has shut down; the process is exiting.
+    Shutdown,
+}
+
+impl VmStatus {
+    /// The QMP name of the status.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VmStatus::Prelaunch => "prelaunch",
+            VmStatus::Running => "running",
+            VmStatus::Paused => "paused",
+            VmStatus::Shutdown => "shutdown",
+        }
+    }
+}
+
+/// A lifecycle request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ControlRequest {
+    /// Stop every vCPU (QMP `stop`).
+    Stop,
+    /// Resume the vCPUs (QMP `cont`).
+    Cont,
+    /// End the VM (QMP `quit`).
+    Quit,
+    /// Reset the machine (QMP `system_reset`).
+    SystemReset,
+    /// Ask the guest to power off (QMP `system_powerdown`).
+    SystemPowerdown,
+}
+
+/// A request travelling to the control loop with the channel for its answer.
+#[derive(Debug)]
+pub struct ControlCall {
+    /// What is asked.
+    pub request: ControlRequest,
+    /// Where the answer goes: `Err` carries a one-line reason.
+    pub reply: Sender<Result<(), String>>,
+}
+
+/// Receives lifecycle events (QMP event name and its `data`).
+pub trait LifecycleListener: Send + Sync {
+    /// Called from the control loop after the state change took effect.
+    fn lifecycle_event(&self, name: &'static str, data: serde_json::Value);
+}
+
+/// A listener that drops every event (no control plane attached).
+pub struct NoListener;
+
+impl LifecycleListener for NoListener {
+    fn lifecycle_event(&self, _: &'static str, _: serde_json::Value) {}
+}
+
+/// Facts the control plane reads without going through the control loop.
+pub struct VmShared {
+    status: Mutex<VmStatus>,
+    vcpus: Mutex<Vec<Arc<VcpuControl>>>,
+    /// Number of vCPUs at boot.
+    pub nr_vcpus: u8,
+    /// Maximum vCPUs (`maxcpus`).
+    pub max_vcpus: u8,
+    /// Guest name.
+    pub name: Option<String>,
+    /// Guest UUID.
+    pub uuid: Option<String>,
+}
+
+impl VmShared {
+    /// Shared state for a VM with the given identity and CPU counts.
+    pub fn new(
+        name: Option<String>,
+        uuid: Option<String>,
+        nr_vcpus: u8,
+        max_vcpus: u8,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            status: Mutex::new(VmStatus::Prelaunch),
+            vcpus: Mutex::new(Vec::new()),
+            nr_vcpus,
+            max_vcpus,
+            name,
+            uuid,
+        })
+    }
+
+    /// Current run status.
+    pub fn status(&self) -> VmStatus {
+        *self.status.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn set_status(&self, status: VmStatus) {
+        *self.status.lock().unwrap_or_else(|p| p.into_inner()) = status;
+    }
+
+    pub(crate) fn set_vcpus(&self, vcpus: Vec<Arc<VcpuControl>>) {
+        *self.vcpus.lock().unwrap_or_else(|p| p.into_inner()) = vcpus;
+    }
+
+    /// Host thread ids of the vCPU threads, by vCPU index (0 if unknown).
+    pub fn vcpu_thread_ids(&self) -> Vec<i32> {
+        let vcpus = self.vcpus.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        vcpus
+            .iter()
+            .map(|c| c.wait_thread_id(Duration::from_secs(1)).unwrap_or(0))
+            .collect()
+    }
+}
+
+/// Sends `request` to the control loop through `post` and waits for the
+/// answer (bounded, so a wedged loop cannot hang the caller).
+pub fn call(
+    post: impl FnOnce(ControlCall),
+    request: ControlRequest,
+    timeout: Duration,
+) -> Result<(), String> {
+    let (tx, rx) = mpsc::channel();
+    post(ControlCall { request, reply: tx });
+    match rx.recv_timeout(timeout) {
+        Ok(answer) => answer,
+        Err(mpsc::RecvTimeoutError::Timeout) => Err(format!(
+            "the VM did not answer within {} s",
+            timeout.as_secs()
+        )),
+        Err(mpsc::RecvTimeoutError::Disconnected) => Err("the VM is shutting down".into()),
+    }
+}
