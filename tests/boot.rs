@@ -16,15 +16,26 @@ fn e820(out: &Outcome) -> Vec<(u64, u64, u32)> {
         .iter()
         .map(|l| {
             let f: Vec<&str> = l.split_whitespace().collect();
-            (parse_hex(f[0]), parse_hex(f[1]), f[2].parse().expect("type"))
+            (
+                parse_hex(f[0]),
+                parse_hex(f[1]),
+                f[2].parse().expect("type"),
+            )
         })
         .collect()
 }
 
 fn check_boot(kernel: &str, boot_kind: &str) {
-    let out = boot(kernel, &["-m", "64", "-append", "hello  world guest.exit=reset"]);
+    let out = boot(
+        kernel,
+        &["-m", "64", "-append", "hello  world guest.exit=reset"],
+    );
     assert_eq!(out.code(), 0, "{out:?}");
-    assert_eq!(out.lines("altovirt-guest: boot="), vec![boot_kind.to_string()], "{out:?}");
+    assert_eq!(
+        out.lines("altovirt-guest: boot="),
+        vec![boot_kind.to_string()],
+        "{out:?}"
+    );
     assert_eq!(
         out.lines("cmdline: "),
         vec!["hello  world guest.exit=reset".to_string()]
@@ -72,7 +83,9 @@ fn initrd_bytes_reach_the_guest_intact() {
         return;
     }
     let dir = scratch("initrd");
-    let data: Vec<u8> = (0..6000u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+    let data: Vec<u8> = (0..6000u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
     let path = dir.join("initrd.img");
     std::fs::write(&path, &data).unwrap();
     for kernel in [GUEST_ELF64, GUEST_PVH, GUEST_BZIMAGE] {
@@ -86,7 +99,11 @@ fn initrd_bytes_reach_the_guest_intact() {
         assert!(addr + data.len() as u64 <= 64 << 20, "initrd beyond RAM");
         assert!(addr >= 0x10_0000, "initrd below the kernel");
         assert_eq!(fields[1], format!("size={}", data.len()));
-        assert_eq!(fields[2], format!("sum=0x{:08x}", fnv1a32(&data)), "{kernel}");
+        assert_eq!(
+            fields[2],
+            format!("sum=0x{:08x}", fnv1a32(&data)),
+            "{kernel}"
+        );
     }
     let _ = std::fs::remove_dir_all(dir);
 }
@@ -107,7 +124,12 @@ fn two_vcpus_are_listed_and_the_ap_starts() {
         );
     }
     let out = boot(GUEST_ELF64, &["-smp", "cpus=4,maxcpus=4", "-m", "64"]);
-    assert_eq!(out.lines("cpus: "), vec!["mptable=4 started=4".to_string()], "{}", out.stdout);
+    assert_eq!(
+        out.lines("cpus: "),
+        vec!["mptable=4 started=4".to_string()],
+        "{}",
+        out.stdout
+    );
 }
 
 #[test]
@@ -187,7 +209,11 @@ fn serial_to_file_and_none() {
         .arg(format!("file:{}", path.display()));
     let out = run_with_timeout(cmd, Duration::from_secs(60));
     assert_eq!(out.code(), 0, "{out:?}");
-    assert!(out.stdout.is_empty(), "console went to stdout: {}", out.stdout);
+    assert!(
+        out.stdout.is_empty(),
+        "console went to stdout: {}",
+        out.stdout
+    );
     let text = std::fs::read_to_string(&path).unwrap();
     assert!(text.contains("cmdline: to-file"), "{text}");
 
@@ -221,9 +247,121 @@ fn json_config_boots_and_flags_override_it() {
     assert_eq!(e820(&out)[2].1, 96 << 20);
 
     let mut cmd = altovirt();
-    cmd.args(["-config", cfg.to_str().unwrap(), "-append", "from-flag", "-smp", "1"]);
+    cmd.args([
+        "-config",
+        cfg.to_str().unwrap(),
+        "-append",
+        "from-flag",
+        "-smp",
+        "1",
+    ]);
     let out = run_with_timeout(cmd, Duration::from_secs(60));
     assert_eq!(out.lines("cmdline: "), vec!["from-flag".to_string()]);
     assert_eq!(out.lines("cpus: "), vec!["mptable=1 started=1".to_string()]);
     let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Starts a guest that stays up; returns the child (stdout piped).
+fn start_halted(args: &[&str]) -> std::process::Child {
+    altovirt()
+        .args([
+            "-kernel",
+            GUEST_ELF64,
+            "-append",
+            "guest.exit=halt",
+            "-serial",
+            "stdio",
+        ])
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn altovirt")
+}
+
+/// Reads the child's console until `needle` appears (30 s at most).
+fn wait_console(child: &mut std::process::Child, needle: &str) -> String {
+    use std::io::Read;
+    let out = child.stdout.as_mut().expect("piped stdout");
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 256];
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !String::from_utf8_lossy(&seen).contains(needle) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no {needle:?} in {:?}",
+            String::from_utf8_lossy(&seen)
+        );
+        let n = out.read(&mut buf).expect("read console");
+        assert!(
+            n > 0,
+            "console closed before {needle:?}: {:?}",
+            String::from_utf8_lossy(&seen)
+        );
+        seen.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8_lossy(&seen).into_owned()
+}
+
+#[test]
+fn machine_options_shape_the_host_side() {
+    if !kvm_usable("machine_options") {
+        return;
+    }
+    let mut child = start_halted(&[
+        "-smp",
+        "2",
+        "-m",
+        "64",
+        "-machine",
+        "microvm,mem-share=on,dump-guest-core=off",
+    ]);
+    wait_console(&mut child, "halting");
+    let pid = child.id();
+    // One named thread per vCPU.
+    let mut names: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .filter_map(|e| std::fs::read_to_string(e.ok()?.path().join("comm")).ok())
+        .map(|s| s.trim().to_string())
+        .filter(|s| s.starts_with("vcpu"))
+        .collect();
+    names.sort();
+    assert_eq!(names, vec!["vcpu0", "vcpu1"]);
+    // mem-share=on: guest RAM is a shared memfd mapping; dump-guest-core=off:
+    // it is excluded from core dumps (VmFlags "dd").
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap();
+    let ram = smaps
+        .split("memfd:altovirt-guest-ram")
+        .nth(1)
+        .expect("guest RAM is a memfd mapping with mem-share=on");
+    let flags = ram
+        .lines()
+        .find(|l| l.starts_with("VmFlags:"))
+        .expect("VmFlags line");
+    assert!(
+        flags.split_whitespace().any(|f| f == "sh"),
+        "not shared: {flags}"
+    );
+    assert!(
+        flags.split_whitespace().any(|f| f == "dd"),
+        "not excluded from dumps: {flags}"
+    );
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    assert!(child.wait().unwrap().success());
+}
+
+#[test]
+fn start_paused_runs_nothing_until_told() {
+    if !kvm_usable("start_paused") {
+        return;
+    }
+    let mut child = start_halted(&["-S"]);
+    std::thread::sleep(Duration::from_millis(500));
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let out = wait_with_timeout(child, Duration::from_secs(10));
+    assert_eq!(out.code(), 0, "{out:?}");
+    assert!(out.stdout.is_empty(), "a -S guest ran: {}", out.stdout);
 }
