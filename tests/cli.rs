@@ -20,8 +20,17 @@ fn assert_usage_error(args: &[&str], needle: &str) {
     let out = run(args);
     assert_eq!(out.code(), 2, "{args:?}: {out:?}");
     let lines: Vec<&str> = out.stderr.lines().collect();
-    assert_eq!(lines.len(), 1, "{args:?}: expected one line, got {:?}", out.stderr);
-    assert!(lines[0].contains(needle), "{args:?}: {:?} lacks {needle:?}", lines[0]);
+    assert_eq!(
+        lines.len(),
+        1,
+        "{args:?}: expected one line, got {:?}",
+        out.stderr
+    );
+    assert!(
+        lines[0].contains(needle),
+        "{args:?}: {:?} lacks {needle:?}",
+        lines[0]
+    );
     assert!(out.stdout.is_empty(), "no VM may start: {}", out.stdout);
 }
 
@@ -32,7 +41,10 @@ fn bad_command_lines_fail_with_one_clear_line() {
     assert_usage_error(&["-m", "12x"], "12x");
     assert_usage_error(&["-smp", "zero"], "-smp");
     assert_usage_error(&["-kernel", "/nonexistent/vmlinux"], "/nonexistent/vmlinux");
-    assert_usage_error(&["-kernel", GUEST_ELF64, "-initrd", "/nonexistent/initrd"], "/nonexistent/initrd");
+    assert_usage_error(
+        &["-kernel", GUEST_ELF64, "-initrd", "/nonexistent/initrd"],
+        "/nonexistent/initrd",
+    );
     assert_usage_error(&["-machine", "pc"], "pc");
     assert_usage_error(&["-serial", "tcp:1234"], "-serial");
     assert_usage_error(&["-config", "/nonexistent.json"], "/nonexistent.json");
@@ -44,8 +56,15 @@ fn bad_json_config_names_the_field() {
     let dir = scratch("badjson");
     let cfg = dir.join("vm.json");
     std::fs::write(&cfg, r#"{"machine-config": {"vcpu_count": "two"}}"#).unwrap();
-    assert_usage_error(&["-config", cfg.to_str().unwrap()], "machine-config.vcpu_count");
-    std::fs::write(&cfg, r#"{"boot-source": {"kernel_image_path": "/x", "bogus": 1}}"#).unwrap();
+    assert_usage_error(
+        &["-config", cfg.to_str().unwrap()],
+        "machine-config.vcpu_count",
+    );
+    std::fs::write(
+        &cfg,
+        r#"{"boot-source": {"kernel_image_path": "/x", "bogus": 1}}"#,
+    )
+    .unwrap();
     assert_usage_error(&["-config", cfg.to_str().unwrap()], "boot-source.bogus");
     let _ = std::fs::remove_dir_all(dir);
 }
@@ -61,12 +80,25 @@ fn bad_images_fail_with_the_boot_step_named() {
     assert_usage_error(&["-kernel", junk.to_str().unwrap()], "not a kernel image");
 
     let long = "x".repeat(3000);
-    assert_usage_error(&["-kernel", GUEST_BZIMAGE, "-append", &long], "command line");
+    assert_usage_error(
+        &["-kernel", GUEST_BZIMAGE, "-append", &long],
+        "command line",
+    );
 
     let big = dir.join("big.img");
-    std::fs::File::create(&big).unwrap().set_len(40 << 20).unwrap();
+    std::fs::File::create(&big)
+        .unwrap()
+        .set_len(40 << 20)
+        .unwrap();
     assert_usage_error(
-        &["-kernel", GUEST_ELF64, "-m", "32", "-initrd", big.to_str().unwrap()],
+        &[
+            "-kernel",
+            GUEST_ELF64,
+            "-m",
+            "32",
+            "-initrd",
+            big.to_str().unwrap(),
+        ],
         "failed to load initrd",
     );
     let _ = std::fs::remove_dir_all(dir);
@@ -76,10 +108,25 @@ fn bad_images_fail_with_the_boot_step_named() {
 fn version_and_help() {
     let out = run(&["-version"]);
     assert_eq!(out.code(), 0);
-    assert!(out.stdout.starts_with("altovirt version "), "{}", out.stdout);
+    assert!(
+        out.stdout.starts_with("altovirt version "),
+        "{}",
+        out.stdout
+    );
     let out = run(&["-help"]);
     assert_eq!(out.code(), 0);
-    for flag in ["-kernel", "-append", "-initrd", "-m", "-smp", "-machine", "-serial", "-config", "-daemonize", "-pidfile"] {
+    for flag in [
+        "-kernel",
+        "-append",
+        "-initrd",
+        "-m",
+        "-smp",
+        "-machine",
+        "-serial",
+        "-config",
+        "-daemonize",
+        "-pidfile",
+    ] {
         assert!(out.stdout.contains(flag), "help lacks {flag}");
     }
     assert_eq!(run(&["-h"]).code(), 0);
@@ -93,7 +140,14 @@ fn pidfile_is_exclusive_and_removed_on_sigterm() {
     let dir = scratch("pidfile");
     let pidfile = dir.join("vm.pid");
     let mut first = altovirt()
-        .args(["-kernel", GUEST_ELF64, "-append", "guest.exit=halt", "-serial", "none"])
+        .args([
+            "-kernel",
+            GUEST_ELF64,
+            "-append",
+            "guest.exit=halt",
+            "-serial",
+            "none",
+        ])
         .arg("-pidfile")
         .arg(&pidfile)
         .stdin(Stdio::null())
@@ -101,19 +155,36 @@ fn pidfile_is_exclusive_and_removed_on_sigterm() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    assert!(wait_for_path(&pidfile, Duration::from_secs(10)), "pidfile not created");
+    assert!(
+        wait_for_path(&pidfile, Duration::from_secs(10)),
+        "pidfile not created"
+    );
     let text = std::fs::read_to_string(&pidfile).unwrap();
     assert_eq!(text.trim(), first.id().to_string());
 
-    let second = run(&["-kernel", GUEST_ELF64, "-serial", "none", "-pidfile", pidfile.to_str().unwrap()]);
+    let second = run(&[
+        "-kernel",
+        GUEST_ELF64,
+        "-serial",
+        "none",
+        "-pidfile",
+        pidfile.to_str().unwrap(),
+    ]);
     assert_ne!(second.code(), 0);
-    assert!(second.stderr.contains("held by another running altovirt"), "{}", second.stderr);
+    assert!(
+        second.stderr.contains("held by another running altovirt"),
+        "{}",
+        second.stderr
+    );
     assert!(second.stderr.contains(&first.id().to_string()));
 
     // SAFETY: signalling our own child.
     unsafe { libc::kill(first.id() as i32, libc::SIGTERM) };
     let status = first.wait().unwrap();
-    assert!(status.success(), "SIGTERM should end altovirt with status 0: {status:?}");
+    assert!(
+        status.success(),
+        "SIGTERM should end altovirt with status 0: {status:?}"
+    );
     assert!(!pidfile.exists(), "pidfile left behind");
     let _ = std::fs::remove_dir_all(dir);
 }
@@ -147,15 +218,24 @@ fn daemonize_returns_after_the_pidfile_is_written() {
     assert!(pid_alive(pid));
     // The daemon keeps running the guest.
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while !std::fs::read_to_string(&console).unwrap_or_default().contains("halting") {
-        assert!(std::time::Instant::now() < deadline, "guest never reached halt");
+    while !std::fs::read_to_string(&console)
+        .unwrap_or_default()
+        .contains("halting")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "guest never reached halt"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     // SAFETY: signalling the daemon we started.
     unsafe { libc::kill(pid, libc::SIGTERM) };
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while pidfile.exists() {
-        assert!(std::time::Instant::now() < deadline, "daemon did not exit on SIGTERM");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "daemon did not exit on SIGTERM"
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
     let _ = std::fs::remove_dir_all(dir);

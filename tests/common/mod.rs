@@ -24,7 +24,11 @@ pub const GUEST_BZIMAGE: &str = env!("ALTOVIRT_GUEST_BZIMAGE");
 /// returns early — except under CI (CI=true) or ALTOVIRT_REQUIRE_KVM=1,
 /// where nothing may skip and the test fails instead.
 pub fn kvm_usable(test: &str) -> bool {
-    match std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm") {
+    match std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+    {
         Ok(_) => true,
         Err(e) => {
             let must = std::env::var("CI").is_ok_and(|v| v == "true")
@@ -67,7 +71,9 @@ impl Outcome {
 
 /// Runs `cmd` to completion, killing it after `timeout`.
 pub fn run_with_timeout(mut cmd: Command, timeout: Duration) -> Outcome {
-    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     let child = cmd.spawn().expect("spawn altovirt");
     wait_with_timeout(child, timeout)
 }
@@ -99,7 +105,9 @@ pub fn wait_with_timeout(mut child: Child, timeout: Duration) -> Outcome {
             let _ = child.kill();
             let st = child.wait().expect("wait after kill");
             let stdout = t_out.join().unwrap_or_default();
-            panic!("altovirt timed out after {timeout:?} (status {st:?}); stdout so far:\n{stdout}");
+            panic!(
+                "altovirt timed out after {timeout:?} (status {st:?}); stdout so far:\n{stdout}"
+            );
         }
         std::thread::sleep(Duration::from_millis(10));
     };
@@ -127,7 +135,9 @@ pub fn scratch(name: &str) -> PathBuf {
 
 /// 32-bit FNV-1a, the checksum the test guests print for the initrd.
 pub fn fnv1a32(bytes: &[u8]) -> u32 {
-    bytes.iter().fold(0x811c_9dc5u32, |h, b| (h ^ u32::from(*b)).wrapping_mul(0x0100_0193))
+    bytes.iter().fold(0x811c_9dc5u32, |h, b| {
+        (h ^ u32::from(*b)).wrapping_mul(0x0100_0193)
+    })
 }
 
 /// Waits until `path` exists (or `timeout` passes); returns whether it does.
