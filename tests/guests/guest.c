@@ -11,6 +11,8 @@
  *   mem: <bytes of type-1 RAM>
  *   initrd: addr=0x<hex> size=<decimal> sum=0x<FNV-1a 32, 8 hex>  (if any)
  *   cpus: mptable=<enabled processors in the MP table> started=<running>
+ *   virtio: ..., blk: ..., rng: ..., console: ..., blk-bad: ...
+ *       (only with virtio_mmio.device= or guest.virtio= words; see virtio.c)
  *   boot-complete
  * then 123 goes to the boot-complete port 0x3F0 and the action chosen by
  * guest.exit= (reset, triplefault, halt, spin) runs.
@@ -457,6 +459,10 @@ static void __attribute__((noreturn)) do_exit(enum exit_action action)
 	halt_forever();
 }
 
+/* ---- virtio-mmio devices (guest.virtio= tests) ---------------------------- */
+
+#include "virtio.c"
+
 /* ---- Main ------------------------------------------------------------------ */
 
 static const char *const boot_names[] = { "elf64", "pvh", "bzimage" };
@@ -511,6 +517,7 @@ void __attribute__((noreturn)) guest_main(u32 kind, u64 boot_block)
 
 	/* Read the exit action before the AP trampoline overwrites low memory. */
 	enum exit_action action = parse_exit_action(info.cmdline);
+	virtio_parse_cmdline(info.cmdline);
 
 	mp_parse();
 	u32 started = 1;
@@ -521,6 +528,8 @@ void __attribute__((noreturn)) guest_main(u32 kind, u64 boot_block)
 	puts_serial(" started=");
 	put_dec(started);
 	putc_serial('\n');
+
+	virtio_run();
 
 	puts_serial("boot-complete\n");
 	outb(BOOT_COMPLETE_PORT, BOOT_COMPLETE_VALUE);

@@ -1,0 +1,936 @@
+/*
+ * altovirt test guest: virtio-mmio (version 2, virtio 1.x split virtqueues)
+ * probing and device tests.
+ *
+ * Not a translation unit of its own: guest.c includes this file after its
+ * helpers (MMIO/port access, COM1 output, fnv1a32, the boot info), so the
+ * three images need no extra build step.
+ *
+ * Command line:
+ *   virtio_mmio.device=<size>@<base>:<irq>[:<id>]  one per device, as Linux
+ *       parses it (size with an optional K/M/G suffix; numbers in decimal,
+ *       0x hex or 0 octal)
+ *   guest.virtio=<test>[,<test>...]  blk, rng, console, blk-bad (in order)
+ *   guest.blkwrite=1                 blk also writes, flushes and re-reads
+ *                                    sector 1
+ *
+ * Output (after the cpus: line, before boot-complete):
+ *   virtio: base=0x<hex> irq=<n> id=<device id>      (per token; 0 = empty)
+ *   blk: capacity=<sectors> ro=<0|1>
+ *   blk: sector0 sum=0x<fnv1a32 of 512 bytes, 8 hex>
+ *   blk: id=<serial up to NUL>
+ *   blk: write status=<n>          \
+ *   blk: flush status=<n>           } with guest.blkwrite=1
+ *   blk: readback <ok|mismatch>    /
+ *   blk: done
+ *   rng: len=<used len> nonzero=<non-zero bytes of 64>
+ *   console: tx done
+ *   console: rx=<bytes received up to the newline> | console: rx timeout
+ *   blk-bad: <loop|oob|huge> used=<0|1> status=0x<device status, hex>
+ *   blk-bad: recovered sum=0x<fnv1a32 of sector 0, 8 hex>
+ * Failures print "<test>: ..." lines saying what went wrong instead.
+ *
+ * The guest runs with interrupts off and polls the used rings; every wait
+ * is bounded. Virtqueue memory is in .bss (identity-mapped, so virtual ==
+ * physical addresses).
+ */
+
+/* ---- Registers (virtio 1.x, 4.2.2) ------------------------------------- */
+
+#define VIRTIO_MAGIC 0x74726976	/* "virt" */
+#define VM_MAGIC 0x000
+#define VM_VERSION 0x004
+#define VM_DEVICE_ID 0x008
+#define VM_DEVICE_FEATURES 0x010
+#define VM_DEVICE_FEATURES_SEL 0x014
+#define VM_DRIVER_FEATURES 0x020
+#define VM_DRIVER_FEATURES_SEL 0x024
+#define VM_QUEUE_SEL 0x030
+#define VM_QUEUE_NUM_MAX 0x034
+#define VM_QUEUE_NUM 0x038
+#define VM_QUEUE_READY 0x044
+#define VM_QUEUE_NOTIFY 0x050
+#define VM_INTERRUPT_STATUS 0x060
+#define VM_INTERRUPT_ACK 0x064
+#define VM_STATUS 0x070
+#define VM_QUEUE_DESC_LOW 0x080
+#define VM_QUEUE_DESC_HIGH 0x084
+#define VM_QUEUE_DRIVER_LOW 0x090
+#define VM_QUEUE_DRIVER_HIGH 0x094
+#define VM_QUEUE_DEVICE_LOW 0x0a0
+#define VM_QUEUE_DEVICE_HIGH 0x0a4
+#define VM_CONFIG_GENERATION 0x0fc
+#define VM_CONFIG 0x100
+
+/* Device status bits (2.1). */
+#define ST_ACKNOWLEDGE 0x01
+#define ST_DRIVER 0x02
+#define ST_DRIVER_OK 0x04
+#define ST_FEATURES_OK 0x08
+#define ST_NEEDS_RESET 0x40
+#define ST_FAILED 0x80
+
+#define F_VERSION_1 (1ull << 32)
+
+/* Device IDs (5). */
+#define ID_BLK 2
+#define ID_CONSOLE 3
+#define ID_RNG 4
+
+/* Split virtqueue descriptor flags (2.7.5). */
+#define DESC_F_NEXT 1
+#define DESC_F_WRITE 2
+#define AVAIL_F_NO_INTERRUPT 1
+
+/* Polling bounds, in pause iterations (the host is slow: keep them small). */
+#define WAIT_REQUEST 300000	/* a request that should complete */
+#define WAIT_BAD 50000		/* a malformed request that may never complete */
+#define WAIT_CONSOLE_RX 300000	/* the host side echoing a line back */
+#define WAIT_RESET 1000
+
+static inline void mb(void) { __asm__ volatile("mfence" ::: "memory"); }
+
+static u32 vm_rd(u64 base, u32 reg) { return rd32(base + reg); }
+static void vm_wr(u64 base, u32 reg, u32 v) { wr32(base + reg, v); }
+
+/* ---- Command line ------------------------------------------------------- */
+
+#define MAX_VIRTIO_DEVS 32
+#define VIRTIO_TESTS_MAX 128
+
+struct vdev {
+	u64 base;
+	u64 size;
+	u32 irq;
+	u32 id;			/* DeviceID, valid when usable */
+	int usable;		/* magic and version 2 checked */
+};
+
+static struct {
+	u32 n_devs;
+	u32 n_bad_tokens;
+	struct vdev devs[MAX_VIRTIO_DEVS];
+	char tests[VIRTIO_TESTS_MAX];	/* the last guest.virtio= value */
+	int blkwrite;
+} vcfg;
+
+/* Does [tok, tok+len) start with the string s? */
+static int token_starts(u64 tok, u64 len, const char *s)
+{
+	u64 i = 0;
+	for (; s[i]; i++)
+		if (i >= len || rd8(tok + i) != (u8)s[i])
+			return 0;
+	return 1;
+}
+
+/*
+ * Parses an unsigned number at [*p, end) the way the kernel's base-0
+ * conversions do (0x hex, leading 0 octal, else decimal). With suffix set,
+ * a K/M/G/T (any case) multiplier may follow. Returns 0 if no digit.
+ */
+static int parse_num(u64 *p, u64 end, int suffix, u64 *out)
+{
+	u64 i = *p, v = 0;
+	u32 radix = 10;
+	int digits = 0;
+
+	if (i < end && rd8(i) == '0') {
+		radix = 8;
+		digits = 1;	/* a lone "0" is a number */
+		i++;
+		if (i + 1 < end && (rd8(i) | 0x20) == 'x') {
+			radix = 16;
+			digits = 0;
+			i++;
+		}
+	}
+	for (; i < end; i++) {
+		u8 c = rd8(i);
+		u32 d;
+		if (c >= '0' && c <= '9')
+			d = c - '0';
+		else if ((c | 0x20) >= 'a' && (c | 0x20) <= 'f')
+			d = (c | 0x20) - 'a' + 10;
+		else
+			break;
+		if (d >= radix)
+			break;
+		v = v * radix + d;
+		digits++;
+	}
+	if (!digits)
+		return 0;
+	if (suffix && i < end) {
+		int shift = 0;
+		switch (rd8(i) | 0x20) {
+		case 'k': shift = 10; break;
+		case 'm': shift = 20; break;
+		case 'g': shift = 30; break;
+		case 't': shift = 40; break;
+		}
+		if (shift) {
+			v <<= shift;
+			i++;
+		}
+	}
+	*p = i;
+	*out = v;
+	return 1;
+}
+
+/* <size>@<base>:<irq>[:<platform id>] */
+static int parse_device_token(u64 s, u64 end, struct vdev *d)
+{
+	u64 irq;
+
+	if (!parse_num(&s, end, 1, &d->size) || s >= end || rd8(s++) != '@')
+		return 0;
+	if (!parse_num(&s, end, 0, &d->base) || s >= end || rd8(s++) != ':')
+		return 0;
+	if (!parse_num(&s, end, 0, &irq))
+		return 0;
+	d->irq = (u32)irq;
+	return s == end || rd8(s) == ':';
+}
+
+/*
+ * Reads the virtio options from the command line. Called early, before the
+ * AP trampoline may overwrite low memory where a command line could live.
+ */
+static void virtio_parse_cmdline(u64 cmdline)
+{
+	static const char dev_key[] = "virtio_mmio.device=";
+	static const char test_key[] = "guest.virtio=";
+	static const char write_key[] = "guest.blkwrite=";
+	u64 i = 0;
+
+	if (!cmdline)
+		return;
+	while (i < CMDLINE_MAX && rd8(cmdline + i)) {
+		if (is_space(rd8(cmdline + i))) {
+			i++;
+			continue;
+		}
+		u64 start = i;
+		while (i < CMDLINE_MAX && rd8(cmdline + i) && !is_space(rd8(cmdline + i)))
+			i++;
+		u64 tok = cmdline + start, len = i - start;
+
+		if (token_starts(tok, len, dev_key)) {
+			struct vdev d = { 0 };
+			u64 k = sizeof(dev_key) - 1;
+			if (!parse_device_token(tok + k, tok + len, &d))
+				vcfg.n_bad_tokens++;
+			else if (vcfg.n_devs < MAX_VIRTIO_DEVS)
+				vcfg.devs[vcfg.n_devs++] = d;
+		} else if (token_starts(tok, len, test_key)) {
+			u64 k = sizeof(test_key) - 1, n = 0;
+			for (; k < len && n < VIRTIO_TESTS_MAX - 1; k++, n++)
+				vcfg.tests[n] = (char)rd8(tok + k);
+			vcfg.tests[n] = 0;
+		} else if (token_starts(tok, len, write_key)) {
+			u64 k = sizeof(write_key) - 1;
+			vcfg.blkwrite = len == k + 1 && rd8(tok + k) == '1';
+		}
+	}
+}
+
+/* ---- Device set-up (3.1.1) ------------------------------------------------ */
+
+static void line_start(const char *prefix)
+{
+	puts_serial(prefix);
+	puts_serial(": ");
+}
+
+static void say(const char *prefix, const char *msg)
+{
+	line_start(prefix);
+	puts_serial(msg);
+	putc_serial('\n');
+}
+
+/* Writes 0 to Status and waits (bounded) until the device reads back 0. */
+static int vdev_reset(const struct vdev *d)
+{
+	vm_wr(d->base, VM_STATUS, 0);
+	for (int i = 0; i < WAIT_RESET; i++) {
+		if (vm_rd(d->base, VM_STATUS) == 0)
+			return 1;
+		cpu_pause();
+	}
+	return 0;
+}
+
+static void vdev_set_status(const struct vdev *d, u32 bits)
+{
+	vm_wr(d->base, VM_STATUS, vm_rd(d->base, VM_STATUS) | bits);
+}
+
+static void vdev_fail(const struct vdev *d, const char *prefix, const char *why)
+{
+	vdev_set_status(d, ST_FAILED);
+	line_start(prefix);
+	puts_serial("init failed (");
+	puts_serial(why);
+	puts_serial(")\n");
+}
+
+/*
+ * Reset, ACKNOWLEDGE, DRIVER, feature negotiation (VERSION_1 is required;
+ * the driver accepts the offered subset of `want`), FEATURES_OK. Queues and
+ * DRIVER_OK follow separately. Returns 1 on success with the accepted
+ * features in *accepted; otherwise prints "<prefix>: init failed (...)".
+ */
+static int vdev_begin(const struct vdev *d, u64 want, u64 *accepted, const char *prefix)
+{
+	if (!vdev_reset(d)) {
+		vdev_fail(d, prefix, "reset");
+		return 0;
+	}
+	vdev_set_status(d, ST_ACKNOWLEDGE);
+	vdev_set_status(d, ST_DRIVER);
+
+	vm_wr(d->base, VM_DEVICE_FEATURES_SEL, 0);
+	u64 offered = vm_rd(d->base, VM_DEVICE_FEATURES);
+	vm_wr(d->base, VM_DEVICE_FEATURES_SEL, 1);
+	offered |= (u64)vm_rd(d->base, VM_DEVICE_FEATURES) << 32;
+	if (!(offered & F_VERSION_1)) {
+		vdev_fail(d, prefix, "no VERSION_1");
+		return 0;
+	}
+	u64 acc = offered & (want | F_VERSION_1);
+	vm_wr(d->base, VM_DRIVER_FEATURES_SEL, 0);
+	vm_wr(d->base, VM_DRIVER_FEATURES, (u32)acc);
+	vm_wr(d->base, VM_DRIVER_FEATURES_SEL, 1);
+	vm_wr(d->base, VM_DRIVER_FEATURES, (u32)(acc >> 32));
+
+	vdev_set_status(d, ST_FEATURES_OK);
+	if (!(vm_rd(d->base, VM_STATUS) & ST_FEATURES_OK)) {
+		vdev_fail(d, prefix, "FEATURES_OK not kept");
+		return 0;
+	}
+	*accepted = acc;
+	return 1;
+}
+
+/* Driver status after DRIVER_OK, for the caller to check. */
+static u32 vdev_driver_ok(const struct vdev *d)
+{
+	vdev_set_status(d, ST_DRIVER_OK);
+	return vm_rd(d->base, VM_STATUS);
+}
+
+/* ---- Split virtqueues (2.7) --------------------------------------------- */
+
+#define QSZ 8
+
+struct vq_desc {
+	u64 addr;
+	u32 len;
+	u16 flags;
+	u16 next;
+};
+
+struct vq_used_elem {
+	u32 id;
+	u32 len;
+};
+
+/* Alignment per 2.7: descriptors 16, driver area 2, device area 4. */
+struct vq_ring {
+	struct vq_desc desc[QSZ] __attribute__((aligned(16)));
+	struct {
+		u16 flags;
+		u16 idx;
+		u16 ring[QSZ];
+		u16 used_event;
+	} avail __attribute__((aligned(16)));
+	struct {
+		u16 flags;
+		u16 idx;
+		struct vq_used_elem ring[QSZ];
+		u16 avail_event;
+	} used __attribute__((aligned(16)));
+};
+
+struct vq {
+	const struct vdev *dev;
+	volatile struct vq_ring *r;
+	u32 index;		/* queue number on the device */
+	u16 size;
+	u16 avail_idx;		/* the driver's copy of avail.idx */
+	u16 last_used;		/* used.idx seen when the last request went out */
+};
+
+/* One ring per queue any test uses: blk 0, rng 0, console 0 and 1. */
+enum { RING_BLK, RING_RNG, RING_CON_RX, RING_CON_TX, N_RINGS };
+static struct vq_ring rings[N_RINGS];
+
+/* Sets up queue `index` of d with rings[ring]; prints why on failure. */
+static int vq_setup(struct vq *q, const struct vdev *d, u32 index, int ring, const char *prefix)
+{
+	u64 base = d->base;
+	volatile struct vq_ring *r = &rings[ring];
+
+	vm_wr(base, VM_QUEUE_SEL, index);
+	if (vm_rd(base, VM_QUEUE_READY) != 0) {
+		vdev_fail(d, prefix, "queue already ready");
+		return 0;
+	}
+	u32 max = vm_rd(base, VM_QUEUE_NUM_MAX);
+	if (max == 0) {
+		vdev_fail(d, prefix, "queue not available");
+		return 0;
+	}
+	memset((void *)r, 0, sizeof(*r));
+	r->avail.flags = AVAIL_F_NO_INTERRUPT;	/* polled */
+
+	q->dev = d;
+	q->r = r;
+	q->index = index;
+	q->size = max < QSZ ? (u16)max : QSZ;
+	q->avail_idx = 0;
+	q->last_used = 0;
+
+	u64 desc = (u64)&r->desc, avail = (u64)&r->avail, used = (u64)&r->used;
+	vm_wr(base, VM_QUEUE_NUM, q->size);
+	vm_wr(base, VM_QUEUE_DESC_LOW, (u32)desc);
+	vm_wr(base, VM_QUEUE_DESC_HIGH, (u32)(desc >> 32));
+	vm_wr(base, VM_QUEUE_DRIVER_LOW, (u32)avail);
+	vm_wr(base, VM_QUEUE_DRIVER_HIGH, (u32)(avail >> 32));
+	vm_wr(base, VM_QUEUE_DEVICE_LOW, (u32)used);
+	vm_wr(base, VM_QUEUE_DEVICE_HIGH, (u32)(used >> 32));
+	mb();
+	vm_wr(base, VM_QUEUE_READY, 1);
+	return 1;
+}
+
+static void vq_set_desc(struct vq *q, u16 i, u64 addr, u32 len, u16 flags, u16 next)
+{
+	q->r->desc[i].addr = addr;
+	q->r->desc[i].len = len;
+	q->r->desc[i].flags = flags;
+	q->r->desc[i].next = next;
+}
+
+/* Makes the chain at `head` available without notifying. */
+static void vq_publish(struct vq *q, u16 head)
+{
+	q->last_used = q->r->used.idx;
+	q->r->avail.ring[q->avail_idx % q->size] = head;
+	mb();			/* ring entry before index */
+	q->avail_idx++;
+	q->r->avail.idx = q->avail_idx;
+	mb();			/* index before the notification */
+}
+
+static void vq_notify(struct vq *q)
+{
+	vm_wr(q->dev->base, VM_QUEUE_NOTIFY, q->index);
+}
+
+/*
+ * Polls (up to `bound` pauses) for a used element after last_used. Returns
+ * 1 and fills *e when there is one, consuming it; 0 on timeout.
+ */
+static int vq_wait(struct vq *q, u32 bound, struct vq_used_elem *e)
+{
+	for (u32 i = 0; i <= bound; i++) {
+		if (q->r->used.idx != q->last_used) {
+			mb();	/* index before the element */
+			e->id = q->r->used.ring[q->last_used % q->size].id;
+			e->len = q->r->used.ring[q->last_used % q->size].len;
+			q->last_used++;
+			/* Acknowledge whatever interrupt the device raised. */
+			u32 isr = vm_rd(q->dev->base, VM_INTERRUPT_STATUS);
+			if (isr)
+				vm_wr(q->dev->base, VM_INTERRUPT_ACK, isr);
+			return 1;
+		}
+		cpu_pause();
+	}
+	return 0;
+}
+
+/* The first usable device with this ID, or 0. */
+static const struct vdev *vdev_find(u32 id)
+{
+	for (u32 i = 0; i < vcfg.n_devs; i++)
+		if (vcfg.devs[i].usable && vcfg.devs[i].id == id)
+			return &vcfg.devs[i];
+	return 0;
+}
+
+/* ---- virtio-blk (5.2) ----------------------------------------------------- */
+
+#define BLK_F_RO (1ull << 5)
+#define BLK_F_FLUSH (1ull << 9)
+#define BLK_T_IN 0
+#define BLK_T_OUT 1
+#define BLK_T_FLUSH 4
+#define BLK_T_GET_ID 8
+#define BLK_ID_BYTES 20
+#define SECTOR 512
+
+struct blk_req_hdr {
+	u32 type;
+	u32 reserved;
+	u64 sector;
+};
+
+static struct {
+	struct blk_req_hdr hdr __attribute__((aligned(16)));
+	u8 data[SECTOR] __attribute__((aligned(16)));
+	u8 status;
+} blkbuf;
+
+struct blk {
+	const struct vdev *dev;
+	struct vq q;
+	u64 features;
+	u64 capacity;
+};
+
+/* Full blk initialisation: features, queue 0, DRIVER_OK. */
+static int blk_init(struct blk *b, const struct vdev *d, const char *prefix)
+{
+	b->dev = d;
+	if (!vdev_begin(d, BLK_F_RO | BLK_F_FLUSH, &b->features, prefix))
+		return 0;
+	if (!vq_setup(&b->q, d, 0, RING_BLK, prefix))
+		return 0;
+	if (!(vdev_driver_ok(d) & ST_DRIVER_OK)) {
+		vdev_fail(d, prefix, "DRIVER_OK not kept");
+		return 0;
+	}
+	return 1;
+}
+
+/* Capacity (config offset 0, u64) read as two 32-bit halves, generation-checked. */
+static u64 blk_capacity(const struct vdev *d)
+{
+	u64 cap = 0;
+	for (int tries = 0; tries < 10; tries++) {
+		u32 gen = vm_rd(d->base, VM_CONFIG_GENERATION);
+		u64 lo = vm_rd(d->base, VM_CONFIG);
+		u64 hi = vm_rd(d->base, VM_CONFIG + 4);
+		cap = lo | (hi << 32);
+		if (vm_rd(d->base, VM_CONFIG_GENERATION) == gen)
+			break;
+	}
+	return cap;
+}
+
+/*
+ * One request: header, optional data buffer (device-writable if data_in),
+ * status byte. Returns the status byte, or -1 if no used element came.
+ */
+static int blk_request(struct blk *b, u32 type, u64 sector, void *data, u32 len, int data_in)
+{
+	struct vq *q = &b->q;
+	struct vq_used_elem e;
+	u16 st = 1;
+
+	blkbuf.hdr.type = type;
+	blkbuf.hdr.reserved = 0;
+	blkbuf.hdr.sector = sector;
+	blkbuf.status = 0xff;
+	vq_set_desc(q, 0, (u64)&blkbuf.hdr, sizeof(blkbuf.hdr), DESC_F_NEXT, 1);
+	if (len) {
+		vq_set_desc(q, 1, (u64)data, len, DESC_F_NEXT | (data_in ? DESC_F_WRITE : 0), 2);
+		st = 2;
+	}
+	vq_set_desc(q, st, (u64)&blkbuf.status, 1, DESC_F_WRITE, 0);
+	vq_publish(q, 0);
+	vq_notify(q);
+	if (!vq_wait(q, WAIT_REQUEST, &e))
+		return -1;
+	mb();
+	return *(volatile u8 *)&blkbuf.status;
+}
+
+static void put_status(int st)
+{
+	if (st < 0)
+		puts_serial("timeout");
+	else
+		put_dec((u32)st);
+}
+
+/* Reads sector 0 and prints "<prefix>: <what> sum=0x..." (or the failure). */
+static void blk_print_sector0(struct blk *b, const char *prefix, const char *what)
+{
+	memset(blkbuf.data, 0, SECTOR);
+	int st = blk_request(b, BLK_T_IN, 0, blkbuf.data, SECTOR, 1);
+	line_start(prefix);
+	puts_serial(what);
+	if (st == 0) {
+		puts_serial(" sum=0x");
+		put_hex(fnv1a32((u64)blkbuf.data, SECTOR), 8);
+	} else {
+		puts_serial(" status=");
+		put_status(st);
+	}
+	putc_serial('\n');
+}
+
+static void test_blk(void)
+{
+	const struct vdev *d = vdev_find(ID_BLK);
+	struct blk b;
+
+	if (!d) {
+		say("blk", "no device");
+		return;
+	}
+	if (!blk_init(&b, d, "blk"))
+		return;
+	b.capacity = blk_capacity(d);
+	puts_serial("blk: capacity=");
+	put_dec(b.capacity);
+	puts_serial(" ro=");
+	put_dec((b.features & BLK_F_RO) ? 1 : 0);
+	putc_serial('\n');
+
+	blk_print_sector0(&b, "blk", "sector0");
+
+	memset(blkbuf.data, 0, BLK_ID_BYTES + 1);
+	int st = blk_request(&b, BLK_T_GET_ID, 0, blkbuf.data, BLK_ID_BYTES, 1);
+	if (st == 0) {
+		puts_serial("blk: id=");
+		for (int i = 0; i < BLK_ID_BYTES && blkbuf.data[i]; i++) {
+			u8 c = blkbuf.data[i];
+			putc_serial(c >= 0x20 && c < 0x7f ? (char)c : '?');
+		}
+		putc_serial('\n');
+	} else {
+		puts_serial("blk: id-error status=");
+		put_status(st);
+		putc_serial('\n');
+	}
+
+	if (vcfg.blkwrite) {
+		for (u32 i = 0; i < SECTOR; i++)
+			blkbuf.data[i] = (u8)(i * 7 + 3);
+		st = blk_request(&b, BLK_T_OUT, 1, blkbuf.data, SECTOR, 0);
+		puts_serial("blk: write status=");
+		put_status(st);
+		putc_serial('\n');
+
+		st = blk_request(&b, BLK_T_FLUSH, 0, 0, 0, 0);
+		puts_serial("blk: flush status=");
+		put_status(st);
+		putc_serial('\n');
+
+		memset(blkbuf.data, 0, SECTOR);
+		st = blk_request(&b, BLK_T_IN, 1, blkbuf.data, SECTOR, 1);
+		int same = st == 0;
+		for (u32 i = 0; same && i < SECTOR; i++)
+			same = blkbuf.data[i] == (u8)(i * 7 + 3);
+		if (st == 0) {
+			say("blk", same ? "readback ok" : "readback mismatch");
+		} else {
+			puts_serial("blk: readback status=");
+			put_status(st);
+			putc_serial('\n');
+		}
+	}
+	vdev_reset(d);
+	say("blk", "done");
+}
+
+/*
+ * The end of the highest RAM range below 4 GiB, minus one page: a start for
+ * the "huge" buffer such that whatever part of it lies in RAM is harmless
+ * scratch even if a device writes into it. 0 if there is no such range.
+ */
+static u64 scratch_near_ram_top(void)
+{
+	u64 top = 0;
+	for (u32 i = 0; i < info.n_e820; i++) {
+		u64 end = info.e820[i].addr + info.e820[i].size;
+		if (info.e820[i].type == 1 && end <= (1ull << 32) && end > top &&
+		    info.e820[i].size >= 0x10000)
+			top = end;
+	}
+	return top ? (top & ~0xfffull) - 0x1000 : 0;
+}
+
+/* Publishes the malformed chain already in the descriptors and reports. */
+static void blk_bad_case(struct blk *b, const char *name)
+{
+	struct vq_used_elem e;
+
+	vq_publish(&b->q, 0);
+	vq_notify(&b->q);
+	int used = vq_wait(&b->q, WAIT_BAD, &e);
+	puts_serial("blk-bad: ");
+	puts_serial(name);
+	puts_serial(" used=");
+	put_dec(used);
+	puts_serial(" status=");
+	put_hex_short(vm_rd(b->dev->base, VM_STATUS));
+	putc_serial('\n');
+}
+
+/* Re-initialises the device if it wants a reset or is not running. */
+static int blk_ensure_ready(struct blk *b)
+{
+	u32 st = vm_rd(b->dev->base, VM_STATUS);
+	if (!(st & (ST_NEEDS_RESET | ST_FAILED)) && (st & ST_DRIVER_OK))
+		return 1;
+	return blk_init(b, b->dev, "blk-bad");
+}
+
+static void test_blk_bad(void)
+{
+	const struct vdev *d = vdev_find(ID_BLK);
+	struct blk b;
+
+	if (!d) {
+		say("blk-bad", "no device");
+		return;
+	}
+	if (!blk_init(&b, d, "blk-bad"))
+		return;
+	blkbuf.hdr.type = BLK_T_IN;
+	blkbuf.hdr.reserved = 0;
+	blkbuf.hdr.sector = 0;
+
+	/* (a) 0 -> 1 -> 0 -> ...: two device-readable descriptors in a loop. */
+	vq_set_desc(&b.q, 0, (u64)&blkbuf.hdr, sizeof(blkbuf.hdr), DESC_F_NEXT, 1);
+	vq_set_desc(&b.q, 1, (u64)blkbuf.data, SECTOR, DESC_F_NEXT, 0);
+	blk_bad_case(&b, "loop");
+
+	/* (b) a data buffer far beyond RAM. */
+	if (!blk_ensure_ready(&b))
+		return;
+	vq_set_desc(&b.q, 0, (u64)&blkbuf.hdr, sizeof(blkbuf.hdr), DESC_F_NEXT, 1);
+	vq_set_desc(&b.q, 1, 0x700000000000ull, SECTOR, DESC_F_NEXT | DESC_F_WRITE, 2);
+	vq_set_desc(&b.q, 2, (u64)&blkbuf.status, 1, DESC_F_WRITE, 0);
+	blk_bad_case(&b, "oob");
+
+	/* (c) a data buffer of 0xfffffff0 bytes starting in RAM. */
+	if (!blk_ensure_ready(&b))
+		return;
+	u64 huge = scratch_near_ram_top();
+	vq_set_desc(&b.q, 0, (u64)&blkbuf.hdr, sizeof(blkbuf.hdr), DESC_F_NEXT, 1);
+	vq_set_desc(&b.q, 1, huge ? huge : (u64)blkbuf.data, 0xfffffff0u,
+		    DESC_F_NEXT | DESC_F_WRITE, 2);
+	vq_set_desc(&b.q, 2, (u64)&blkbuf.status, 1, DESC_F_WRITE, 0);
+	blk_bad_case(&b, "huge");
+
+	if (!blk_ensure_ready(&b))
+		return;
+	blk_print_sector0(&b, "blk-bad", "recovered");
+	vdev_reset(d);
+}
+
+/* ---- virtio-rng (5.4) ------------------------------------------------------ */
+
+#define RNG_BYTES 64
+
+static u8 rngbuf[RNG_BYTES] __attribute__((aligned(16)));
+
+static void test_rng(void)
+{
+	const struct vdev *d = vdev_find(ID_RNG);
+	struct vq q;
+	struct vq_used_elem e;
+	u64 features;
+
+	if (!d) {
+		say("rng", "no device");
+		return;
+	}
+	if (!vdev_begin(d, 0, &features, "rng") || !vq_setup(&q, d, 0, RING_RNG, "rng"))
+		return;
+	if (!(vdev_driver_ok(d) & ST_DRIVER_OK)) {
+		vdev_fail(d, "rng", "DRIVER_OK not kept");
+		return;
+	}
+	memset(rngbuf, 0, RNG_BYTES);
+	vq_set_desc(&q, 0, (u64)rngbuf, RNG_BYTES, DESC_F_WRITE, 0);
+	vq_publish(&q, 0);
+	vq_notify(&q);
+	if (!vq_wait(&q, WAIT_REQUEST, &e)) {
+		say("rng", "timeout");
+		vdev_reset(d);
+		return;
+	}
+	mb();
+	u32 nonzero = 0;
+	for (u32 i = 0; i < RNG_BYTES; i++)
+		nonzero += ((volatile u8 *)rngbuf)[i] != 0;
+	puts_serial("rng: len=");
+	put_dec(e.len);
+	puts_serial(" nonzero=");
+	put_dec(nonzero);
+	putc_serial('\n');
+	vdev_reset(d);
+}
+
+/* ---- virtio-console (5.3), single port, no MULTIPORT ------------------------ */
+
+#define CON_RX_BYTES 64
+#define CON_LINE_MAX 64
+
+static struct {
+	u8 rx[CON_RX_BYTES] __attribute__((aligned(16)));
+	char tx[16];
+	char line[CON_LINE_MAX];
+} conbuf;
+
+static void con_post_rx(struct vq *rx)
+{
+	vq_set_desc(rx, 0, (u64)conbuf.rx, CON_RX_BYTES, DESC_F_WRITE, 0);
+	vq_publish(rx, 0);
+	vq_notify(rx);
+}
+
+static void test_console(void)
+{
+	static const char msg[] = "hello-console\n";
+	const struct vdev *d = vdev_find(ID_CONSOLE);
+	struct vq rx, tx;
+	struct vq_used_elem e;
+	u64 features;
+
+	if (!d) {
+		say("console", "no device");
+		return;
+	}
+	if (!vdev_begin(d, 0, &features, "console") ||
+	    !vq_setup(&rx, d, 0, RING_CON_RX, "console") ||
+	    !vq_setup(&tx, d, 1, RING_CON_TX, "console"))
+		return;
+	if (!(vdev_driver_ok(d) & ST_DRIVER_OK)) {
+		vdev_fail(d, "console", "DRIVER_OK not kept");
+		return;
+	}
+
+	con_post_rx(&rx);
+
+	memcpy(conbuf.tx, msg, sizeof(msg) - 1);
+	vq_set_desc(&tx, 0, (u64)conbuf.tx, sizeof(msg) - 1, 0, 0);
+	vq_publish(&tx, 0);
+	vq_notify(&tx);
+	say("console", vq_wait(&tx, WAIT_REQUEST, &e) ? "tx done" : "tx timeout");
+
+	/* Collect received chunks until a newline, reposting the buffer. */
+	u32 n = 0, budget = WAIT_CONSOLE_RX;
+	int newline = 0;
+	while (!newline && budget) {
+		/* Wait in slices so the total stays bounded by budget. */
+		u32 slice = budget < 10000 ? budget : 10000;
+		budget -= slice;
+		if (!vq_wait(&rx, slice, &e))
+			continue;
+		mb();
+		u32 len = e.len < CON_RX_BYTES ? e.len : CON_RX_BYTES;
+		for (u32 i = 0; i < len && !newline; i++) {
+			u8 c = ((volatile u8 *)conbuf.rx)[i];
+			if (c == '\n')
+				newline = 1;
+			else if (n < CON_LINE_MAX - 1)
+				conbuf.line[n++] = (char)c;
+		}
+		if (!newline)
+			con_post_rx(&rx);
+	}
+	conbuf.line[n] = 0;
+	if (newline) {
+		puts_serial("console: rx=");
+		for (u32 i = 0; i < n; i++) {
+			u8 c = (u8)conbuf.line[i];
+			putc_serial(c >= 0x20 && c < 0x7f ? (char)c : '?');
+		}
+		putc_serial('\n');
+	} else {
+		say("console", "rx timeout");
+	}
+	vdev_reset(d);
+}
+
+/* ---- Probe and dispatch ------------------------------------------------------ */
+
+static void virtio_probe(void)
+{
+	for (u32 i = 0; i < vcfg.n_bad_tokens; i++)
+		say("virtio", "malformed virtio_mmio.device= token");
+	for (u32 i = 0; i < vcfg.n_devs; i++) {
+		struct vdev *d = &vcfg.devs[i];
+		puts_serial("virtio: base=");
+		put_hex_short(d->base);
+		puts_serial(" irq=");
+		put_dec(d->irq);
+		if (d->base + 0x200 > (1ull << 32) || d->size < 0x104) {
+			/* Outside the 4 GiB identity map, or no room for config. */
+			puts_serial(" error=unusable window\n");
+			continue;
+		}
+		u32 magic = vm_rd(d->base, VM_MAGIC);
+		u32 version = vm_rd(d->base, VM_VERSION);
+		if (magic != VIRTIO_MAGIC) {
+			puts_serial(" error=magic ");
+			put_hex_short(magic);
+			putc_serial('\n');
+			continue;
+		}
+		if (version != 2) {
+			puts_serial(" error=version ");
+			put_dec(version);
+			putc_serial('\n');
+			continue;
+		}
+		d->id = vm_rd(d->base, VM_DEVICE_ID);
+		d->usable = 1;
+		puts_serial(" id=");
+		put_dec(d->id);
+		putc_serial('\n');
+	}
+}
+
+/* Compares the test name [s, s+len) with a literal. */
+static int name_is(const char *s, u32 len, const char *lit)
+{
+	u32 i = 0;
+	for (; i < len && lit[i]; i++)
+		if (s[i] != lit[i])
+			return 0;
+	return i == len && lit[i] == 0;
+}
+
+/* Probes the announced devices, then runs the guest.virtio= tests in order. */
+static void virtio_run(void)
+{
+	if (vcfg.n_devs == 0 && vcfg.n_bad_tokens == 0 && !vcfg.tests[0])
+		return;
+	virtio_probe();
+
+	const char *t = vcfg.tests;
+	while (*t) {
+		u32 len = 0;
+		while (t[len] && t[len] != ',')
+			len++;
+		if (name_is(t, len, "blk"))
+			test_blk();
+		else if (name_is(t, len, "blk-bad"))
+			test_blk_bad();
+		else if (name_is(t, len, "rng"))
+			test_rng();
+		else if (name_is(t, len, "console"))
+			test_console();
+		else if (len) {
+			puts_serial("virtio: unknown test ");
+			for (u32 i = 0; i < len; i++)
+				putc_serial(t[i]);
+			putc_serial('\n');
+		}
+		t += len;
+		if (*t == ',')
+			t++;
+	}
+}
