@@ -4,5 +4,6 @@
 //! configuration file into a validated [`config::VmConfig`].
 
 pub mod config;
+pub mod event_loop;
 pub mod logger;
 pub mod process;

@@ -1,5 +1,158 @@
-//! virtio-mmio transport and devices (block, net, rng, console, vsock).
+//! virtio devices of an altovirt microVM and their virtio-mmio transport.
 //!
-//! Not implemented yet: this crate is part of the workspace layout and is
-//! filled by the virtio-mmio issue. Device sections in the configuration are
-//! refused with a clear error until then.
+//! - [`MmioTransport`]: the virtio-mmio (version 2, modern only) register
+//!   block; a [`address_space::BusDevice`] placed in a 4 KiB MMIO window.
+//! - [`VirtioDevice`]: what a device model implements; devices process their
+//!   queues on a [`machine_manager::event_loop::EventLoop`] thread, never on
+//!   vCPU threads.
+//! - Devices: [`block::Block`] (virtio-blk), [`rng::Rng`] (virtio-rng) and
+//!   [`console::Console`] (virtio-console, single port).
+//!
+//! Everything the guest writes (registers, rings, descriptors) is treated
+//! as hostile: a misbehaving driver gets an error status or a device in the
+//! DEVICE_NEEDS_RESET state, never a VMM panic or hang.
+
+#![warn(missing_docs)]
+
+pub mod block;
+mod chain;
+pub mod console;
+mod interrupt;
+pub mod mmio;
+pub mod rng;
+#[cfg(test)]
+mod test_utils;
+mod worker;
+
+use std::sync::Arc;
+
+pub use address_space::GuestMemoryMmap;
+pub use interrupt::{Interrupt, VIRTIO_MMIO_INT_CONFIG, VIRTIO_MMIO_INT_VRING};
+pub use mmio::{MmioError, MmioTransport, MMIO_WINDOW_SIZE, NOTIFY_REG_OFFSET};
+pub use virtio_queue::{Queue, QueueT};
+pub use vmm_sys_util::eventfd::EventFd;
+
+use machine_manager::event_loop::EventLoopError;
+
+/// virtio device ID of a network card.
+pub const TYPE_NET: u32 = 1;
+/// virtio device ID of a block device.
+pub const TYPE_BLOCK: u32 = 2;
+/// virtio device ID of a console.
+pub const TYPE_CONSOLE: u32 = 3;
+/// virtio device ID of an entropy source.
+pub const TYPE_RNG: u32 = 4;
+
+/// Feature bit: the device complies with virtio 1.0 or later.
+pub const VIRTIO_F_VERSION_1: u32 = 32;
+/// Feature bit: the driver may use indirect descriptor tables.
+pub const VIRTIO_RING_F_INDIRECT_DESC: u32 = 28;
+
+/// Device status bit: the guest noticed the device.
+pub const STATUS_ACKNOWLEDGE: u32 = 1;
+/// Device status bit: the guest knows how to drive the device.
+pub const STATUS_DRIVER: u32 = 2;
+/// Device status bit: the driver is set up and ready.
+pub const STATUS_DRIVER_OK: u32 = 4;
+/// Device status bit: feature negotiation is complete.
+pub const STATUS_FEATURES_OK: u32 = 8;
+/// Device status bit: the device hit an error and needs a reset.
+pub const STATUS_DEVICE_NEEDS_RESET: u32 = 64;
+/// Device status bit: the guest gave up on the device.
+pub const STATUS_FAILED: u32 = 128;
+
+/// Errors raised while activating a device.
+#[derive(Debug, thiserror::Error)]
+pub enum ActivateError {
+    /// The transport handed over a different number of queues than the
+    /// device has.
+    #[error("expected {expected} queues, got {got}")]
+    QueueCount {
+        /// Number of queues of the device.
+        expected: usize,
+        /// Number handed over.
+        got: usize,
+    },
+    /// The driver did not enable a queue the device needs.
+    #[error("queue {0} is not ready")]
+    QueueNotReady(usize),
+    /// The queue handlers could not be registered on the event loop.
+    #[error("cannot register queue handlers: {0}")]
+    EventLoop(#[from] EventLoopError),
+    /// The device is already active.
+    #[error("device is already active")]
+    AlreadyActive,
+    /// A host resource (eventfd, back-end) failed.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// The device-model side of a virtio device, driven by a transport.
+///
+/// Methods run on vCPU threads (register accesses); queue processing starts
+/// at [`activate`](VirtioDevice::activate) and runs on the device's event
+/// loop thread.
+pub trait VirtioDevice: Send {
+    /// The virtio device ID (e.g. [`TYPE_BLOCK`]).
+    fn device_type(&self) -> u32;
+    /// Maximum size of each queue; the number of entries is the queue count.
+    fn queue_max_sizes(&self) -> &[u16];
+    /// Features the device offers (always including `VIRTIO_F_VERSION_1`).
+    fn features(&self) -> u64;
+    /// Records the features the driver accepted (a subset of
+    /// [`features`](VirtioDevice::features), checked by the transport).
+    fn ack_features(&mut self, features: u64);
+    /// Reads device configuration space at `offset`; bytes beyond the
+    /// configuration read as zero.
+    fn read_config(&self, offset: u64, data: &mut [u8]);
+    /// Writes device configuration space at `offset`; read-only or
+    /// out-of-range bytes are ignored.
+    fn write_config(&mut self, offset: u64, data: &[u8]);
+    /// Starts the device: `queues` holds one queue per entry of
+    /// [`queue_max_sizes`](VirtioDevice::queue_max_sizes), each with the
+    /// eventfd the guest's notifications for it arrive on.
+    fn activate(
+        &mut self,
+        mem: GuestMemoryMmap,
+        interrupt: Arc<Interrupt>,
+        queues: Vec<(Queue, EventFd)>,
+    ) -> Result<(), ActivateError>;
+    /// Stops queue processing and drops the queues. Safe at any time,
+    /// including while the event loop is processing this device.
+    fn reset(&mut self);
+}
+
+/// Copies the bytes of `config` at `offset` into `data`, zero-filling what
+/// lies beyond `config`.
+pub(crate) fn read_config_bytes(config: &[u8], offset: u64, data: &mut [u8]) {
+    data.fill(0);
+    let Ok(start) = usize::try_from(offset) else {
+        return;
+    };
+    if let Some(src) = config.get(start..) {
+        let n = src.len().min(data.len());
+        data[..n].copy_from_slice(&src[..n]);
+    }
+}
+
+/// Locks `m`, recovering the data if a panicking thread poisoned it.
+pub(crate) fn lock<T: ?Sized>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_bytes_are_bounded() {
+        let cfg = [1u8, 2, 3, 4];
+        let mut buf = [0xffu8; 4];
+        read_config_bytes(&cfg, 2, &mut buf);
+        assert_eq!(buf, [3, 4, 0, 0]);
+        read_config_bytes(&cfg, 10, &mut buf);
+        assert_eq!(buf, [0; 4]);
+        read_config_bytes(&cfg, u64::MAX, &mut buf);
+        assert_eq!(buf, [0; 4]);
+    }
+}

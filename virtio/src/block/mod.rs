@@ -1,0 +1,282 @@
+//! virtio-blk: a block device backed by a host file.
+//!
+//! Requests (IN, OUT, FLUSH, GET_ID, DISCARD, WRITE_ZEROES) are served
+//! synchronously on the device's event loop thread. The image is locked at
+//! creation (exclusive for read-write, shared for read-only) so that two VMs
+//! cannot write the same image, and flushed when the device is reset or
+//! dropped.
+
+mod disk;
+mod request;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use address_space::GuestMemoryMmap;
+use machine_manager::event_loop::EventLoop;
+use virtio_queue::Queue;
+use vmm_sys_util::eventfd::EventFd;
+
+pub use disk::{AlignedBuf, DiskFile, SECTOR_SIZE};
+
+use crate::worker::{split_queues, QueueSet, Registrations};
+use crate::{
+    read_config_bytes, ActivateError, Interrupt, VirtioDevice, TYPE_BLOCK, VIRTIO_F_VERSION_1,
+    VIRTIO_RING_F_INDIRECT_DESC,
+};
+use request::BlockWorker;
+
+/// Size of the request queue.
+pub const QUEUE_SIZE: u16 = 256;
+/// Length of the GET_ID answer (the serial number).
+pub const SERIAL_LEN: usize = 20;
+/// Most data segments per request (advertised as seg_max).
+pub const SEG_MAX: u32 = QUEUE_SIZE as u32 - 2;
+/// Most sectors per DISCARD segment.
+pub const MAX_DISCARD_SECTORS: u32 = 1 << 22;
+/// Most sectors per WRITE_ZEROES segment.
+pub const MAX_WRITE_ZEROES_SECTORS: u32 = 1 << 17;
+/// Most segments per DISCARD or WRITE_ZEROES request.
+pub const MAX_DISCARD_SEGMENTS: u32 = 16;
+
+/// Feature bit: read-only device.
+pub const VIRTIO_BLK_F_RO: u32 = 5;
+/// Feature bit: seg_max is valid.
+pub const VIRTIO_BLK_F_SEG_MAX: u32 = 2;
+/// Feature bit: blk_size is valid.
+pub const VIRTIO_BLK_F_BLK_SIZE: u32 = 6;
+/// Feature bit: FLUSH is supported.
+pub const VIRTIO_BLK_F_FLUSH: u32 = 9;
+/// Feature bit: DISCARD is supported.
+pub const VIRTIO_BLK_F_DISCARD: u32 = 13;
+/// Feature bit: WRITE_ZEROES is supported.
+pub const VIRTIO_BLK_F_WRITE_ZEROES: u32 = 14;
+
+/// Request type: read.
+pub const VIRTIO_BLK_T_IN: u32 = 0;
+/// Request type: write.
+pub const VIRTIO_BLK_T_OUT: u32 = 1;
+/// Request type: flush.
+pub const VIRTIO_BLK_T_FLUSH: u32 = 4;
+/// Request type: get the serial number.
+pub const VIRTIO_BLK_T_GET_ID: u32 = 8;
+/// Request type: discard ranges.
+pub const VIRTIO_BLK_T_DISCARD: u32 = 11;
+/// Request type: zero ranges.
+pub const VIRTIO_BLK_T_WRITE_ZEROES: u32 = 13;
+/// WRITE_ZEROES segment flag: the range may be deallocated.
+pub const VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP: u32 = 1;
+
+/// Request status: success.
+pub const VIRTIO_BLK_S_OK: u8 = 0;
+/// Request status: I/O error (or invalid request).
+pub const VIRTIO_BLK_S_IOERR: u8 = 1;
+/// Request status: unsupported request.
+pub const VIRTIO_BLK_S_UNSUPP: u8 = 2;
+
+/// Errors while creating a block device.
+#[derive(Debug, thiserror::Error)]
+pub enum BlockError {
+    /// The image could not be opened.
+    #[error("cannot open disk image {path}: {source}")]
+    Open {
+        /// The image path.
+        path: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// Another process (or device) holds a conflicting lock on the image.
+    #[error("disk image {path} is locked by another user (another VM using it?)")]
+    Locked {
+        /// The image path.
+        path: String,
+    },
+    /// The size of the image could not be determined.
+    #[error("cannot get the size of disk image {path}: {source}")]
+    Size {
+        /// The image path.
+        path: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The serial number is longer than GET_ID can return.
+    #[error("block serial '{0}' is longer than {SERIAL_LEN} bytes")]
+    SerialTooLong(String),
+    /// The I/O buffer could not be allocated.
+    #[error("cannot allocate the block I/O buffer")]
+    Buffer,
+}
+
+/// Options of a block device.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BlockConfig {
+    /// Host path of the image (regular file or block device).
+    pub path: PathBuf,
+    /// Refuse guest writes and open the image read-only.
+    pub read_only: bool,
+    /// Bypass the host page cache (O_DIRECT) where the filesystem allows.
+    pub direct: bool,
+    /// Serial number returned by GET_ID (at most 20 bytes).
+    pub serial: Option<String>,
+}
+
+struct Active {
+    // Dropped first: stops the handlers before the worker goes away.
+    registrations: Registrations,
+    _worker: Arc<Mutex<BlockWorker>>,
+}
+
+/// A virtio-blk device.
+pub struct Block {
+    disk: Arc<DiskFile>,
+    serial: [u8; SERIAL_LEN],
+    config_space: Vec<u8>,
+    avail_features: u64,
+    acked_features: u64,
+    event_loop: EventLoop,
+    active: Option<Active>,
+}
+
+impl Block {
+    /// Opens and locks the image; queues will be served on `event_loop`.
+    pub fn new(config: BlockConfig, event_loop: EventLoop) -> Result<Self, BlockError> {
+        let mut serial = [0u8; SERIAL_LEN];
+        if let Some(s) = &config.serial {
+            let bytes = s.as_bytes();
+            if bytes.len() > SERIAL_LEN {
+                return Err(BlockError::SerialTooLong(s.clone()));
+            }
+            serial[..bytes.len()].copy_from_slice(bytes);
+        }
+        let disk = DiskFile::open(&config.path, config.read_only, config.direct)?;
+        let mut avail_features = (1u64 << VIRTIO_F_VERSION_1)
+            | (1 << VIRTIO_RING_F_INDIRECT_DESC)
+            | (1 << VIRTIO_BLK_F_SEG_MAX)
+            | (1 << VIRTIO_BLK_F_BLK_SIZE)
+            | (1 << VIRTIO_BLK_F_FLUSH);
+        if config.read_only {
+            avail_features |= 1 << VIRTIO_BLK_F_RO;
+        } else {
+            avail_features |= (1 << VIRTIO_BLK_F_DISCARD) | (1 << VIRTIO_BLK_F_WRITE_ZEROES);
+        }
+        let config_space = build_config(disk.size() / SECTOR_SIZE);
+        Ok(Block {
+            disk: Arc::new(disk),
+            serial,
+            config_space,
+            avail_features,
+            acked_features: 0,
+            event_loop,
+            active: None,
+        })
+    }
+
+    /// Capacity in 512-byte sectors.
+    pub fn capacity(&self) -> u64 {
+        self.disk.size() / SECTOR_SIZE
+    }
+
+    /// Host path of the image.
+    pub fn path(&self) -> &Path {
+        self.disk.path()
+    }
+
+    /// Whether the device is read-only.
+    pub fn read_only(&self) -> bool {
+        self.disk.read_only()
+    }
+
+    /// Whether the device is processing its queue.
+    pub fn is_active(&self) -> bool {
+        self.active.is_some()
+    }
+}
+
+/// struct virtio_blk_config, little endian, up to write_zeroes_may_unmap.
+fn build_config(capacity: u64) -> Vec<u8> {
+    let mut c = vec![0u8; 60];
+    c[0..8].copy_from_slice(&capacity.to_le_bytes());
+    c[12..16].copy_from_slice(&SEG_MAX.to_le_bytes());
+    c[20..24].copy_from_slice(&(SECTOR_SIZE as u32).to_le_bytes());
+    c[34..36].copy_from_slice(&1u16.to_le_bytes()); // num_queues
+    c[36..40].copy_from_slice(&MAX_DISCARD_SECTORS.to_le_bytes());
+    c[40..44].copy_from_slice(&MAX_DISCARD_SEGMENTS.to_le_bytes());
+    c[44..48].copy_from_slice(&8u32.to_le_bytes()); // discard_sector_alignment
+    c[48..52].copy_from_slice(&MAX_WRITE_ZEROES_SECTORS.to_le_bytes());
+    c[52..56].copy_from_slice(&MAX_DISCARD_SEGMENTS.to_le_bytes());
+    c[56] = 1; // write_zeroes_may_unmap
+    c
+}
+
+impl VirtioDevice for Block {
+    fn device_type(&self) -> u32 {
+        TYPE_BLOCK
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &[QUEUE_SIZE]
+    }
+
+    fn features(&self) -> u64 {
+        self.avail_features
+    }
+
+    fn ack_features(&mut self, features: u64) {
+        self.acked_features = features & self.avail_features;
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        read_config_bytes(&self.config_space, offset, data);
+    }
+
+    fn write_config(&mut self, offset: u64, data: &[u8]) {
+        // Only `writeback` (with CONFIG_WCE) is writable; not offered.
+        log::debug!(
+            "virtio-blk: ignored {}-byte config write at {offset:#x}",
+            data.len()
+        );
+    }
+
+    fn activate(
+        &mut self,
+        mem: GuestMemoryMmap,
+        interrupt: Arc<Interrupt>,
+        queues: Vec<(Queue, EventFd)>,
+    ) -> Result<(), ActivateError> {
+        if self.active.is_some() {
+            return Err(ActivateError::AlreadyActive);
+        }
+        let (queues, evts) = split_queues(queues, 1)?;
+        let worker = BlockWorker::new(
+            QueueSet::new("virtio-blk", mem, interrupt, queues),
+            self.disk.clone(),
+            self.serial,
+            self.acked_features,
+        )
+        .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::OutOfMemory))?;
+        let worker = Arc::new(Mutex::new(worker));
+        let mut registrations = Registrations::new(&self.event_loop);
+        registrations.add_queues(&worker, evts, |w: &mut BlockWorker, _| w.process())?;
+        self.active = Some(Active {
+            registrations,
+            _worker: worker,
+        });
+        Ok(())
+    }
+
+    fn reset(&mut self) {
+        if let Some(mut active) = self.active.take() {
+            active.registrations.clear();
+        }
+        if let Err(e) = self.disk.flush() {
+            log::error!(
+                "virtio-blk: {}: flush on reset failed: {e}",
+                self.path().display()
+            );
+        }
+        self.acked_features = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,289 @@
+//! Parsing and execution of virtio-blk requests.
+//!
+//! A request is a 16-byte header (type, reserved, sector) in device-readable
+//! buffers, data, and a final status byte: the last byte of the
+//! device-writable buffers. Any framing of those bytes across descriptors is
+//! accepted. A request without a usable status byte cannot be answered and
+//! puts the device in DEVICE_NEEDS_RESET; any other malformation (buffers
+//! outside RAM, short header, out-of-range sectors, odd lengths) completes
+//! with VIRTIO_BLK_S_IOERR.
+
+use std::sync::Arc;
+
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
+
+use super::disk::{AlignedBuf, DiskFile, SECTOR_SIZE};
+use super::*;
+use crate::chain::{descs_in_memory, Chain, Cursor, Desc};
+use crate::worker::QueueSet;
+
+/// Size of the bounce buffer (one transfer step).
+const IO_CHUNK: usize = 128 << 10;
+/// Requests served per handler call before yielding to other devices.
+const BUDGET: usize = 256;
+
+/// Outcome of one request: status and bytes written to the guest.
+struct Done {
+    status: u8,
+    written: u32,
+}
+
+impl Done {
+    fn status(status: u8) -> Self {
+        Done { status, written: 0 }
+    }
+}
+
+/// The queue-processing side of an active block device.
+pub(super) struct BlockWorker {
+    qs: QueueSet,
+    disk: Arc<DiskFile>,
+    serial: [u8; SERIAL_LEN],
+    features: u64,
+    buf: AlignedBuf,
+}
+
+impl BlockWorker {
+    pub fn new(
+        qs: QueueSet,
+        disk: Arc<DiskFile>,
+        serial: [u8; SERIAL_LEN],
+        features: u64,
+    ) -> Option<Self> {
+        Some(BlockWorker {
+            qs,
+            disk,
+            serial,
+            features,
+            buf: AlignedBuf::new(IO_CHUNK)?,
+        })
+    }
+
+    /// Serves available requests; true if some were left for later.
+    pub fn process(&mut self) -> bool {
+        let mut served = 0;
+        while served < BUDGET {
+            let Some(chain) = self.qs.pop(0) else {
+                break;
+            };
+            let Some(len) = self.handle(&chain) else {
+                break;
+            };
+            if !self.qs.add_used(0, chain.head, len) {
+                break;
+            }
+            served += 1;
+        }
+        if served > 0 {
+            self.qs.interrupt.signal_used_queue();
+        }
+        served == BUDGET && !self.qs.is_broken()
+    }
+
+    /// Executes one request; returns the used length, or None when the
+    /// request cannot even be answered (device marked as needing reset).
+    fn handle(&mut self, chain: &Chain) -> Option<u32> {
+        let readable: Vec<Desc> = chain
+            .descs
+            .iter()
+            .filter(|d| !d.writable)
+            .copied()
+            .collect();
+        let mut writable: Vec<Desc> = chain.descs.iter().filter(|d| d.writable).copied().collect();
+        let status_addr = match writable.last_mut() {
+            Some(last) if last.len > 0 => {
+                last.len -= 1;
+                last.addr
+                    .0
+                    .checked_add(u64::from(last.len))
+                    .map(GuestAddress)
+            }
+            _ => None,
+        };
+        let Some(status_addr) = status_addr.filter(|a| self.qs.mem.check_range(*a, 1)) else {
+            self.qs
+                .fail(&format_args!("request {} has no status byte", chain.head));
+            return None;
+        };
+        let done = if descs_in_memory(&self.qs.mem, &readable)
+            && descs_in_memory(&self.qs.mem, &writable)
+        {
+            self.execute(&readable, &writable)
+        } else {
+            log::warn!("virtio-blk: request buffers outside guest RAM");
+            Done::status(VIRTIO_BLK_S_IOERR)
+        };
+        if let Err(e) = self.qs.mem.write_obj(done.status, status_addr) {
+            self.qs
+                .fail(&format_args!("cannot write request status: {e}"));
+            return None;
+        }
+        Some(done.written.saturating_add(1))
+    }
+
+    fn negotiated(&self, bit: u32) -> bool {
+        self.features & (1 << bit) != 0
+    }
+
+    fn execute(&mut self, readable: &[Desc], writable: &[Desc]) -> Done {
+        let mem = self.qs.mem.clone();
+        let mut reader = Cursor::new(&mem, readable);
+        let mut header = [0u8; 16];
+        if !matches!(reader.read(&mut header), Ok(16)) {
+            log::warn!("virtio-blk: request header too short");
+            return Done::status(VIRTIO_BLK_S_IOERR);
+        }
+        let req_type = u32::from_le_bytes([header[0], header[1], header[2], header[3]]);
+        let mut sector_bytes = [0u8; 8];
+        sector_bytes.copy_from_slice(&header[8..16]);
+        let sector = u64::from_le_bytes(sector_bytes);
+        let mut writer = Cursor::new(&mem, writable);
+        let result = match req_type {
+            VIRTIO_BLK_T_IN => self.read(sector, &mut writer),
+            VIRTIO_BLK_T_OUT => self.write(sector, &mut reader),
+            VIRTIO_BLK_T_FLUSH => self
+                .disk
+                .flush()
+                .map(|()| Done::status(VIRTIO_BLK_S_OK))
+                .map_err(|e| format!("flush: {e}")),
+            VIRTIO_BLK_T_GET_ID => {
+                let n = writer.write(&self.serial).unwrap_or(0);
+                Ok(Done {
+                    status: VIRTIO_BLK_S_OK,
+                    written: n as u32,
+                })
+            }
+            VIRTIO_BLK_T_DISCARD | VIRTIO_BLK_T_WRITE_ZEROES => {
+                self.discard_or_zero(req_type, &mut reader)
+            }
+            other => {
+                log::debug!("virtio-blk: unsupported request type {other}");
+                Ok(Done::status(VIRTIO_BLK_S_UNSUPP))
+            }
+        };
+        result.unwrap_or_else(|e| {
+            log::warn!("virtio-blk: {}: {e}", self.disk.path().display());
+            Done::status(VIRTIO_BLK_S_IOERR)
+        })
+    }
+
+    /// Byte offset of `sector` if `[sector, sector + len)` fits the disk
+    /// and `len` is whole sectors.
+    fn range(&self, sector: u64, len: u64) -> Result<u64, String> {
+        let offset = sector
+            .checked_mul(SECTOR_SIZE)
+            .filter(|off| {
+                off.checked_add(len)
+                    .is_some_and(|end| end <= self.disk.size())
+            })
+            .ok_or_else(|| format!("sector {sector} (+{len} bytes) beyond the disk"))?;
+        if !len.is_multiple_of(SECTOR_SIZE) {
+            return Err(format!("length {len} is not whole sectors"));
+        }
+        Ok(offset)
+    }
+
+    fn read(&mut self, sector: u64, writer: &mut Cursor<'_>) -> Result<Done, String> {
+        let len = writer.remaining();
+        let mut offset = self.range(sector, len)?;
+        let mut left = len;
+        while left > 0 {
+            let n = left.min(IO_CHUNK as u64) as usize;
+            let chunk = &mut self.buf[..n];
+            self.disk
+                .read_at(chunk, offset)
+                .map_err(|e| format!("read at {offset}: {e}"))?;
+            writer
+                .write(chunk)
+                .map_err(|e| format!("guest memory: {e}"))?;
+            offset += n as u64;
+            left -= n as u64;
+        }
+        Ok(Done {
+            status: VIRTIO_BLK_S_OK,
+            written: u32::try_from(len).unwrap_or(u32::MAX),
+        })
+    }
+
+    fn write(&mut self, sector: u64, reader: &mut Cursor<'_>) -> Result<Done, String> {
+        if self.disk.read_only() {
+            return Err("write to a read-only disk".into());
+        }
+        let len = reader.remaining();
+        let mut offset = self.range(sector, len)?;
+        let mut left = len;
+        while left > 0 {
+            let n = left.min(IO_CHUNK as u64) as usize;
+            let chunk = &mut self.buf[..n];
+            match reader.read(chunk) {
+                Ok(got) if got == n => {}
+                Ok(_) => return Err("short guest buffer".into()),
+                Err(e) => return Err(format!("guest memory: {e}")),
+            }
+            self.disk
+                .write_at(chunk, offset)
+                .map_err(|e| format!("write at {offset}: {e}"))?;
+            offset += n as u64;
+            left -= n as u64;
+        }
+        Ok(Done::status(VIRTIO_BLK_S_OK))
+    }
+
+    fn discard_or_zero(&mut self, req_type: u32, reader: &mut Cursor<'_>) -> Result<Done, String> {
+        let zero = req_type == VIRTIO_BLK_T_WRITE_ZEROES;
+        let feature = if zero {
+            VIRTIO_BLK_F_WRITE_ZEROES
+        } else {
+            VIRTIO_BLK_F_DISCARD
+        };
+        if !self.negotiated(feature) {
+            return Ok(Done::status(VIRTIO_BLK_S_UNSUPP));
+        }
+        if self.disk.read_only() {
+            return Err("discard/write-zeroes on a read-only disk".into());
+        }
+        let len = reader.remaining();
+        let count = len / 16;
+        if !len.is_multiple_of(16) || count == 0 || count > u64::from(MAX_DISCARD_SEGMENTS) {
+            return Err(format!("bad discard/write-zeroes payload of {len} bytes"));
+        }
+        let max = if zero {
+            MAX_WRITE_ZEROES_SECTORS
+        } else {
+            MAX_DISCARD_SECTORS
+        };
+        for _ in 0..count {
+            let mut seg = [0u8; 16];
+            match reader.read(&mut seg) {
+                Ok(16) => {}
+                _ => return Err("unreadable segment".into()),
+            }
+            let mut sector = [0u8; 8];
+            sector.copy_from_slice(&seg[0..8]);
+            let sector = u64::from_le_bytes(sector);
+            let num = u32::from_le_bytes([seg[8], seg[9], seg[10], seg[11]]);
+            let flags = u32::from_le_bytes([seg[12], seg[13], seg[14], seg[15]]);
+            let allowed = if zero {
+                VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP
+            } else {
+                0
+            };
+            if flags & !allowed != 0 {
+                return Ok(Done::status(VIRTIO_BLK_S_UNSUPP));
+            }
+            if num > max {
+                return Err(format!("segment of {num} sectors exceeds {max}"));
+            }
+            let bytes = u64::from(num) * SECTOR_SIZE;
+            let offset = self.range(sector, bytes)?;
+            let r = if zero {
+                let unmap = flags & VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP != 0;
+                self.disk.write_zeroes(offset, bytes, unmap)
+            } else {
+                self.disk.discard(offset, bytes)
+            };
+            r.map_err(|e| format!("discard/write-zeroes at {offset}: {e}"))?;
+        }
+        Ok(Done::status(VIRTIO_BLK_S_OK))
+    }
+}
