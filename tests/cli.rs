@@ -247,19 +247,24 @@ fn daemonize_refuses_a_stdio_console() {
 }
 
 #[test]
-fn kernel_stays_unsupported_devices_are_refused_clearly() {
+fn devices_not_built_yet_are_refused_clearly() {
     if !kvm_usable("unsupported_devices") {
         return;
     }
     let dir = scratch("unsupported");
-    let disk = dir.join("disk.img");
-    std::fs::write(&disk, vec![0u8; 4096]).unwrap();
     let cfg = dir.join("vm.json");
     let json = serde_json::json!({
         "boot-source": {"kernel_image_path": GUEST_ELF64},
-        "drive": [{"drive_id": "rootfs", "path_on_host": disk, "direct": false, "read_only": true}]
+        "net": [{"iface_id": "net0", "host_dev_name": "tap0"}]
     });
     std::fs::write(&cfg, json.to_string()).unwrap();
-    assert_usage_error(&["-config", cfg.to_str().unwrap()], "drive 'rootfs'");
+    assert_usage_error(&["-config", cfg.to_str().unwrap()], "net 'net0'");
+    assert_usage_error(
+        &[
+            "-device",
+            "vhost-vsock-device,id=vsock-id,guest-cid=3,vhostfd=3",
+        ],
+        "not supported yet",
+    );
     let _ = std::fs::remove_dir_all(dir);
 }

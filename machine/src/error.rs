@@ -58,6 +58,25 @@ pub enum MachineError {
     /// A vCPU could not be created or started.
     #[error("{0}")]
     Cpu(#[from] cpu::CpuError),
+    /// A virtio device could not be created.
+    #[error("device '{id}': {reason}")]
+    Virtio {
+        /// Device id.
+        id: String,
+        /// The device model's error, in one line.
+        reason: String,
+    },
+    /// More virtio devices than IRQ lines.
+    #[error("{count} virtio devices configured, at most {max} fit (one IRQ line each)")]
+    TooManyDevices {
+        /// Devices configured.
+        count: usize,
+        /// Devices that fit.
+        max: usize,
+    },
+    /// The device event loop could not be started.
+    #[error("cannot start the device event loop: {0}")]
+    EventLoop(machine_manager::event_loop::EventLoopError),
     /// A configured device type is not implemented yet.
     #[error("{0}: not supported yet by this altovirt build")]
     Unsupported(String),
@@ -74,6 +93,8 @@ impl MachineError {
                 | MachineError::KernelOpen { .. }
                 | MachineError::InitrdOpen { .. }
                 | MachineError::Unsupported(_)
+                | MachineError::Virtio { .. }
+                | MachineError::TooManyDevices { .. }
         )
     }
 }

@@ -10,6 +10,7 @@ pub mod error;
 pub mod events;
 pub mod kvm_checks;
 pub mod legacy;
+pub mod virtio_devices;
 
 use std::fs::File;
 use std::io::Cursor;
@@ -29,6 +30,7 @@ pub use control::{ControlRequest, LifecycleListener, NoListener, VmShared, VmSta
 pub use error::MachineError;
 pub use events::{EventSender, VmEvent};
 use legacy::LegacyDevices;
+use virtio_devices::VirtioDevices;
 
 /// Address of the 3-page region KVM needs for the TSS on Intel hosts
 /// (just below the BIOS area at the top of 4 GiB, inside the MMIO gap).
@@ -64,6 +66,7 @@ pub struct MicroVm {
     // Field order matters on drop: vCPUs before the VM, the VM before memory.
     vcpus: Vec<Vcpu>,
     legacy: LegacyDevices,
+    virtio: VirtioDevices,
     events: Receiver<VmEvent>,
     sender: EventSender,
     boot: BootInfo,
@@ -93,7 +96,10 @@ impl MicroVm {
             },
         )?;
         register_with_kvm(&vm, &mem)?;
-        let boot = load_guest(&mem, cfg, kernel)?;
+        let mut mmio_bus = Bus::new();
+        let virtio = VirtioDevices::attach(&vm, &mem, &mut mmio_bus, &cfg.devices)?;
+        let cmdline = kernel_cmdline(&cfg.boot.cmdline, virtio.cmdline_tokens());
+        let boot = load_guest(&mem, cfg, &cmdline, kernel)?;
         log::info!(
             "kernel loaded at {:#x}-{:#x}, entry {:#x} ({:?})",
             boot.kernel.0,
@@ -106,7 +112,7 @@ impl MicroVm {
         let mut io_bus = Bus::new();
         let legacy = LegacyDevices::attach(&vm, &mut io_bus, &cfg.serial, sender.clone(), start)?;
         let io_bus = Arc::new(io_bus);
-        let mmio_bus = Arc::new(Bus::new());
+        let mmio_bus = Arc::new(mmio_bus);
 
         let nr_vcpus = cfg.machine.nr_vcpus;
         let mut vcpus = Vec::with_capacity(usize::from(nr_vcpus));
@@ -125,6 +131,7 @@ impl MicroVm {
         Ok(Self {
             vcpus,
             legacy,
+            virtio,
             events,
             sender,
             boot,
@@ -164,6 +171,7 @@ impl MicroVm {
         let MicroVm {
             vcpus,
             mut legacy,
+            mut virtio,
             events,
             shared,
             start_paused,
@@ -219,6 +227,7 @@ impl MicroVm {
         for h in handles.iter_mut() {
             h.stop();
         }
+        virtio.shutdown();
         legacy.flush();
         shared.set_status(VmStatus::Shutdown);
         if let Some((guest, why)) = shutdown_cause(&reason) {
@@ -300,15 +309,19 @@ fn shutdown_cause(reason: &ExitReason) -> Option<(bool, &'static str)> {
     }
 }
 
+/// The user's command line followed by the device tokens the VMM adds.
+fn kernel_cmdline(user: &str, tokens: &[String]) -> String {
+    let mut parts: Vec<&str> = Vec::with_capacity(tokens.len() + 1);
+    if !user.is_empty() {
+        parts.push(user);
+    }
+    parts.extend(tokens.iter().map(String::as_str));
+    parts.join(" ")
+}
+
 /// Device sections parsed from the configuration whose device models are
 /// not part of this build yet are refused rather than silently ignored.
 fn reject_unsupported(cfg: &VmConfig) -> Result<(), MachineError> {
-    if let Some(d) = cfg.drives.first() {
-        return Err(MachineError::Unsupported(format!(
-            "drive '{}' (virtio-blk)",
-            d.id
-        )));
-    }
     if let Some(n) = cfg.nets.first() {
         return Err(MachineError::Unsupported(format!(
             "net '{}' (virtio-net)",
@@ -317,9 +330,6 @@ fn reject_unsupported(cfg: &VmConfig) -> Result<(), MachineError> {
     }
     if let Some(v) = &cfg.vsock {
         return Err(MachineError::Unsupported(format!("vsock '{}'", v.id)));
-    }
-    if cfg.rng.is_some() {
-        return Err(MachineError::Unsupported("rng (virtio-rng)".into()));
     }
     Ok(())
 }
@@ -344,6 +354,7 @@ fn create_vm(kvm: &Kvm) -> Result<VmFd, MachineError> {
 fn load_guest(
     mem: &GuestMemoryMmap,
     cfg: &VmConfig,
+    cmdline: &str,
     kernel: KernelSource<'_>,
 ) -> Result<BootInfo, MachineError> {
     let mut initrd_file = match &cfg.boot.initrd {
@@ -354,7 +365,6 @@ fn load_guest(
         None => None,
     };
     let initrd = initrd_file.as_mut().map(|f| f as &mut dyn InitrdSource);
-    let cmdline = cfg.boot.cmdline.as_str();
     let nr_cpus = cfg.machine.nr_vcpus;
     let info = match kernel {
         KernelSource::File(path) => {

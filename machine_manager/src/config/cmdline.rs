@@ -3,6 +3,7 @@
 
 use std::path::PathBuf;
 
+use super::devices::{resolve as resolve_devices, RawDeviceFlags};
 use super::error::ConfigError;
 use super::json::{load_json_file, FileConfig};
 use super::options::{parse_bool, parse_ranged, OptionList};
@@ -47,6 +48,12 @@ Usage: altovirt [OPTIONS]
   -qmp unix:PATH,server,nowait  serve QMP on a unix socket (may repeat)
   -api-channel unix:PATH        the same, StratoVirt spelling
   -S                    do not start the vCPUs until QMP 'cont'
+  -drive id=ID,file=PATH[,readonly=on|off][,direct=on|off][,format=raw]  a block back-end
+  -object rng-random,id=ID,filename=PATH  an entropy back-end (also: iothread,id=ID)
+  -chardev socket,id=ID,path=PATH,server,nowait | stdio,id=ID | file,id=ID,path=PATH
+  -device virtio-blk-device,drive=ID[,id=DEV][,serial=S]
+  -device virtio-rng-device,rng=ID[,id=DEV]
+  -device virtio-serial-device[,id=DEV] -device virtconsole,chardev=ID[,id=DEV]
   -version              print the version and exit
   -h, -help, --help     print this help and exit
 
@@ -82,6 +89,7 @@ struct Flags {
     config: Option<PathBuf>,
     qmp: Vec<PathBuf>,
     start_paused: bool,
+    raw_devices: RawDeviceFlags,
 }
 
 /// Parse the program's arguments (without `argv[0]`).
@@ -120,7 +128,8 @@ pub fn parse_cmdline(args: &[String]) -> Result<Command, ConfigError> {
                 };
             }
             "kernel" | "initrd" | "append" | "m" | "smp" | "machine" | "name" | "uuid"
-            | "serial" | "pidfile" | "config" | "qmp" | "api-channel" => {
+            | "serial" | "pidfile" | "config" | "qmp" | "api-channel" | "drive" | "device"
+            | "object" | "chardev" | "netdev" => {
                 let flag = format!("-{name}");
                 let value = args
                     .get(i)
@@ -166,6 +175,11 @@ fn apply_valued(flags: &mut Flags, flag: &str, value: &str) -> Result<(), Config
         "-uuid" => flags.uuid = Some(parse_uuid(flag, value)?),
         "-serial" => flags.serial = Some(parse_serial(value)?),
         "-qmp" | "-api-channel" => flags.qmp.push(parse_qmp_socket(flag, value)?),
+        "-drive" => flags.raw_devices.drives.push(value.into()),
+        "-device" => flags.raw_devices.devices.push(value.into()),
+        "-object" => flags.raw_devices.objects.push(value.into()),
+        "-chardev" => flags.raw_devices.chardevs.push(value.into()),
+        "-netdev" => flags.raw_devices.netdevs.push(value.into()),
         "-pidfile" => {
             check_non_empty(flag, value)?;
             flags.pidfile = Some(value.into());
@@ -334,6 +348,7 @@ fn merge(flags: Flags, file: FileConfig) -> Result<VmConfig, ConfigError> {
             .unwrap_or(defaults.mem_share),
     };
 
+    let devices = resolve_devices(&flags.raw_devices, file.drives.clone(), file.rng.clone())?;
     let serial = match flags.serial.or(file.serial) {
         Some(serial) => serial,
         None if flags.nodefaults => SerialConfig::None,
@@ -363,6 +378,7 @@ fn merge(flags: Flags, file: FileConfig) -> Result<VmConfig, ConfigError> {
         rng: file.rng,
         qmp: flags.qmp,
         start_paused: flags.start_paused,
+        devices,
     })
 }
 

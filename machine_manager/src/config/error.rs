@@ -174,6 +174,15 @@ pub enum ConfigError {
     },
 
     /// A `-serial` backend this VMM does not provide.
+    /// A device, drive, object or chardev definition that cannot be used.
+    #[error("{at}: {reason}")]
+    InvalidDevice {
+        /// The flag (with the id or driver when known).
+        at: String,
+        /// What is wrong, in one line.
+        reason: String,
+    },
+
     /// A QMP socket option that altovirt cannot serve.
     #[error("{at}: unsupported QMP socket '{value}': {reason}")]
     InvalidQmpSocket {

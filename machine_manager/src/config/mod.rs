@@ -7,6 +7,7 @@
 //! `docs/config.md` for the user-facing reference.
 
 mod cmdline;
+mod devices;
 mod error;
 mod json;
 mod options;
@@ -16,6 +17,7 @@ mod validate;
 use std::path::PathBuf;
 
 pub use cmdline::{parse_cmdline, Command, USAGE};
+pub use devices::{ChardevBackend, DeviceConfig};
 pub use error::ConfigError;
 pub use size::{MIN_MEM_SIZE, PAGE_SIZE};
 pub use validate::{MAX_IFNAME_LEN, MAX_VCPUS, MIN_VCPUS};
@@ -65,6 +67,9 @@ pub struct VmConfig {
     pub qmp: Vec<PathBuf>,
     /// Start with the vCPUs stopped (`-S`); `cont` over QMP starts them.
     pub start_paused: bool,
+    /// Device models to create at boot: the JSON `drive` list and `rng`
+    /// section first, then `-device` flags in order.
+    pub devices: Vec<DeviceConfig>,
 }
 
 impl Default for VmConfig {
@@ -88,6 +93,7 @@ impl Default for VmConfig {
             rng: None,
             qmp: Vec::new(),
             start_paused: false,
+            devices: Vec::new(),
         }
     }
 }

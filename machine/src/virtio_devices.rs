@@ -1,0 +1,157 @@
+//! Places the virtio-mmio devices: one 4 KiB window and one IRQ each,
+//! allocated here and nowhere else, announced to the guest with
+//! `virtio_mmio.device=4K@BASE:IRQ` on the kernel command line; queue
+//! notifications arrive through KVM ioeventfds and interrupts leave through
+//! irqfds, so device work runs on the event-loop thread, not on vCPUs.
+
+use std::sync::{Arc, Mutex};
+
+use address_space::{Bus, GuestMemoryMmap};
+use kvm_ioctls::{IoEventAddress, VmFd};
+use machine_manager::config::{ChardevBackend, DeviceConfig};
+use machine_manager::event_loop::EventLoop;
+use virtio::block::{Block, BlockConfig};
+use virtio::console::{Console, ConsoleBackend, FileBackend, UnixSocketBackend};
+use virtio::rng::Rng;
+use virtio::{MmioTransport, VirtioDevice, MMIO_WINDOW_SIZE, NOTIFY_REG_OFFSET};
+
+use crate::error::MachineError;
+
+/// First virtio-mmio window (inside the 32-bit MMIO gap).
+pub const VIRTIO_MMIO_BASE: u64 = 0xd000_0000;
+/// First IRQ line for virtio devices (4 is COM1).
+pub const VIRTIO_IRQ_FIRST: u32 = 5;
+/// Last IRQ line (the IOAPIC has 24 pins).
+pub const VIRTIO_IRQ_LAST: u32 = 23;
+
+/// The virtio devices of a VM and their event loop.
+pub struct VirtioDevices {
+    event_loop: EventLoop,
+    transports: Vec<Arc<Mutex<MmioTransport>>>,
+    cmdline: Vec<String>,
+}
+
+impl VirtioDevices {
+    /// Creates every configured device, registers it on `mmio_bus` and
+    /// wires its notifications and interrupt through KVM.
+    pub fn attach(
+        vm: &VmFd,
+        mem: &GuestMemoryMmap,
+        mmio_bus: &mut Bus,
+        configs: &[DeviceConfig],
+    ) -> Result<Self, MachineError> {
+        let max = (VIRTIO_IRQ_LAST - VIRTIO_IRQ_FIRST + 1) as usize;
+        if configs.len() > max {
+            return Err(MachineError::TooManyDevices {
+                count: configs.len(),
+                max,
+            });
+        }
+        let event_loop = EventLoop::new("virtio-io").map_err(MachineError::EventLoop)?;
+        let mut devices = VirtioDevices {
+            event_loop,
+            transports: Vec::new(),
+            cmdline: Vec::new(),
+        };
+        for (slot, cfg) in configs.iter().enumerate() {
+            let base = VIRTIO_MMIO_BASE + slot as u64 * MMIO_WINDOW_SIZE;
+            let irq = VIRTIO_IRQ_FIRST + slot as u32;
+            let model = devices.model(cfg)?;
+            let id = cfg.id().to_string();
+            let transport =
+                MmioTransport::new(mem.clone(), model).map_err(|source| MachineError::Virtio {
+                    id: id.clone(),
+                    reason: source.to_string(),
+                })?;
+            for (queue, evt) in transport.queue_evts().iter().enumerate() {
+                vm.register_ioevent(
+                    evt,
+                    &IoEventAddress::Mmio(base + NOTIFY_REG_OFFSET),
+                    queue as u32,
+                )
+                .map_err(|source| MachineError::Kvm {
+                    what: "KVM_IOEVENTFD (virtio queue notify)",
+                    source,
+                })?;
+            }
+            vm.register_irqfd(transport.interrupt_evt(), irq)
+                .map_err(|source| MachineError::Kvm {
+                    what: "KVM_IRQFD (virtio)",
+                    source,
+                })?;
+            let transport = Arc::new(Mutex::new(transport));
+            mmio_bus
+                .insert(base, MMIO_WINDOW_SIZE, transport.clone())
+                .map_err(|source| MachineError::Bus {
+                    what: "virtio-mmio window",
+                    source,
+                })?;
+            log::info!("virtio device '{id}' at {base:#x}, IRQ {irq}");
+            devices.transports.push(transport);
+            devices
+                .cmdline
+                .push(format!("virtio_mmio.device=4K@{base:#x}:{irq}"));
+        }
+        Ok(devices)
+    }
+
+    fn model(&self, cfg: &DeviceConfig) -> Result<Arc<Mutex<dyn VirtioDevice>>, MachineError> {
+        let err = |reason: String| MachineError::Virtio {
+            id: cfg.id().to_string(),
+            reason,
+        };
+        let el = self.event_loop.clone();
+        Ok(match cfg {
+            DeviceConfig::Block { drive, serial, .. } => {
+                let block = Block::new(
+                    BlockConfig {
+                        path: drive.path.clone(),
+                        read_only: drive.read_only,
+                        direct: drive.direct,
+                        serial: serial.clone(),
+                    },
+                    el,
+                )
+                .map_err(|e| err(e.to_string()))?;
+                Arc::new(Mutex::new(block))
+            }
+            DeviceConfig::Rng { path, .. } => Arc::new(Mutex::new(
+                Rng::new(path, el).map_err(|e| err(e.to_string()))?,
+            )),
+            DeviceConfig::Console { backend, .. } => {
+                let backend: Box<dyn ConsoleBackend> = match backend {
+                    ChardevBackend::Socket(path) => {
+                        Box::new(UnixSocketBackend::bind(path).map_err(|e| err(e.to_string()))?)
+                    }
+                    ChardevBackend::File(path) => {
+                        Box::new(FileBackend::create(path).map_err(|e| err(e.to_string()))?)
+                    }
+                    ChardevBackend::Stdio => {
+                        return Err(MachineError::Unsupported(format!(
+                            "virtconsole '{}' on chardev stdio (use a socket or file chardev)",
+                            cfg.id()
+                        )))
+                    }
+                };
+                Arc::new(Mutex::new(
+                    Console::new(backend, el).map_err(|e| err(e.to_string()))?,
+                ))
+            }
+        })
+    }
+
+    /// `virtio_mmio.device=` tokens for the kernel command line.
+    pub fn cmdline_tokens(&self) -> &[String] {
+        &self.cmdline
+    }
+
+    /// Quiesces every device (reset flushes block devices to stable
+    /// storage) and stops the event loop. Call after the vCPUs stopped.
+    pub fn shutdown(&mut self) {
+        for t in &self.transports {
+            let device = t.lock().unwrap_or_else(|p| p.into_inner()).device();
+            device.lock().unwrap_or_else(|p| p.into_inner()).reset();
+        }
+        self.event_loop.stop();
+    }
+}

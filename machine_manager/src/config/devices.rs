@@ -1,0 +1,526 @@
+//! Device flags, QEMU/StratoVirt style: `-drive`, `-object`, `-chardev`
+//! define back-ends; `-device` creates a device model that refers to one.
+//! The JSON file's `drive` list and `rng` section become devices too.
+//!
+//! Supported: `virtio-blk-device` (alias `virtio-blk-mmio`),
+//! `virtio-rng-device` (`virtio-rng-mmio`), `virtio-serial-device` with one
+//! `virtconsole`. Drivers whose device model is not built yet are refused
+//! with a message saying so, never ignored.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use super::error::ConfigError;
+use super::options::{parse_bool, OptionList};
+use super::validate::{check_file, check_non_empty, FileKind};
+use super::{DriveConfig, RngConfig};
+
+/// Where a character device's bytes go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChardevBackend {
+    /// A listening unix socket (`-chardev socket,path=P,server,nowait`).
+    Socket(PathBuf),
+    /// The VMM's stdin/stdout.
+    Stdio,
+    /// Output appended to a file.
+    File(PathBuf),
+}
+
+/// A device model to create at boot.
+#[derive(Debug, Clone, PartialEq)]
+pub enum DeviceConfig {
+    /// virtio-blk on a drive.
+    Block {
+        /// Device id.
+        id: String,
+        /// The back-end drive.
+        drive: DriveConfig,
+        /// Serial number returned by GET_ID.
+        serial: Option<String>,
+    },
+    /// virtio-rng reading from a host file.
+    Rng {
+        /// Device id.
+        id: String,
+        /// Entropy source.
+        path: PathBuf,
+    },
+    /// virtio-console (virtio-serial with one virtconsole port).
+    Console {
+        /// Device id (of the virtconsole).
+        id: String,
+        /// Where the console's bytes go.
+        backend: ChardevBackend,
+    },
+}
+
+impl DeviceConfig {
+    /// The device id.
+    pub fn id(&self) -> &str {
+        match self {
+            DeviceConfig::Block { id, .. }
+            | DeviceConfig::Rng { id, .. }
+            | DeviceConfig::Console { id, .. } => id,
+        }
+    }
+}
+
+/// The raw device-related flags, in command-line order.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub(crate) struct RawDeviceFlags {
+    pub(crate) drives: Vec<String>,
+    pub(crate) objects: Vec<String>,
+    pub(crate) chardevs: Vec<String>,
+    pub(crate) netdevs: Vec<String>,
+    pub(crate) devices: Vec<String>,
+}
+
+fn invalid(at: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+    ConfigError::InvalidDevice {
+        at: at.into(),
+        reason: reason.into(),
+    }
+}
+
+fn required<'a>(list: &'a OptionList, at: &str, key: &str) -> Result<&'a str, ConfigError> {
+    let v = list
+        .get(key)
+        .ok_or_else(|| invalid(at, format!("'{key}' is required")))?;
+    check_non_empty(&format!("{at} {key}"), v)?;
+    Ok(v)
+}
+
+fn switch(list: &OptionList, at: &str, key: &str, default: bool) -> Result<bool, ConfigError> {
+    list.get(key)
+        .map(|v| parse_bool(&format!("{at} {key}"), v))
+        .transpose()
+        .map(|v| v.unwrap_or(default))
+}
+
+fn parse_drive(value: &str) -> Result<DriveConfig, ConfigError> {
+    let at = "-drive";
+    let list = OptionList::parse(
+        at,
+        value,
+        None,
+        &[
+            "id", "file", "readonly", "direct", "format", "if", "cache", "aio", "discard", "media",
+        ],
+    )?;
+    let id = required(&list, at, "id")?.to_string();
+    let path = PathBuf::from(required(&list, at, "file")?);
+    if let Some(f) = list.get("format").filter(|f| *f != "raw") {
+        return Err(invalid(
+            at,
+            format!("format '{f}' is not supported (only raw)"),
+        ));
+    }
+    if let Some(i) = list.get("if").filter(|i| *i != "none") {
+        return Err(invalid(
+            at,
+            format!("if={i} is not supported (use if=none and -device)"),
+        ));
+    }
+    let cache_direct = match list.get("cache") {
+        None | Some("writeback") | Some("unsafe") | Some("writethrough") => false,
+        Some("none") | Some("directsync") => true,
+        Some(other) => return Err(invalid(at, format!("unknown cache mode '{other}'"))),
+    };
+    check_file(&format!("{at} file"), &path, FileKind::Disk)?;
+    Ok(DriveConfig {
+        id,
+        path,
+        read_only: switch(&list, at, "readonly", false)?,
+        direct: switch(&list, at, "direct", cache_direct)?,
+    })
+}
+
+/// `-object rng-random,id=ID,filename=PATH` (and `iothread,id=ID`, which
+/// is accepted: device work always runs off the vCPU threads).
+fn parse_object(value: &str, rngs: &mut HashMap<String, PathBuf>) -> Result<(), ConfigError> {
+    let at = "-object";
+    let kind = value.split(',').next().unwrap_or_default();
+    match kind {
+        "rng-random" => {
+            let list =
+                OptionList::parse(at, value, Some("qom-type"), &["qom-type", "id", "filename"])?;
+            let id = required(&list, at, "id")?.to_string();
+            let path = PathBuf::from(list.get("filename").unwrap_or("/dev/random"));
+            check_file(&format!("{at} filename"), &path, FileKind::Entropy)?;
+            rngs.insert(id, path);
+            Ok(())
+        }
+        "iothread" => {
+            let list = OptionList::parse(at, value, Some("qom-type"), &["qom-type", "id"])?;
+            required(&list, at, "id").map(|_| ())
+        }
+        other => Err(invalid(at, format!("unsupported object type '{other}'"))),
+    }
+}
+
+fn parse_chardev(value: &str) -> Result<(String, ChardevBackend), ConfigError> {
+    let at = "-chardev";
+    // QEMU's bare switches: `server` means server=on, `nowait` wait=off.
+    let normalized: Vec<&str> = value
+        .split(',')
+        .map(|item| match item {
+            "server" => "server=on",
+            "nowait" => "wait=off",
+            "wait" => "wait=on",
+            other => other,
+        })
+        .collect();
+    let normalized = normalized.join(",");
+    let list = OptionList::parse(
+        at,
+        &normalized,
+        Some("backend"),
+        &["backend", "id", "path", "server", "wait"],
+    )?;
+    let id = required(&list, at, "id")?.to_string();
+    let backend = match list.get("backend").unwrap_or_default() {
+        "socket" => {
+            if !switch(&list, at, "server", false)? {
+                return Err(invalid(
+                    at,
+                    "socket chardevs must be servers (add server,nowait)",
+                ));
+            }
+            if switch(&list, at, "wait", true)? {
+                return Err(invalid(at, "wait=on is not supported (add nowait)"));
+            }
+            ChardevBackend::Socket(PathBuf::from(required(&list, at, "path")?))
+        }
+        "stdio" => ChardevBackend::Stdio,
+        "file" => ChardevBackend::File(PathBuf::from(required(&list, at, "path")?)),
+        other => {
+            return Err(invalid(
+                at,
+                format!("unsupported chardev backend '{other}'"),
+            ))
+        }
+    };
+    Ok((id, backend))
+}
+
+/// Drivers whose device models are not part of this build yet.
+const NOT_YET: &[&str] = &[
+    "virtio-net-device",
+    "virtio-net-mmio",
+    "vhost-vsock-device",
+    "vhost-vsock-mmio",
+    "vsock-device",
+    "vhost-user-fs-device",
+    "vhost-user-fs-mmio",
+];
+
+/// Resolves the device flags (and the JSON devices) into device configs.
+pub(crate) fn resolve(
+    raw: &RawDeviceFlags,
+    json_drives: Vec<DriveConfig>,
+    json_rng: Option<RngConfig>,
+) -> Result<Vec<DeviceConfig>, ConfigError> {
+    let mut out: Vec<DeviceConfig> = Vec::new();
+    for d in json_drives {
+        out.push(DeviceConfig::Block {
+            id: d.id.clone(),
+            drive: d,
+            serial: None,
+        });
+    }
+    if let Some(r) = json_rng {
+        out.push(DeviceConfig::Rng {
+            id: "rng0".into(),
+            path: r.random_file,
+        });
+    }
+    let mut drives: HashMap<String, DriveConfig> = HashMap::new();
+    for d in &raw.drives {
+        let drive = parse_drive(d)?;
+        if drives.insert(drive.id.clone(), drive.clone()).is_some() {
+            return Err(invalid(
+                "-drive",
+                format!("duplicate drive id '{}'", drive.id),
+            ));
+        }
+    }
+    let mut rngs = HashMap::new();
+    for o in &raw.objects {
+        parse_object(o, &mut rngs)?;
+    }
+    let mut chardevs = HashMap::new();
+    for c in &raw.chardevs {
+        let (id, backend) = parse_chardev(c)?;
+        if chardevs.insert(id.clone(), backend).is_some() {
+            return Err(invalid("-chardev", format!("duplicate chardev id '{id}'")));
+        }
+    }
+    if let Some(n) = raw.netdevs.first() {
+        return Err(invalid(
+            "-netdev",
+            format!("'{n}': virtio-net is not supported yet by this altovirt build"),
+        ));
+    }
+    let mut serial_controller = false;
+    for value in &raw.devices {
+        let driver = value.split(',').next().unwrap_or_default();
+        let at = format!("-device {driver}");
+        if NOT_YET.contains(&driver) {
+            return Err(invalid(at, "not supported yet by this altovirt build"));
+        }
+        let device = match driver {
+            "virtio-blk-device" | "virtio-blk-mmio" => {
+                let list = OptionList::parse(
+                    &at,
+                    value,
+                    Some("driver"),
+                    &[
+                        "driver",
+                        "id",
+                        "drive",
+                        "serial",
+                        "bus",
+                        "addr",
+                        "iothread",
+                        "num-queues",
+                        "queue-size",
+                    ],
+                )?;
+                let name = required(&list, &at, "drive")?;
+                let drive = drives.remove(name).ok_or_else(|| {
+                    invalid(
+                        &at,
+                        format!("drive '{name}' is not defined (or already used)"),
+                    )
+                })?;
+                let serial = list.get("serial").map(str::to_string);
+                if serial.as_ref().is_some_and(|s| s.len() > 20) {
+                    return Err(invalid(&at, "serial is longer than 20 bytes"));
+                }
+                DeviceConfig::Block {
+                    id: list.get("id").unwrap_or(&drive.id).to_string(),
+                    drive,
+                    serial,
+                }
+            }
+            "virtio-rng-device" | "virtio-rng-mmio" => {
+                let list = OptionList::parse(
+                    &at,
+                    value,
+                    Some("driver"),
+                    &["driver", "id", "rng", "bus", "addr", "max-bytes", "period"],
+                )?;
+                let name = required(&list, &at, "rng")?;
+                let path = rngs
+                    .get(name)
+                    .cloned()
+                    .ok_or_else(|| invalid(&at, format!("rng object '{name}' is not defined")))?;
+                DeviceConfig::Rng {
+                    id: list.get("id").unwrap_or(name).to_string(),
+                    path,
+                }
+            }
+            "virtio-serial-device" | "virtio-serial-mmio" => {
+                OptionList::parse(
+                    &at,
+                    value,
+                    Some("driver"),
+                    &["driver", "id", "bus", "addr", "max_ports"],
+                )?;
+                if serial_controller {
+                    return Err(invalid(&at, "only one virtio-serial device is supported"));
+                }
+                serial_controller = true;
+                continue;
+            }
+            "virtconsole" => {
+                let list = OptionList::parse(
+                    &at,
+                    value,
+                    Some("driver"),
+                    &["driver", "id", "chardev", "nr", "name"],
+                )?;
+                if !serial_controller {
+                    return Err(invalid(
+                        &at,
+                        "needs a -device virtio-serial-device before it",
+                    ));
+                }
+                if list.get("nr").is_some_and(|n| n != "0") {
+                    return Err(invalid(&at, "only port nr=0 is supported"));
+                }
+                let name = required(&list, &at, "chardev")?;
+                let backend = chardevs.remove(name).ok_or_else(|| {
+                    invalid(
+                        &at,
+                        format!("chardev '{name}' is not defined (or already used)"),
+                    )
+                })?;
+                DeviceConfig::Console {
+                    id: list.get("id").unwrap_or(name).to_string(),
+                    backend,
+                }
+            }
+            other => return Err(invalid("-device", format!("unknown driver '{other}'"))),
+        };
+        if out.iter().any(|d| d.id() == device.id()) {
+            return Err(invalid(
+                at,
+                format!("duplicate device id '{}'", device.id()),
+            ));
+        }
+        out.push(device);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{parse_cmdline, Command, ConfigError, VmConfig};
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<VmConfig, ConfigError> {
+        match parse_cmdline(&args.iter().map(|s| s.to_string()).collect::<Vec<_>>())? {
+            Command::Run(cfg) => Ok(*cfg),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn image(name: &str) -> PathBuf {
+        let p =
+            std::env::temp_dir().join(format!("altovirt-devcfg-{}-{name}.img", std::process::id()));
+        std::fs::write(&p, vec![0u8; 4096]).unwrap();
+        p
+    }
+
+    #[test]
+    fn kata_device_flags_resolve() {
+        let img = image("kata");
+        let drive = format!("id=rootfs,file={},readonly=on,direct=off", img.display());
+        let cfg = parse(&[
+            "-object",
+            "rng-random,id=objrng0,filename=/dev/urandom",
+            "-device",
+            "virtio-rng-device,rng=objrng0,id=virtio-rng0",
+            "-device",
+            "virtio-serial-device,id=virtio-serial0",
+            "-chardev",
+            "socket,id=charconsole0,path=/tmp/c.sock,server,nowait",
+            "-device",
+            "virtconsole,chardev=charconsole0,id=virtio-console0,nr=0",
+            "-drive",
+            &drive,
+            "-device",
+            "virtio-blk-device,drive=rootfs,id=virtio-blk0,serial=S1",
+            "-object",
+            "iothread,id=io0",
+        ])
+        .unwrap();
+        assert_eq!(
+            cfg.devices,
+            vec![
+                DeviceConfig::Rng {
+                    id: "virtio-rng0".into(),
+                    path: "/dev/urandom".into()
+                },
+                DeviceConfig::Console {
+                    id: "virtio-console0".into(),
+                    backend: ChardevBackend::Socket("/tmp/c.sock".into())
+                },
+                DeviceConfig::Block {
+                    id: "virtio-blk0".into(),
+                    drive: DriveConfig {
+                        id: "rootfs".into(),
+                        path: img.clone(),
+                        read_only: true,
+                        direct: false
+                    },
+                    serial: Some("S1".into()),
+                },
+            ]
+        );
+        let _ = std::fs::remove_file(img);
+    }
+
+    #[test]
+    fn device_errors_name_the_flag_and_the_problem() {
+        let img = image("errors");
+        let drive = format!("id=d0,file={}", img.display());
+        let cases: Vec<(Vec<&str>, &str)> = vec![
+            (
+                vec!["-device", "virtio-blk-device,drive=nope"],
+                "-device virtio-blk-device: drive 'nope' is not defined",
+            ),
+            (
+                vec!["-device", "e1000,id=n0"],
+                "-device: unknown driver 'e1000'",
+            ),
+            (
+                vec!["-device", "virtio-net-device,netdev=n0,id=n0"],
+                "-device virtio-net-device: not supported yet",
+            ),
+            (
+                vec!["-netdev", "tap,id=n0,ifname=tap0"],
+                "-netdev: 'tap,id=n0,ifname=tap0': virtio-net is not supported yet",
+            ),
+            (
+                vec!["-device", "virtconsole,chardev=c0"],
+                "needs a -device virtio-serial-device",
+            ),
+            (
+                vec!["-chardev", "socket,id=c0,path=/x,server,wait=on"],
+                "wait=on is not supported",
+            ),
+            (vec!["-chardev", "socket,id=c0,path=/x"], "must be servers"),
+            (
+                vec!["-drive", "id=d0,file=/nonexistent.img"],
+                "-drive file: cannot open '/nonexistent.img'",
+            ),
+            (
+                vec![
+                    "-drive",
+                    &drive,
+                    "-device",
+                    "virtio-blk-device,drive=d0,id=x",
+                    "-object",
+                    "rng-random,id=r,filename=/dev/urandom",
+                    "-device",
+                    "virtio-rng-device,rng=r,id=x",
+                ],
+                "duplicate device id 'x'",
+            ),
+            (
+                vec!["-drive", "id=d0,file=/x,format=qcow2"],
+                "format 'qcow2' is not supported",
+            ),
+            (
+                vec!["-object", "memory-backend-file,id=m"],
+                "unsupported object type 'memory-backend-file'",
+            ),
+        ];
+        for (args, needle) in cases {
+            let e = parse(&args).expect_err(needle).to_string();
+            assert!(e.contains(needle), "{args:?}: {e:?} lacks {needle:?}");
+            assert!(!e.contains('\n'));
+        }
+        let _ = std::fs::remove_file(img);
+    }
+
+    #[test]
+    fn json_drives_and_rng_become_devices() {
+        let img = image("json");
+        let cfg_path =
+            std::env::temp_dir().join(format!("altovirt-devcfg-{}.json", std::process::id()));
+        let json = format!(
+            r#"{{"drive":[{{"drive_id":"root","path_on_host":"{}","direct":false,"read_only":true}}],"rng":{{"random_file":"/dev/urandom"}}}}"#,
+            img.display()
+        );
+        std::fs::write(&cfg_path, json).unwrap();
+        let cfg = parse(&["-config", cfg_path.to_str().unwrap()]).unwrap();
+        assert_eq!(cfg.devices.len(), 2);
+        assert_eq!(cfg.devices[0].id(), "root");
+        assert!(matches!(&cfg.devices[1], DeviceConfig::Rng { .. }));
+        let _ = std::fs::remove_file(img);
+        let _ = std::fs::remove_file(cfg_path);
+    }
+}
