@@ -12,6 +12,12 @@ if [ ${#need_apt[@]} -gt 0 ]; then
     apt-get update -qq && apt-get install -y -qq "${need_apt[@]}"
 fi
 
+# QEMU's own QMP client library drives altovirt in tests/qmp.rs.
+if ! python3 -c "import qemu.qmp" >/dev/null 2>&1; then
+    echo "installing: qemu.qmp (PyPI)"
+    python3 -m pip install -q qemu.qmp
+fi
+
 if [ ! -r /dev/kvm ] || [ ! -w /dev/kvm ]; then
     echo "warning: /dev/kvm is not usable; KVM tests will fail under CI=true and skip (with a message) otherwise" >&2
 fi

@@ -4,12 +4,16 @@
 use std::process::ExitCode;
 use std::time::Instant;
 
-use machine::{ExitReason, KernelSource, MicroVm, NoListener, VmEvent};
+use std::sync::Arc;
+
+use machine::qmp_bridge::{QmpEvents, VmQmpHandler};
+use machine::{ExitReason, KernelSource, MicroVm, VmEvent};
 use machine_manager::config::{parse_cmdline, Command, LogTarget, SerialConfig, VmConfig, USAGE};
 use machine_manager::logger;
 use machine_manager::process::{
     block_terminating_signals, daemonize, spawn_signal_thread, PidFile, TerminalGuard,
 };
+use qmp::{EventHub, QmpServer, QmpServerHandle};
 
 /// The guest booted when no `-kernel` is given: prints what it sees
 /// (memory map, command line, CPUs) on the serial console and resets.
@@ -65,6 +69,24 @@ fn fail(code: u8) -> impl FnOnce(&dyn std::fmt::Display) -> Failure {
     move |e| (code, e.to_string())
 }
 
+/// Binds and starts one QMP server per `-qmp`/`-api-channel` socket; when
+/// this returns, every socket is listening.
+fn start_qmp(
+    cfg: &VmConfig,
+    vm: &MicroVm,
+    hub: &EventHub,
+) -> Result<Vec<QmpServerHandle>, Failure> {
+    let handler = Arc::new(VmQmpHandler::new(vm.shared(), vm.event_sender()));
+    cfg.qmp
+        .iter()
+        .map(|path| {
+            QmpServer::bind(path, handler.clone(), hub)
+                .and_then(QmpServer::start)
+                .map_err(|e| (EXIT_FAILURE, format!("-qmp: {e}")))
+        })
+        .collect()
+}
+
 /// Runs the VM described by `cfg`; returns the process exit status.
 fn run(cfg: &VmConfig, start: Instant) -> Result<ExitCode, Failure> {
     if cfg.daemonize && cfg.serial == SerialConfig::Stdio {
@@ -102,6 +124,8 @@ fn run(cfg: &VmConfig, start: Instant) -> Result<ExitCode, Failure> {
         (code, e.to_string())
     })?;
     let events = vm.event_sender();
+    let hub = EventHub::new();
+    let qmp_servers = start_qmp(cfg, &vm, &hub)?;
     spawn_signal_thread(move |sig| events.send(VmEvent::HostSignal(sig)))
         .map_err(|e| fail(EXIT_FAILURE)(&e))?;
     if let Some(d) = daemon.as_mut() {
@@ -109,7 +133,11 @@ fn run(cfg: &VmConfig, start: Instant) -> Result<ExitCode, Failure> {
     }
     log::info!("VM started ({} ms after exec)", start.elapsed().as_millis());
 
-    let reason = vm.run(&NoListener).map_err(|e| fail(EXIT_FAILURE)(&e))?;
+    let result = vm.run(&QmpEvents(hub.emitter()));
+    // Dropping the servers flushes pending replies and events (the SHUTDOWN
+    // event included) and removes the sockets.
+    drop(qmp_servers);
+    let reason = result.map_err(|e| fail(EXIT_FAILURE)(&e))?;
     match reason {
         ExitReason::Reset => log::info!("guest reset: exiting"),
         ExitReason::Shutdown(why) => log::warn!("guest shut down ({why}): exiting"),

@@ -10,6 +10,7 @@ pub mod error;
 pub mod events;
 pub mod kvm_checks;
 pub mod legacy;
+pub mod qmp_bridge;
 pub mod virtio_devices;
 
 use std::fs::File;
@@ -291,7 +292,7 @@ fn control(
     // The answer goes out before the event it causes.
     let _ = call.reply.send(answer);
     if let Some(name) = event {
-        listener.lifecycle_event(name, serde_json::json!({}));
+        listener.lifecycle_event(name, serde_json::Value::Null);
     }
     exit
 }

@@ -1,0 +1,132 @@
+//! Connects the QMP server to the VM: answers queries from the shared VM
+//! state, sends lifecycle commands through the control loop (so they are
+//! serialised with everything else the VM does), and forwards lifecycle
+//! events to QMP clients.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use qmp::{EventEmitter, FdLookup, QmpCommand, QmpError, QmpHandler};
+use serde_json::{json, Value};
+
+use crate::control::{self, ControlRequest, LifecycleListener, VmShared, VmStatus};
+use crate::events::{EventSender, VmEvent};
+
+/// How long a QMP command waits for the control loop.
+const CONTROL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The VM as a QMP command handler.
+pub struct VmQmpHandler {
+    shared: Arc<VmShared>,
+    sender: EventSender,
+}
+
+impl VmQmpHandler {
+    /// A handler for the VM with `shared` state, posting lifecycle requests
+    /// through `sender`.
+    pub fn new(shared: Arc<VmShared>, sender: EventSender) -> Self {
+        Self { shared, sender }
+    }
+
+    fn control(&self, request: ControlRequest) -> Result<Value, QmpError> {
+        let sender = self.sender.clone();
+        control::call(
+            move |c| sender.send(VmEvent::Control(c)),
+            request,
+            CONTROL_TIMEOUT,
+        )
+        .map(|()| json!({}))
+        .map_err(QmpError::generic)
+    }
+
+    fn cpu_props(index: usize) -> Value {
+        json!({"core-id": index, "thread-id": 0, "socket-id": 0})
+    }
+
+    fn qom_path(index: usize) -> String {
+        format!("/machine/unattached/device[{index}]")
+    }
+
+    fn query_cpus_fast(&self) -> Value {
+        let cpus: Vec<Value> = self
+            .shared
+            .vcpu_thread_ids()
+            .iter()
+            .enumerate()
+            .map(|(i, tid)| {
+                json!({"cpu-index": i, "qom-path": Self::qom_path(i), "thread-id": tid,
+                       "target": "x86_64", "props": Self::cpu_props(i)})
+            })
+            .collect();
+        Value::Array(cpus)
+    }
+
+    fn query_cpus(&self) -> Value {
+        let running = self.shared.status() == VmStatus::Running;
+        let cpus: Vec<Value> = self
+            .shared
+            .vcpu_thread_ids()
+            .iter()
+            .enumerate()
+            .map(|(i, tid)| {
+                json!({"CPU": i, "current": i == 0, "halted": !running, "qom_path": Self::qom_path(i),
+                       "thread_id": tid, "arch": "x86", "pc": 0, "props": Self::cpu_props(i)})
+            })
+            .collect();
+        Value::Array(cpus)
+    }
+
+    fn query_hotpluggable_cpus(&self) -> Value {
+        let present = usize::from(self.shared.nr_vcpus);
+        let cpus: Vec<Value> = (0..usize::from(self.shared.max_vcpus.max(self.shared.nr_vcpus)))
+            .map(|i| {
+                let mut cpu = json!({"type": "host-x86_64-cpu", "vcpus-count": 1,
+                                     "props": Self::cpu_props(i)});
+                if i < present {
+                    cpu["qom-path"] = Value::String(Self::qom_path(i));
+                }
+                cpu
+            })
+            .collect();
+        Value::Array(cpus)
+    }
+}
+
+impl QmpHandler for VmQmpHandler {
+    fn execute(&self, cmd: QmpCommand, _fds: &mut dyn FdLookup) -> Result<Value, QmpError> {
+        match cmd {
+            QmpCommand::QueryStatus => {
+                let status = self.shared.status();
+                Ok(
+                    json!({"running": status == VmStatus::Running, "singlestep": false,
+                          "status": status.as_str()}),
+                )
+            }
+            QmpCommand::Stop => self.control(ControlRequest::Stop),
+            QmpCommand::Cont => self.control(ControlRequest::Cont),
+            QmpCommand::Quit => self.control(ControlRequest::Quit),
+            QmpCommand::SystemReset => self.control(ControlRequest::SystemReset),
+            QmpCommand::SystemPowerdown => self.control(ControlRequest::SystemPowerdown),
+            QmpCommand::QueryName => Ok(match &self.shared.name {
+                Some(name) => json!({"name": name}),
+                None => json!({}),
+            }),
+            QmpCommand::QueryUuid => Ok(json!({"UUID": self.shared.uuid.clone()
+                .unwrap_or_else(|| "00000000-0000-0000-0000-000000000000".into())})),
+            QmpCommand::QueryKvm => Ok(json!({"enabled": true, "present": true})),
+            QmpCommand::QueryCpus => Ok(self.query_cpus()),
+            QmpCommand::QueryCpusFast => Ok(self.query_cpus_fast()),
+            QmpCommand::QueryHotpluggableCpus => Ok(self.query_hotpluggable_cpus()),
+            other => Err(QmpError::not_supported(other.name())),
+        }
+    }
+}
+
+/// Lifecycle events go out to every negotiated QMP client.
+pub struct QmpEvents(pub EventEmitter);
+
+impl LifecycleListener for QmpEvents {
+    fn lifecycle_event(&self, name: &'static str, data: Value) {
+        self.0.emit(name, data);
+    }
+}

@@ -1,0 +1,294 @@
+//! QMP against the real binary with a booted tiny guest: raw-socket
+//! framing cases, a line-based client that behaves like Kata's govmm,
+//! reconnect storms, misbehaving clients, and QEMU's own Python library.
+
+mod common;
+
+use common::*;
+use serde_json::{json, Value};
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::process::{Child, Stdio};
+use std::time::Duration;
+
+struct Vm {
+    child: Child,
+    sock: PathBuf,
+    dir: PathBuf,
+}
+
+impl Vm {
+    fn start(name: &str, extra: &[&str]) -> Vm {
+        let dir = scratch(name);
+        let sock = dir.join("qmp.sock");
+        let child = altovirt()
+            .args([
+                "-kernel",
+                GUEST_ELF64,
+                "-append",
+                "guest.exit=halt",
+                "-serial",
+                "none",
+            ])
+            .arg("-qmp")
+            .arg(format!("unix:{},server,nowait", sock.display()))
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn altovirt");
+        assert!(
+            wait_for_path(&sock, Duration::from_secs(20)),
+            "no QMP socket"
+        );
+        Vm { child, sock, dir }
+    }
+
+    fn client(&self) -> Client {
+        Client::connect(&self.sock)
+    }
+
+    fn alive(&mut self) -> bool {
+        self.child.try_wait().expect("try_wait").is_none()
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+struct Client {
+    stream: UnixStream,
+    reader: BufReader<UnixStream>,
+}
+
+impl Client {
+    fn connect(sock: &PathBuf) -> Client {
+        let stream = UnixStream::connect(sock).expect("connect");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let reader = BufReader::new(stream.try_clone().unwrap());
+        let mut c = Client { stream, reader };
+        let greeting = c.recv();
+        assert!(
+            greeting["QMP"]["version"]["qemu"]["major"]
+                .as_u64()
+                .unwrap()
+                >= 5
+        );
+        assert_eq!(greeting["QMP"]["capabilities"], json!([]));
+        c
+    }
+
+    fn negotiated(sock: &PathBuf) -> Client {
+        let mut c = Client::connect(sock);
+        c.send(br#"{"execute":"qmp_capabilities"}"#);
+        assert_eq!(c.recv(), json!({"return": {}}));
+        c
+    }
+
+    fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).expect("write");
+    }
+
+    /// Next line, checked to end in CRLF, parsed.
+    fn recv(&mut self) -> Value {
+        let mut line = String::new();
+        self.reader.read_line(&mut line).expect("read reply");
+        assert!(
+            line.ends_with("\r\n"),
+            "reply not CRLF-terminated: {line:?}"
+        );
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("bad JSON {line:?}: {e}"))
+    }
+
+    /// Next reply (return or error), skipping events.
+    fn reply(&mut self) -> Value {
+        loop {
+            let v = self.recv();
+            if v.get("event").is_none() {
+                return v;
+            }
+        }
+    }
+
+    fn execute(&mut self, cmd: &str) -> Value {
+        self.send(json!({"execute": cmd}).to_string().as_bytes());
+        self.reply()
+    }
+}
+
+fn error_class(v: &Value) -> &str {
+    v["error"]["class"].as_str().unwrap_or("")
+}
+
+#[test]
+fn framing_ids_and_negotiation_on_the_raw_socket() {
+    if !kvm_usable("qmp_framing") {
+        return;
+    }
+    let vm = Vm::start("qmp-framing", &[]);
+    let mut c = vm.client();
+    // Before negotiation every other command is refused.
+    c.send(br#"{"execute":"query-status","id":1}"#);
+    let r = c.recv();
+    assert_eq!(error_class(&r), "CommandNotFound", "{r}");
+    assert_eq!(r["id"], json!(1));
+    c.send(br#"{"execute":"qmp_capabilities","id":"neg"}"#);
+    assert_eq!(c.recv(), json!({"return": {}, "id": "neg"}));
+    // A second negotiation is refused too.
+    c.send(br#"{"execute":"qmp_capabilities"}"#);
+    assert_eq!(error_class(&c.recv()), "CommandNotFound");
+
+    // Two commands in one write, no newline, any JSON id echoed exactly.
+    c.send(br#"{"execute":"query-status","id":{"a":[1,2]}}{"execute":"query-name","id":42.5}"#);
+    let r1 = c.recv();
+    assert_eq!(r1["id"], json!({"a": [1, 2]}));
+    assert_eq!(r1["return"]["status"], json!("running"));
+    assert_eq!(c.recv()["id"], json!(42.5));
+
+    // One command split byte by byte, whitespace inside.
+    for b in br#" { "execute" : "query-status" , "id" : 7 } "#.iter() {
+        c.send(&[*b]);
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let r = c.recv();
+    assert_eq!(
+        (r["id"].clone(), r["return"]["running"].clone()),
+        (json!(7), json!(true))
+    );
+
+    // Garbage, then a valid command on the same connection.
+    c.send(b"this is not json");
+    c.send(br#"{"execute":"query-status","id":8}"#);
+    let r = c.recv();
+    assert_eq!(error_class(&r), "GenericError", "{r}");
+    assert!(r.get("id").is_none());
+    assert_eq!(c.reply()["id"], json!(8));
+
+    // Malformed object, then a valid one.
+    c.send(br#"{"execute": query-status}"#);
+    assert_eq!(error_class(&c.recv()), "GenericError");
+    c.send(br#"{"execute":"query-status","id":9}"#);
+    assert_eq!(c.reply()["id"], json!(9));
+
+    // An oversized message is refused without killing anything.
+    let big = format!(
+        r#"{{"execute":"query-status","id":"{}"}}"#,
+        "x".repeat(4 << 20)
+    );
+    c.send(big.as_bytes());
+    let r = c.recv();
+    assert_eq!(error_class(&r), "GenericError", "{r}");
+    c.send(br#"{"execute":"query-status","id":10}"#);
+    assert_eq!(c.reply()["id"], json!(10));
+
+    // Unknown command and bad arguments: errors, the VM keeps running.
+    assert_eq!(error_class(&c.execute("frobnicate")), "CommandNotFound");
+    c.send(br#"{"execute":"stop","arguments":{"now":true}}"#);
+    assert_eq!(error_class(&c.reply()), "GenericError");
+    assert_eq!(
+        c.execute("query-status")["return"]["status"],
+        json!("running")
+    );
+}
+
+#[test]
+fn govmm_style_line_client_with_interleaved_events() {
+    if !kvm_usable("qmp_govmm") {
+        return;
+    }
+    let vm = Vm::start("qmp-govmm", &["-smp", "2"]);
+    let mut c = Client::negotiated(&vm.sock);
+    // Newline-delimited commands without ids; replies matched by order.
+    c.send(b"{\"execute\":\"stop\"}\n");
+    let mut lines = vec![c.recv(), c.recv()];
+    lines.sort_by_key(|v| v.get("event").is_some());
+    assert_eq!(lines[0], json!({"return": {}}));
+    assert_eq!(lines[1]["event"], json!("STOP"));
+    c.send(b"{\"execute\":\"query-status\"}\n");
+    assert_eq!(c.reply()["return"]["status"], json!("paused"));
+    c.send(b"{\"execute\":\"cont\"}\n");
+    let r = c.recv();
+    assert_eq!(
+        r,
+        json!({"return": {}}),
+        "the reply comes before the RESUME event it causes"
+    );
+    assert_eq!(c.recv()["event"], json!("RESUME"));
+    // Kata reads CPU and thread_id from query-cpus.
+    let cpus = c.execute("query-cpus");
+    let cpus = cpus["return"].as_array().expect("array");
+    assert_eq!(cpus.len(), 2);
+    for (i, cpu) in cpus.iter().enumerate() {
+        assert_eq!(cpu["CPU"], json!(i));
+        assert!(cpu["thread_id"].as_i64().unwrap() > 0);
+    }
+}
+
+#[test]
+fn sequential_reconnects_and_misbehaving_clients() {
+    if !kvm_usable("qmp_reconnects") {
+        return;
+    }
+    let mut vm = Vm::start("qmp-reconnect", &[]);
+    for _ in 0..100 {
+        let mut c = Client::negotiated(&vm.sock);
+        assert_eq!(c.execute("query-status")["return"]["running"], json!(true));
+    }
+    // A client that disconnects in the middle of a command.
+    {
+        let mut c = Client::negotiated(&vm.sock);
+        c.send(br#"{"execute":"stop"}"#);
+    }
+    // A client that never reads while many events are produced.
+    let mut stuck = Client::negotiated(&vm.sock);
+    stuck.send(b"");
+    let mut c = Client::negotiated(&vm.sock);
+    for _ in 0..200 {
+        assert_eq!(c.execute("cont")["return"], json!({}));
+        assert_eq!(c.execute("stop")["return"], json!({}));
+    }
+    assert!(vm.alive(), "altovirt died");
+    assert_eq!(
+        c.execute("query-status")["return"]["status"],
+        json!("paused")
+    );
+    assert_eq!(c.execute("quit")["return"], json!({}));
+    let status = vm.child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    assert!(!vm.sock.exists(), "socket left behind");
+}
+
+#[test]
+fn qemu_qmp_python_library_drives_altovirt() {
+    if !kvm_usable("qmp_python") {
+        return;
+    }
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/qmp_clients/test_qemu_qmp.py"
+    );
+    let mut cmd = std::process::Command::new("python3");
+    cmd.args([script, env!("CARGO_BIN_EXE_altovirt"), GUEST_ELF64]);
+    let out = run_with_timeout(cmd, Duration::from_secs(120));
+    assert_eq!(
+        out.code(),
+        0,
+        "qemu.qmp checks failed:\n{}\n{}",
+        out.stdout,
+        out.stderr
+    );
+    assert!(
+        out.stdout.contains("qemu.qmp: all checks passed"),
+        "{}",
+        out.stdout
+    );
+}
