@@ -112,7 +112,7 @@ fn run(cfg: &VmConfig, start: Instant) -> Result<ExitCode, Failure> {
     let _terminal = (cfg.serial == SerialConfig::Stdio).then(TerminalGuard::for_stdin);
 
     let kernel = match &cfg.boot.kernel {
-        Some(path) => KernelSource::File(path),
+        Some(path) => KernelSource::File(path.clone()),
         None => KernelSource::Builtin(DEMO_GUEST),
     };
     let vm = MicroVm::build(cfg, kernel, start).map_err(|e| {

@@ -292,3 +292,68 @@ fn qemu_qmp_python_library_drives_altovirt() {
         out.stdout
     );
 }
+
+#[test]
+fn system_reset_reboots_the_guest_in_place() {
+    if !kvm_usable("qmp_system_reset") {
+        return;
+    }
+    use std::io::Read;
+    let dir = scratch("qmp-reset");
+    let sock = dir.join("qmp.sock");
+    let img = dir.join("disk.img");
+    std::fs::write(&img, vec![0x5au8; 1 << 20]).unwrap();
+    let mut child = altovirt()
+        .args(["-kernel", GUEST_PVH, "-smp", "2", "-serial", "stdio"])
+        .args(["-append", "guest.virtio=blk guest.exit=halt"])
+        .arg("-drive")
+        .arg(format!("id=d0,file={},readonly=on", img.display()))
+        .args(["-device", "virtio-blk-device,drive=d0"])
+        .arg("-qmp")
+        .arg(format!("unix:{},server,nowait", sock.display()))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut console = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = console.read_to_string(&mut s);
+        s
+    });
+    assert!(wait_for_path(&sock, Duration::from_secs(20)));
+    let mut c = Client::negotiated(&sock);
+    // Let the first boot finish.
+    std::thread::sleep(Duration::from_millis(500));
+    c.send(br#"{"execute":"system_reset","id":"r"}"#);
+    assert_eq!(c.recv(), json!({"return": {}, "id": "r"}));
+    let ev = c.recv();
+    assert_eq!(ev["event"], json!("RESET"));
+    assert_eq!(
+        ev["data"],
+        json!({"guest": false, "reason": "host-qmp-system-reset"})
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        c.execute("query-status")["return"]["status"],
+        json!("running")
+    );
+    assert_eq!(c.execute("quit")["return"], json!({}));
+    assert!(child.wait().unwrap().success());
+    let out = reader.join().unwrap();
+    let count = |needle: &str| out.matches(needle).count();
+    assert_eq!(count("altovirt-guest: boot=pvh"), 2, "{out}");
+    assert_eq!(
+        count("cpus: mptable=2 started=2"),
+        2,
+        "APs must start again after reset: {out}"
+    );
+    assert_eq!(
+        count("blk: capacity=2048 ro=1"),
+        2,
+        "virtio-blk must work after reset: {out}"
+    );
+    assert_eq!(count("halting"), 2, "{out}");
+    let _ = std::fs::remove_dir_all(dir);
+}

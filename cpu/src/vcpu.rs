@@ -48,6 +48,22 @@ pub trait VcpuEventSink: Send + Sync {
     fn vcpu_event(&self, id: u8, event: VcpuEvent);
 }
 
+/// What the vCPU thread does after consulting its control block.
+enum NextStep {
+    Run,
+    Reset,
+    Exit,
+}
+
+/// Register state captured right after set-up, restored on reset.
+struct InitialState {
+    regs: kvm_bindings::kvm_regs,
+    sregs: kvm_bindings::kvm_sregs,
+    fpu: kvm_bindings::kvm_fpu,
+    lapic: kvm_bindings::kvm_lapic_state,
+    mp_state: kvm_bindings::kvm_mp_state,
+}
+
 /// The state a vCPU is asked to be in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum VcpuRunState {
@@ -61,6 +77,8 @@ pub enum VcpuRunState {
 
 struct ControlState {
     requested: VcpuRunState,
+    /// A reset to the initial state is asked for (honoured while parked).
+    reset_requested: bool,
     /// Host thread id of the vCPU thread, once it runs.
     tid: Option<i32>,
     /// True while the vCPU thread is outside KVM_RUN honouring `requested`.
@@ -79,6 +97,7 @@ impl VcpuControl {
         Arc::new(Self {
             state: Mutex::new(ControlState {
                 requested: initial,
+                reset_requested: false,
                 tid: None,
                 parked: false,
             }),
@@ -110,14 +129,17 @@ impl VcpuControl {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Blocks while paused; returns false when the vCPU must exit.
-    fn wait_runnable(&self) -> bool {
+    /// Blocks while paused; says what the vCPU thread must do next.
+    fn wait_runnable(&self) -> NextStep {
         let mut st = self.lock();
         loop {
+            if st.reset_requested && st.requested != VcpuRunState::Exiting {
+                return NextStep::Reset;
+            }
             match st.requested {
                 VcpuRunState::Running => {
                     st.parked = false;
-                    return true;
+                    return NextStep::Run;
                 }
                 VcpuRunState::Paused => {
                     st.parked = true;
@@ -127,10 +149,28 @@ impl VcpuControl {
                 VcpuRunState::Exiting => {
                     st.parked = true;
                     self.changed.notify_all();
-                    return false;
+                    return NextStep::Exit;
                 }
             }
         }
+    }
+
+    fn reset_done(&self) {
+        self.lock().reset_requested = false;
+        self.changed.notify_all();
+    }
+
+    /// Asks a paused vCPU to return to its initial state and waits (up to
+    /// `timeout`) until it has; false if it did not (e.g. its thread ended).
+    fn reset_and_wait(&self, timeout: Duration) -> bool {
+        let mut st = self.lock();
+        st.reset_requested = true;
+        self.changed.notify_all();
+        let (st, _) = self
+            .changed
+            .wait_timeout_while(st, timeout, |s| s.reset_requested)
+            .unwrap_or_else(|p| p.into_inner());
+        !st.reset_requested
     }
 
     fn request(&self, state: VcpuRunState) {
@@ -175,6 +215,7 @@ pub fn install_kick_handler() -> Result<(), CpuError> {
 pub struct Vcpu {
     id: u8,
     fd: VcpuFd,
+    initial: InitialState,
     io_bus: Arc<Bus>,
     mmio_bus: Arc<Bus>,
     events: Arc<dyn VcpuEventSink>,
@@ -232,9 +273,17 @@ impl Vcpu {
             fd.set_regs(&regs::boot_regs(boot))
                 .map_err(kvm(id, "KVM_SET_REGS"))?;
         }
+        let initial = InitialState {
+            regs: fd.get_regs().map_err(kvm(id, "KVM_GET_REGS"))?,
+            sregs: fd.get_sregs().map_err(kvm(id, "KVM_GET_SREGS"))?,
+            fpu: fd.get_fpu().map_err(kvm(id, "KVM_GET_FPU"))?,
+            lapic: fd.get_lapic().map_err(kvm(id, "KVM_GET_LAPIC"))?,
+            mp_state: fd.get_mp_state().map_err(kvm(id, "KVM_GET_MP_STATE"))?,
+        };
         Ok(Self {
             id,
             fd,
+            initial,
             io_bus,
             mmio_bus,
             events,
@@ -262,7 +311,18 @@ impl Vcpu {
         let tid = unsafe { libc::syscall(libc::SYS_gettid) } as i32;
         control.set_thread_id(tid);
         log::debug!("vCPU {id} running on thread {tid}");
-        while control.wait_runnable() {
+        loop {
+            match control.wait_runnable() {
+                NextStep::Run => {}
+                NextStep::Exit => break,
+                NextStep::Reset => {
+                    if let Err(e) = self.restore_initial() {
+                        log::error!("vCPU {id}: reset failed: {e}");
+                    }
+                    control.reset_done();
+                    continue;
+                }
+            }
             if let Some(event) = self.run_once() {
                 log::info!("vCPU {id}: {event:?}");
                 self.events.vcpu_event(id, event);
@@ -270,6 +330,34 @@ impl Vcpu {
             }
         }
         control.mark_finished();
+    }
+
+    /// Puts the vCPU back in the state it had before its first KVM_RUN
+    /// (MSRs re-applied, registers, FPU, LAPIC and MP state restored).
+    fn restore_initial(&mut self) -> Result<(), CpuError> {
+        let id = self.id;
+        let entries = msrs::boot_msr_entries();
+        let list = msrs::to_kvm_msrs(&entries).ok_or(CpuError::Fam {
+            id,
+            what: "MSR list",
+        })?;
+        self.fd.set_msrs(&list).map_err(kvm(id, "KVM_SET_MSRS"))?;
+        self.fd
+            .set_lapic(&self.initial.lapic)
+            .map_err(kvm(id, "KVM_SET_LAPIC"))?;
+        self.fd
+            .set_sregs(&self.initial.sregs)
+            .map_err(kvm(id, "KVM_SET_SREGS"))?;
+        self.fd
+            .set_regs(&self.initial.regs)
+            .map_err(kvm(id, "KVM_SET_REGS"))?;
+        self.fd
+            .set_fpu(&self.initial.fpu)
+            .map_err(kvm(id, "KVM_SET_FPU"))?;
+        self.fd
+            .set_mp_state(self.initial.mp_state)
+            .map_err(kvm(id, "KVM_SET_MP_STATE"))?;
+        Ok(())
     }
 
     /// One KVM_RUN; returns a terminal event, or None to keep going.
@@ -372,6 +460,12 @@ impl VcpuHandle {
     pub fn pause(&self) {
         self.control.request(VcpuRunState::Paused);
         self.kick_until_parked();
+    }
+
+    /// Returns a paused vCPU to its initial (boot) state; false if the
+    /// vCPU could not be reset (its thread has ended).
+    pub fn reset(&self) -> bool {
+        !self.finished() && self.control.reset_and_wait(Duration::from_secs(5))
     }
 
     /// Lets a paused vCPU run again.

@@ -8,20 +8,19 @@
 pub mod control;
 pub mod error;
 pub mod events;
+pub mod guest_image;
 pub mod kvm_checks;
 pub mod legacy;
 pub mod qmp_bridge;
 pub mod virtio_devices;
 
-use std::fs::File;
-use std::io::Cursor;
 use std::sync::mpsc::Receiver;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use address_space::memory::{create_guest_memory, register_with_kvm};
 use address_space::{Bus, GuestMemoryMmap, MemoryOptions};
-use boot_loader::{load_boot_source, BootInfo, BootSource, InitrdSource};
+use boot_loader::BootInfo;
 use cpu::{Vcpu, VcpuControl, VcpuEvent, VcpuHandle, VcpuRunState};
 use kvm_bindings::{kvm_pit_config, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::{Kvm, VmFd};
@@ -30,6 +29,8 @@ use machine_manager::config::VmConfig;
 pub use control::{ControlRequest, LifecycleListener, NoListener, VmShared, VmStatus};
 pub use error::MachineError;
 pub use events::{EventSender, VmEvent};
+pub use guest_image::KernelSource;
+use guest_image::{GuestImage, PlatformSnapshot};
 use legacy::LegacyDevices;
 use virtio_devices::VirtioDevices;
 
@@ -54,14 +55,6 @@ pub enum ExitReason {
     Error(String),
 }
 
-/// The kernel to boot: a file, or an image built into the binary.
-pub enum KernelSource<'a> {
-    /// A kernel image on disk.
-    File(&'a std::path::Path),
-    /// An in-memory image (the built-in demo guest).
-    Builtin(&'static [u8]),
-}
-
 /// A built microVM, ready to run.
 pub struct MicroVm {
     // Field order matters on drop: vCPUs before the VM, the VM before memory.
@@ -73,9 +66,11 @@ pub struct MicroVm {
     boot: BootInfo,
     shared: Arc<VmShared>,
     start_paused: bool,
-    _vm: VmFd,
+    image: GuestImage,
+    platform: PlatformSnapshot,
+    vm: VmFd,
     _kvm: Kvm,
-    _mem: GuestMemoryMmap,
+    mem: GuestMemoryMmap,
 }
 
 impl MicroVm {
@@ -83,12 +78,13 @@ impl MicroVm {
     /// time, used to report boot-complete latency.
     pub fn build(
         cfg: &VmConfig,
-        kernel: KernelSource<'_>,
+        kernel: KernelSource,
         start: Instant,
     ) -> Result<Self, MachineError> {
         reject_unsupported(cfg)?;
         let kvm = kvm_checks::open_kvm()?;
         let vm = create_vm(&kvm)?;
+        let platform = PlatformSnapshot::capture(&vm)?;
         let mem = create_guest_memory(
             cfg.machine.mem_size,
             MemoryOptions {
@@ -99,8 +95,13 @@ impl MicroVm {
         register_with_kvm(&vm, &mem)?;
         let mut mmio_bus = Bus::new();
         let virtio = VirtioDevices::attach(&vm, &mem, &mut mmio_bus, &cfg.devices)?;
-        let cmdline = kernel_cmdline(&cfg.boot.cmdline, virtio.cmdline_tokens());
-        let boot = load_guest(&mem, cfg, &cmdline, kernel)?;
+        let image = GuestImage {
+            kernel,
+            initrd: cfg.boot.initrd.clone(),
+            cmdline: kernel_cmdline(&cfg.boot.cmdline, virtio.cmdline_tokens()),
+            nr_cpus: cfg.machine.nr_vcpus,
+        };
+        let boot = image.load(&mem)?;
         log::info!(
             "kernel loaded at {:#x}-{:#x}, entry {:#x} ({:?})",
             boot.kernel.0,
@@ -143,9 +144,11 @@ impl MicroVm {
                 cfg.machine.max_vcpus,
             ),
             start_paused: cfg.start_paused,
-            _vm: vm,
+            image,
+            platform,
+            vm,
             _kvm: kvm,
-            _mem: mem,
+            mem,
         })
     }
 
@@ -176,6 +179,10 @@ impl MicroVm {
             events,
             shared,
             start_paused,
+            image,
+            platform,
+            vm,
+            mem,
             ..
         } = self;
         let nr_vcpus = vcpus.len();
@@ -219,7 +226,14 @@ impl MicroVm {
                 }
                 VmEvent::HostSignal(sig) => break ExitReason::HostSignal(sig),
                 VmEvent::Control(call) => {
-                    if let Some(reason) = control(call, &handles, &shared, listener) {
+                    let mut parts = ResetParts {
+                        vm: &vm,
+                        mem: &mem,
+                        image: &image,
+                        platform: &platform,
+                        virtio: &mut virtio,
+                    };
+                    if let Some(reason) = control(call, &handles, &shared, &mut parts, listener) {
                         break reason;
                     }
                 }
@@ -241,58 +255,96 @@ impl MicroVm {
     }
 }
 
+/// What a system reset touches besides the vCPUs.
+struct ResetParts<'a> {
+    vm: &'a VmFd,
+    mem: &'a GuestMemoryMmap,
+    image: &'a GuestImage,
+    platform: &'a PlatformSnapshot,
+    virtio: &'a mut VirtioDevices,
+}
+
+/// Resets the machine in place: vCPUs stopped, devices reset (block
+/// devices flush), interrupt controllers and PIT restored, the guest image
+/// loaded again, vCPUs back in their boot state; running again if they were.
+fn system_reset(
+    handles: &[VcpuHandle],
+    shared: &VmShared,
+    parts: &mut ResetParts<'_>,
+) -> Result<(), String> {
+    let was = shared.status();
+    handles.iter().for_each(VcpuHandle::pause);
+    parts.virtio.reset_all();
+    parts
+        .platform
+        .restore(parts.vm)
+        .map_err(|e| e.to_string())?;
+    parts.image.load(parts.mem).map_err(|e| e.to_string())?;
+    for h in handles {
+        if !h.reset() {
+            return Err(format!("vCPU {} could not be reset", h.id()));
+        }
+    }
+    if was == VmStatus::Running {
+        handles.iter().for_each(VcpuHandle::resume);
+    }
+    Ok(())
+}
+
 /// Carries out a lifecycle request on the control loop; returns an exit
 /// reason when the VM must end.
 fn control(
     call: control::ControlCall,
     handles: &[VcpuHandle],
     shared: &VmShared,
+    parts: &mut ResetParts<'_>,
     listener: &dyn LifecycleListener,
 ) -> Option<ExitReason> {
+    use serde_json::{json, Value};
     let status = shared.status();
-    let (answer, event, exit) = match call.request {
-        ControlRequest::Stop => {
-            if status == VmStatus::Running {
+    let (answer, event, exit): (Result<(), String>, Option<(&'static str, Value)>, _) =
+        match call.request {
+            ControlRequest::Stop if status == VmStatus::Running => {
                 handles.iter().for_each(VcpuHandle::pause);
                 shared.set_status(VmStatus::Paused);
-                (Ok(()), Some("STOP"), None)
-            } else {
-                (Ok(()), None, None)
+                (Ok(()), Some(("STOP", Value::Null)), None)
             }
-        }
-        ControlRequest::Cont => {
-            if matches!(status, VmStatus::Paused | VmStatus::Prelaunch) {
+            ControlRequest::Cont if matches!(status, VmStatus::Paused | VmStatus::Prelaunch) => {
                 handles.iter().for_each(VcpuHandle::resume);
                 shared.set_status(VmStatus::Running);
-                (Ok(()), Some("RESUME"), None)
-            } else {
-                (Ok(()), None, None)
+                (Ok(()), Some(("RESUME", Value::Null)), None)
             }
-        }
-        ControlRequest::Quit => (Ok(()), None, Some(ExitReason::Quit)),
-        ControlRequest::SystemReset => (
-            Err(
-                "system_reset: this microVM cannot reset its guest in place yet; \
-                 use quit and start a new VM"
-                    .to_string(),
+            ControlRequest::Stop | ControlRequest::Cont => (Ok(()), None, None),
+            ControlRequest::Quit => (Ok(()), None, Some(ExitReason::Quit)),
+            ControlRequest::SystemReset => match system_reset(handles, shared, parts) {
+                Ok(()) => (
+                    Ok(()),
+                    Some((
+                        "RESET",
+                        json!({"guest": false, "reason": "host-qmp-system-reset"}),
+                    )),
+                    None,
+                ),
+                Err(e) => (
+                    Err(format!("system_reset failed: {e}")),
+                    None,
+                    Some(ExitReason::Error(format!("system_reset failed: {e}"))),
+                ),
+            },
+            ControlRequest::SystemPowerdown => (
+                Err(
+                    "system_powerdown: this microVM has no ACPI power button yet to deliver it; \
+                     use quit, or have the guest power off"
+                        .to_string(),
+                ),
+                None,
+                None,
             ),
-            None,
-            None,
-        ),
-        ControlRequest::SystemPowerdown => (
-            Err(
-                "system_powerdown: this microVM has no ACPI power button yet to deliver it; \
-                 use quit, or have the guest power off"
-                    .to_string(),
-            ),
-            None,
-            None,
-        ),
-    };
+        };
     // The answer goes out before the event it causes.
     let _ = call.reply.send(answer);
-    if let Some(name) = event {
-        listener.lifecycle_event(name, serde_json::Value::Null);
+    if let Some((name, data)) = event {
+        listener.lifecycle_event(name, data);
     }
     exit
 }
@@ -350,51 +402,3 @@ fn create_vm(kvm: &Kvm) -> Result<VmFd, MachineError> {
     vm.create_pit2(pit).map_err(kvm_err("KVM_CREATE_PIT2"))?;
     Ok(vm)
 }
-
-/// Loads the kernel, command line and initrd, and writes the boot tables.
-fn load_guest(
-    mem: &GuestMemoryMmap,
-    cfg: &VmConfig,
-    cmdline: &str,
-    kernel: KernelSource<'_>,
-) -> Result<BootInfo, MachineError> {
-    let mut initrd_file = match &cfg.boot.initrd {
-        Some(path) => Some(File::open(path).map_err(|source| MachineError::InitrdOpen {
-            path: path.display().to_string(),
-            source,
-        })?),
-        None => None,
-    };
-    let initrd = initrd_file.as_mut().map(|f| f as &mut dyn InitrdSource);
-    let nr_cpus = cfg.machine.nr_vcpus;
-    let info = match kernel {
-        KernelSource::File(path) => {
-            let mut file = File::open(path).map_err(|source| MachineError::KernelOpen {
-                path: path.display().to_string(),
-                source,
-            })?;
-            load_boot_source(
-                mem,
-                BootSource {
-                    kernel: &mut file,
-                    initrd,
-                    cmdline,
-                    nr_cpus,
-                },
-            )?
-        }
-        KernelSource::Builtin(bytes) => load_boot_source(
-            mem,
-            BootSource {
-                kernel: &mut Cursor::new(bytes),
-                initrd,
-                cmdline,
-                nr_cpus,
-            },
-        )?,
-    };
-    Ok(info)
-}
-
-/// Keeps the serial device reachable for callers that need to flush it.
-pub type SharedSerial = Arc<Mutex<devices::serial::SerialDevice>>;

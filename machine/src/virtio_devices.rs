@@ -6,7 +6,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use address_space::{Bus, GuestMemoryMmap};
+use address_space::{Bus, BusDevice, GuestMemoryMmap};
 use kvm_ioctls::{IoEventAddress, VmFd};
 use machine_manager::config::{ChardevBackend, DeviceConfig};
 use machine_manager::event_loop::EventLoop;
@@ -16,6 +16,9 @@ use virtio::rng::Rng;
 use virtio::{MmioTransport, VirtioDevice, MMIO_WINDOW_SIZE, NOTIFY_REG_OFFSET};
 
 use crate::error::MachineError;
+
+/// Offset of the virtio-mmio Status register.
+const STATUS_REG_OFFSET: u64 = 0x70;
 
 /// First virtio-mmio window (inside the 32-bit MMIO gap).
 pub const VIRTIO_MMIO_BASE: u64 = 0xd000_0000;
@@ -143,6 +146,16 @@ impl VirtioDevices {
     /// `virtio_mmio.device=` tokens for the kernel command line.
     pub fn cmdline_tokens(&self) -> &[String] {
         &self.cmdline
+    }
+
+    /// Resets every device as if the guest had written 0 to its status
+    /// register (block devices flush; queues are dropped).
+    pub fn reset_all(&mut self) {
+        for t in &self.transports {
+            t.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .write(STATUS_REG_OFFSET, &0u32.to_le_bytes());
+        }
     }
 
     /// Quiesces every device (reset flushes block devices to stable

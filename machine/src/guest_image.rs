@@ -1,0 +1,124 @@
+//! What the VM boots (kernel, initrd, command line), kept so the guest can
+//! be loaded again on `system_reset`, and the in-kernel interrupt
+//! controller and PIT state captured at creation, restored on reset.
+
+use std::fs::File;
+use std::io::Cursor;
+use std::path::PathBuf;
+
+use address_space::GuestMemoryMmap;
+use boot_loader::{load_boot_source, BootInfo, BootSource, InitrdSource};
+use kvm_bindings::{kvm_irqchip, kvm_pit_state2};
+use kvm_ioctls::VmFd;
+
+use crate::error::MachineError;
+
+/// The kernel to boot: a file, or an image built into the binary.
+#[derive(Debug, Clone)]
+pub enum KernelSource {
+    /// A kernel image on disk.
+    File(PathBuf),
+    /// An in-memory image (the built-in demo guest).
+    Builtin(&'static [u8]),
+}
+
+/// Everything needed to (re)load the guest into memory.
+pub struct GuestImage {
+    /// The kernel.
+    pub kernel: KernelSource,
+    /// The initrd file, if any.
+    pub initrd: Option<PathBuf>,
+    /// The full kernel command line (user part plus device tokens).
+    pub cmdline: String,
+    /// vCPUs listed in the MP table.
+    pub nr_cpus: u8,
+}
+
+impl GuestImage {
+    /// Loads the kernel, command line and initrd and writes the boot tables.
+    pub fn load(&self, mem: &GuestMemoryMmap) -> Result<BootInfo, MachineError> {
+        let mut initrd_file = match &self.initrd {
+            Some(path) => Some(File::open(path).map_err(|source| MachineError::InitrdOpen {
+                path: path.display().to_string(),
+                source,
+            })?),
+            None => None,
+        };
+        let initrd = initrd_file.as_mut().map(|f| f as &mut dyn InitrdSource);
+        let (cmdline, nr_cpus) = (self.cmdline.as_str(), self.nr_cpus);
+        let info = match &self.kernel {
+            KernelSource::File(path) => {
+                let mut file = File::open(path).map_err(|source| MachineError::KernelOpen {
+                    path: path.display().to_string(),
+                    source,
+                })?;
+                load_boot_source(
+                    mem,
+                    BootSource {
+                        kernel: &mut file,
+                        initrd,
+                        cmdline,
+                        nr_cpus,
+                    },
+                )?
+            }
+            KernelSource::Builtin(bytes) => load_boot_source(
+                mem,
+                BootSource {
+                    kernel: &mut Cursor::new(*bytes),
+                    initrd,
+                    cmdline,
+                    nr_cpus,
+                },
+            )?,
+        };
+        Ok(info)
+    }
+}
+
+/// PIC master, PIC slave and IOAPIC, in KVM's chip-id order.
+const IRQCHIPS: [u32; 3] = [0, 1, 2];
+
+/// In-kernel interrupt controller and PIT state.
+pub struct PlatformSnapshot {
+    irqchips: Vec<kvm_irqchip>,
+    pit: kvm_pit_state2,
+}
+
+impl PlatformSnapshot {
+    /// Captures the current state (call right after creating them).
+    pub fn capture(vm: &VmFd) -> Result<Self, MachineError> {
+        let mut irqchips = Vec::with_capacity(IRQCHIPS.len());
+        for chip_id in IRQCHIPS {
+            let mut chip = kvm_irqchip {
+                chip_id,
+                ..Default::default()
+            };
+            vm.get_irqchip(&mut chip)
+                .map_err(|source| MachineError::Kvm {
+                    what: "KVM_GET_IRQCHIP",
+                    source,
+                })?;
+            irqchips.push(chip);
+        }
+        let pit = vm.get_pit2().map_err(|source| MachineError::Kvm {
+            what: "KVM_GET_PIT2",
+            source,
+        })?;
+        Ok(Self { irqchips, pit })
+    }
+
+    /// Puts the captured state back.
+    pub fn restore(&self, vm: &VmFd) -> Result<(), MachineError> {
+        for chip in &self.irqchips {
+            vm.set_irqchip(chip).map_err(|source| MachineError::Kvm {
+                what: "KVM_SET_IRQCHIP",
+                source,
+            })?;
+        }
+        vm.set_pit2(&self.pit).map_err(|source| MachineError::Kvm {
+            what: "KVM_SET_PIT2",
+            source,
+        })
+    }
+}
