@@ -156,38 +156,6 @@ pub enum QmpServerError {
     Thread(#[source] io::Error),
 }
 
-/// A `-qmp` / `-api-channel` option value that cannot be used.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum QmpOptionError {
-    /// The value is empty.
-    #[error("empty QMP socket specification")]
-    Empty,
-    /// A transport other than `unix:` was asked for.
-    #[error("unsupported QMP transport '{0}': only 'unix:PATH' sockets are supported")]
-    UnsupportedTransport(String),
-    /// `unix:` without a path.
-    #[error("QMP socket path is empty")]
-    EmptyPath,
-    /// An option key this parser does not know.
-    #[error("unknown QMP socket option '{0}'")]
-    UnknownOption(String),
-    /// An option with a value that is not a switch (`on`/`off`).
-    #[error("QMP socket option '{key}' expects on or off, not '{value}'")]
-    BadSwitch {
-        /// The option key.
-        key: String,
-        /// The rejected value.
-        value: String,
-    },
-    /// `wait=on` (or a missing `nowait`): the VMM never blocks for a client.
-    #[error("QMP socket option 'wait=on' is not supported: use 'wait=off' (or 'nowait')")]
-    WaitNotSupported,
-    /// `-qmp` without `server`: client mode is not supported.
-    #[error(
-        "QMP socket must be a server: add ',server=on,wait=off' (client mode is not supported)"
-    )]
-    NotServer,
-}
 
 #[cfg(test)]
 mod tests {

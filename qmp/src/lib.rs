@@ -23,7 +23,6 @@ mod fds;
 mod framer;
 pub mod fuzzing;
 mod hotplug;
-mod option;
 mod protocol;
 mod server;
 
@@ -31,7 +30,7 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 
 pub use command::{QmpCapability, QmpCommand, COMMAND_NAMES};
 pub use conn::MAX_QUEUED_LINES;
-pub use error::{ErrorClass, QmpError, QmpOptionError, QmpServerError};
+pub use error::{ErrorClass, QmpError, QmpServerError};
 pub use events::{event_line, EventEmitter, EventHub, Timestamp};
 pub use fds::{FdLookup, FdStore, MAX_PENDING_FDS, MAX_STORED_FDS};
 pub use framer::{Frame, FrameError, Framer, MAX_MESSAGE_SIZE, MAX_NESTING};
@@ -40,7 +39,6 @@ pub use hotplug::{
     BlockdevFile, BlockdevOptions, BlockdevRaw, BlockdevRef, DeviceAddArgs, NetdevAddArgs,
     NetdevBackend, TapNetdevArgs,
 };
-pub use option::{parse_api_channel_option, parse_qmp_option};
 pub use protocol::{greeting_line, QmpHandler, QmpVersion, Response};
 pub use server::{QmpServer, QmpServerHandle, MAX_CLIENTS};
 
