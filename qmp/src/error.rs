@@ -156,7 +156,6 @@ pub enum QmpServerError {
     Thread(#[source] io::Error),
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
