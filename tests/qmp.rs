@@ -20,17 +20,14 @@ struct Vm {
 
 impl Vm {
     fn start(name: &str, extra: &[&str]) -> Vm {
+        Vm::start_with_append(name, "guest.exit=halt", extra)
+    }
+
+    fn start_with_append(name: &str, append: &str, extra: &[&str]) -> Vm {
         let dir = scratch(name);
         let sock = dir.join("qmp.sock");
         let child = altovirt()
-            .args([
-                "-kernel",
-                GUEST_ELF64,
-                "-append",
-                "guest.exit=halt",
-                "-serial",
-                "none",
-            ])
+            .args(["-kernel", GUEST_ELF64, "-append", append, "-serial", "none"])
             .arg("-qmp")
             .arg(format!("unix:{},server,nowait", sock.display()))
             .args(extra)
@@ -356,4 +353,82 @@ fn system_reset_reboots_the_guest_in_place() {
     );
     assert_eq!(count("halting"), 2, "{out}");
     let _ = std::fs::remove_dir_all(dir);
+}
+
+/// user+system ticks a thread has used, from /proc.
+fn thread_cpu_ticks(pid: u32, tid: i64) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat")).unwrap();
+    // Fields after the ")" of the comm: state is field 3; utime/stime are 14/15.
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
+}
+
+#[test]
+fn stop_really_stops_a_spinning_vcpu() {
+    if !kvm_usable("qmp_stop_spinning") {
+        return;
+    }
+    let dir = scratch("qmp-spin");
+    let sock = dir.join("qmp.sock");
+    let mut child = altovirt()
+        .args([
+            "-kernel",
+            GUEST_ELF64,
+            "-append",
+            "guest.exit=spin",
+            "-serial",
+            "none",
+        ])
+        .arg("-qmp")
+        .arg(format!("unix:{},server,nowait", sock.display()))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    assert!(wait_for_path(&sock, Duration::from_secs(20)));
+    let mut c = Client::negotiated(&sock);
+    let cpus = c.execute("query-cpus-fast");
+    let tid = cpus["return"][0]["thread-id"].as_i64().unwrap();
+    let pid = child.id();
+    // Running: the vCPU thread burns CPU.
+    let t0 = thread_cpu_ticks(pid, tid);
+    std::thread::sleep(Duration::from_millis(500));
+    let t1 = thread_cpu_ticks(pid, tid);
+    assert!(t1 > t0, "a spinning guest should use CPU ({t0} -> {t1})");
+    assert_eq!(c.execute("stop")["return"], json!({}));
+    // Stopped: when stop has returned the thread uses no more CPU.
+    let s0 = thread_cpu_ticks(pid, tid);
+    std::thread::sleep(Duration::from_millis(500));
+    let s1 = thread_cpu_ticks(pid, tid);
+    assert!(s1 - s0 <= 1, "vCPU kept running after stop ({s0} -> {s1})");
+    assert_eq!(c.execute("cont")["return"], json!({}));
+    let r0 = thread_cpu_ticks(pid, tid);
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        thread_cpu_ticks(pid, tid) > r0,
+        "cont did not resume the vCPU"
+    );
+    assert_eq!(c.execute("quit")["return"], json!({}));
+    assert!(child.wait().unwrap().success());
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn guest_reset_is_reported_as_shutdown_to_clients() {
+    if !kvm_usable("qmp_guest_reset") {
+        return;
+    }
+    let vm = Vm::start_with_append("qmp-guest-reset", "guest.exit=reset", &["-S"]);
+    let mut c = Client::negotiated(&vm.sock);
+    assert_eq!(
+        c.execute("query-status")["return"]["status"],
+        json!("prelaunch")
+    );
+    assert_eq!(c.execute("cont")["return"], json!({}));
+    assert_eq!(c.recv()["event"], json!("RESUME"));
+    let ev = c.recv();
+    assert_eq!(ev["event"], json!("SHUTDOWN"), "{ev}");
+    assert_eq!(ev["data"], json!({"guest": true, "reason": "guest-reset"}));
 }

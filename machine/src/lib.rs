@@ -15,7 +15,7 @@ pub mod qmp_bridge;
 pub mod virtio_devices;
 
 use std::sync::mpsc::Receiver;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Instant;
 
 use address_space::memory::{create_guest_memory, register_with_kvm};
