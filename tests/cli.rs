@@ -197,6 +197,7 @@ fn daemonize_returns_after_the_pidfile_is_written() {
     let dir = scratch("daemon");
     let pidfile = dir.join("vm.pid");
     let console = dir.join("console.log");
+    let qmp = dir.join("qmp.sock");
     let out = run(&[
         "-kernel",
         GUEST_ELF64,
@@ -207,6 +208,8 @@ fn daemonize_returns_after_the_pidfile_is_written() {
         pidfile.to_str().unwrap(),
         "-serial",
         &format!("file:{}", console.display()),
+        "-qmp",
+        &format!("unix:{},server,nowait", qmp.display()),
     ]);
     assert_eq!(out.code(), 0, "{out:?}");
     // The parent returned: the pidfile must already be there.
@@ -216,6 +219,12 @@ fn daemonize_returns_after_the_pidfile_is_written() {
         .parse()
         .unwrap();
     assert!(pid_alive(pid));
+    // ... and the QMP socket must already accept connections.
+    let mut stream = std::os::unix::net::UnixStream::connect(&qmp)
+        .expect("QMP socket listening when -daemonize returns");
+    let mut greeting = [0u8; 8];
+    std::io::Read::read_exact(&mut stream, &mut greeting).unwrap();
+    assert_eq!(&greeting, br#"{"QMP":{"#);
     // The daemon keeps running the guest.
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     while !std::fs::read_to_string(&console)
