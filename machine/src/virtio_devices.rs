@@ -121,6 +121,9 @@ impl VirtioDevices {
             DeviceConfig::Rng { path, .. } => Arc::new(Mutex::new(
                 Rng::new(path, el).map_err(|e| err(e.to_string()))?,
             )),
+            DeviceConfig::Net { id, .. } => {
+                return Err(MachineError::Unsupported(format!("net '{id}' (virtio-net)")))
+            }
             DeviceConfig::Console { backend, .. } => {
                 let backend: Box<dyn ConsoleBackend> = match backend {
                     ChardevBackend::Socket(path) => {

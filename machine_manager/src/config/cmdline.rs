@@ -54,6 +54,8 @@ Usage: altovirt [OPTIONS]
   -device virtio-blk-device,drive=ID[,id=DEV][,serial=S]
   -device virtio-rng-device,rng=ID[,id=DEV]
   -device virtio-serial-device[,id=DEV] -device virtconsole,chardev=ID[,id=DEV]
+  -netdev tap,id=ID,ifname=NAME|fd=N  a tap back-end (fd: inherited descriptor)
+  -device virtio-net-device,netdev=ID[,id=DEV][,mac=MAC]
   -version              print the version and exit
   -h, -help, --help     print this help and exit
 
@@ -348,7 +350,12 @@ fn merge(flags: Flags, file: FileConfig) -> Result<VmConfig, ConfigError> {
             .unwrap_or(defaults.mem_share),
     };
 
-    let devices = resolve_devices(&flags.raw_devices, file.drives.clone(), file.rng.clone())?;
+    let devices = resolve_devices(
+        &flags.raw_devices,
+        file.drives.clone(),
+        file.nets.clone(),
+        file.rng.clone(),
+    )?;
     let serial = match flags.serial.or(file.serial) {
         Some(serial) => serial,
         None if flags.nodefaults => SerialConfig::None,

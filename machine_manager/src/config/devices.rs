@@ -12,8 +12,18 @@ use std::path::PathBuf;
 
 use super::error::ConfigError;
 use super::options::{parse_bool, OptionList};
-use super::validate::{check_file, check_non_empty, FileKind};
-use super::{DriveConfig, RngConfig};
+use super::validate::{check_file, check_mac, check_non_empty, FileKind, MAX_IFNAME_LEN};
+use super::{DriveConfig, NetConfig, RngConfig};
+
+/// The host side of a network device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NetBackend {
+    /// A tap device opened (or created) by name.
+    TapName(String),
+    /// A tap file descriptor inherited from the parent process (`fd=N`,
+    /// `fds=N`), as Kata passes it.
+    TapFd(i32),
+}
 
 /// Where a character device's bytes go.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,6 +55,15 @@ pub enum DeviceConfig {
         /// Entropy source.
         path: PathBuf,
     },
+    /// virtio-net on a tap device.
+    Net {
+        /// Device id.
+        id: String,
+        /// The tap.
+        backend: NetBackend,
+        /// Guest MAC address (`xx:xx:xx:xx:xx:xx`), if fixed.
+        mac: Option<String>,
+    },
     /// virtio-console (virtio-serial with one virtconsole port).
     Console {
         /// Device id (of the virtconsole).
@@ -60,6 +79,7 @@ impl DeviceConfig {
         match self {
             DeviceConfig::Block { id, .. }
             | DeviceConfig::Rng { id, .. }
+            | DeviceConfig::Net { id, .. }
             | DeviceConfig::Console { id, .. } => id,
         }
     }
@@ -203,10 +223,95 @@ fn parse_chardev(value: &str) -> Result<(String, ChardevBackend), ConfigError> {
     Ok((id, backend))
 }
 
+/// `-netdev tap,id=ID,(ifname=NAME|fd=N|fds=N)[,vhost=off]`.
+fn parse_netdev(value: &str) -> Result<(String, NetBackend), ConfigError> {
+    let at = "-netdev";
+    let list = OptionList::parse(
+        at,
+        value,
+        Some("type"),
+        &[
+            "type",
+            "id",
+            "ifname",
+            "fd",
+            "fds",
+            "vhost",
+            "vhostfd",
+            "vhostfds",
+            "script",
+            "downscript",
+            "queues",
+        ],
+    )?;
+    let id = required(&list, at, "id")?.to_string();
+    if list.get("type") != Some("tap") {
+        return Err(invalid(
+            at,
+            format!("netdev '{id}': only type tap is supported"),
+        ));
+    }
+    if switch(&list, at, "vhost", false)?
+        || list.get("vhostfd").is_some()
+        || list.get("vhostfds").is_some()
+    {
+        return Err(invalid(
+            at,
+            format!("netdev '{id}': vhost-net is not supported (use vhost=off)"),
+        ));
+    }
+    for key in ["script", "downscript"] {
+        if list.get(key).is_some_and(|v| v != "no") {
+            return Err(invalid(
+                at,
+                format!("netdev '{id}': {key} is not supported (use {key}=no)"),
+            ));
+        }
+    }
+    let fd_text = list.get("fd").or(list.get("fds"));
+    let backend = match (list.get("ifname"), fd_text) {
+        (Some(name), None) => {
+            if name.is_empty() || name.len() > MAX_IFNAME_LEN {
+                return Err(invalid(
+                    at,
+                    format!("ifname '{name}' must be 1 to {MAX_IFNAME_LEN} bytes"),
+                ));
+            }
+            NetBackend::TapName(name.to_string())
+        }
+        (None, Some(fds)) => {
+            if fds.contains(':') {
+                return Err(invalid(
+                    at,
+                    format!(
+                        "netdev '{id}': several queue fds '{fds}' (multiqueue) are not supported"
+                    ),
+                ));
+            }
+            let fd: i32 = fds
+                .parse()
+                .map_err(|_| invalid(at, format!("netdev '{id}': invalid fd '{fds}'")))?;
+            // SAFETY: F_GETFD only queries the descriptor table.
+            if fd < 3 || unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+                return Err(invalid(
+                    at,
+                    format!("netdev '{id}': fd {fd} is not an open inherited descriptor"),
+                ));
+            }
+            NetBackend::TapFd(fd)
+        }
+        _ => {
+            return Err(invalid(
+                at,
+                format!("netdev '{id}': give exactly one of ifname=, fd=, fds="),
+            ))
+        }
+    };
+    Ok((id, backend))
+}
+
 /// Drivers whose device models are not part of this build yet.
 const NOT_YET: &[&str] = &[
-    "virtio-net-device",
-    "virtio-net-mmio",
     "vhost-vsock-device",
     "vhost-vsock-mmio",
     "vsock-device",
@@ -218,6 +323,7 @@ const NOT_YET: &[&str] = &[
 pub(crate) fn resolve(
     raw: &RawDeviceFlags,
     json_drives: Vec<DriveConfig>,
+    json_nets: Vec<NetConfig>,
     json_rng: Option<RngConfig>,
 ) -> Result<Vec<DeviceConfig>, ConfigError> {
     let mut out: Vec<DeviceConfig> = Vec::new();
@@ -226,6 +332,13 @@ pub(crate) fn resolve(
             id: d.id.clone(),
             drive: d,
             serial: None,
+        });
+    }
+    for n in json_nets {
+        out.push(DeviceConfig::Net {
+            id: n.id,
+            backend: NetBackend::TapName(n.host_dev_name),
+            mac: n.mac,
         });
     }
     if let Some(r) = json_rng {
@@ -255,11 +368,12 @@ pub(crate) fn resolve(
             return Err(invalid("-chardev", format!("duplicate chardev id '{id}'")));
         }
     }
-    if let Some(n) = raw.netdevs.first() {
-        return Err(invalid(
-            "-netdev",
-            format!("'{n}': virtio-net is not supported yet by this altovirt build"),
-        ));
+    let mut netdevs = HashMap::new();
+    for n in &raw.netdevs {
+        let (id, backend) = parse_netdev(n)?;
+        if netdevs.insert(id.clone(), backend).is_some() {
+            return Err(invalid("-netdev", format!("duplicate netdev id '{id}'")));
+        }
     }
     let mut serial_controller = false;
     for value in &raw.devices {
@@ -318,6 +432,32 @@ pub(crate) fn resolve(
                 DeviceConfig::Rng {
                     id: list.get("id").unwrap_or(name).to_string(),
                     path,
+                }
+            }
+            "virtio-net-device" | "virtio-net-mmio" => {
+                let list = OptionList::parse(
+                    &at,
+                    value,
+                    Some("driver"),
+                    &[
+                        "driver", "id", "netdev", "mac", "bus", "addr", "mq", "vectors", "iothread",
+                    ],
+                )?;
+                let name = required(&list, &at, "netdev")?;
+                let backend = netdevs.remove(name).ok_or_else(|| {
+                    invalid(
+                        &at,
+                        format!("netdev '{name}' is not defined (or already used)"),
+                    )
+                })?;
+                let mac = list.get("mac").map(str::to_string);
+                if let Some(m) = &mac {
+                    check_mac(&format!("{at} mac"), m)?;
+                }
+                DeviceConfig::Net {
+                    id: list.get("id").unwrap_or(name).to_string(),
+                    backend,
+                    mac,
                 }
             }
             "virtio-serial-device" | "virtio-serial-mmio" => {
@@ -457,11 +597,26 @@ mod tests {
             ),
             (
                 vec!["-device", "virtio-net-device,netdev=n0,id=n0"],
-                "-device virtio-net-device: not supported yet",
+                "-device virtio-net-device: netdev 'n0' is not defined",
             ),
             (
-                vec!["-netdev", "tap,id=n0,ifname=tap0"],
-                "-netdev: 'tap,id=n0,ifname=tap0': virtio-net is not supported yet",
+                vec!["-netdev", "tap,id=n0,ifname=tap0,vhost=on"],
+                "vhost-net is not supported",
+            ),
+            (vec!["-netdev", "tap,id=n0,fds=3:4"], "multiqueue"),
+            (
+                vec!["-netdev", "tap,id=n0,fd=987"],
+                "fd 987 is not an open inherited descriptor",
+            ),
+            (vec!["-netdev", "user,id=n0"], "only type tap"),
+            (
+                vec![
+                    "-netdev",
+                    "tap,id=n0,ifname=t0",
+                    "-device",
+                    "virtio-net-device,netdev=n0,mac=zz",
+                ],
+                "mac",
             ),
             (
                 vec!["-device", "virtconsole,chardev=c0"],

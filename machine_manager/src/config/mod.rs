@@ -17,7 +17,7 @@ mod validate;
 use std::path::PathBuf;
 
 pub use cmdline::{parse_cmdline, Command, USAGE};
-pub use devices::{ChardevBackend, DeviceConfig};
+pub use devices::{ChardevBackend, DeviceConfig, NetBackend};
 pub use error::ConfigError;
 pub use size::{MIN_MEM_SIZE, PAGE_SIZE};
 pub use validate::{MAX_IFNAME_LEN, MAX_VCPUS, MIN_VCPUS};
