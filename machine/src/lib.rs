@@ -81,7 +81,6 @@ impl MicroVm {
         kernel: KernelSource,
         start: Instant,
     ) -> Result<Self, MachineError> {
-        reject_unsupported(cfg)?;
         let kvm = kvm_checks::open_kvm()?;
         let vm = create_vm(&kvm)?;
         let platform = PlatformSnapshot::capture(&vm)?;
@@ -370,21 +369,6 @@ fn kernel_cmdline(user: &str, tokens: &[String]) -> String {
     }
     parts.extend(tokens.iter().map(String::as_str));
     parts.join(" ")
-}
-
-/// Device sections parsed from the configuration whose device models are
-/// not part of this build yet are refused rather than silently ignored.
-fn reject_unsupported(cfg: &VmConfig) -> Result<(), MachineError> {
-    if let Some(n) = cfg.nets.first() {
-        return Err(MachineError::Unsupported(format!(
-            "net '{}' (virtio-net)",
-            n.id
-        )));
-    }
-    if let Some(v) = &cfg.vsock {
-        return Err(MachineError::Unsupported(format!("vsock '{}'", v.id)));
-    }
-    Ok(())
 }
 
 /// Creates the VM with its in-kernel IOAPIC/PIC/LAPICs and PIT.

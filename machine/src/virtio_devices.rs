@@ -122,7 +122,12 @@ impl VirtioDevices {
                 Rng::new(path, el).map_err(|e| err(e.to_string()))?,
             )),
             DeviceConfig::Net { id, .. } => {
-                return Err(MachineError::Unsupported(format!("net '{id}' (virtio-net)")))
+                return Err(MachineError::Unsupported(format!(
+                    "net '{id}' (virtio-net)"
+                )))
+            }
+            DeviceConfig::VhostVsock { id, .. } | DeviceConfig::HybridVsock { id, .. } => {
+                return Err(MachineError::Unsupported(format!("vsock '{id}'")))
             }
             DeviceConfig::Console { backend, .. } => {
                 let backend: Box<dyn ConsoleBackend> = match backend {

@@ -56,6 +56,8 @@ Usage: altovirt [OPTIONS]
   -device virtio-serial-device[,id=DEV] -device virtconsole,chardev=ID[,id=DEV]
   -netdev tap,id=ID,ifname=NAME|fd=N  a tap back-end (fd: inherited descriptor)
   -device virtio-net-device,netdev=ID[,id=DEV][,mac=MAC]
+  -device vhost-vsock-device,id=DEV,guest-cid=N[,vhostfd=FD]  kernel vsock (needs /dev/vhost-vsock)
+  -device vsock-device,id=DEV,guest-cid=N,uds-path=PATH       userspace vsock over unix sockets
   -version              print the version and exit
   -h, -help, --help     print this help and exit
 
@@ -354,6 +356,7 @@ fn merge(flags: Flags, file: FileConfig) -> Result<VmConfig, ConfigError> {
         &flags.raw_devices,
         file.drives.clone(),
         file.nets.clone(),
+        file.vsock.clone(),
         file.rng.clone(),
     )?;
     let serial = match flags.serial.or(file.serial) {

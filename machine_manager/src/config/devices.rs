@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use super::error::ConfigError;
 use super::options::{parse_bool, OptionList};
 use super::validate::{check_file, check_mac, check_non_empty, FileKind, MAX_IFNAME_LEN};
-use super::{DriveConfig, NetConfig, RngConfig};
+use super::{DriveConfig, NetConfig, RngConfig, VsockConfig};
 
 /// The host side of a network device.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,6 +64,25 @@ pub enum DeviceConfig {
         /// Guest MAC address (`xx:xx:xx:xx:xx:xx`), if fixed.
         mac: Option<String>,
     },
+    /// vsock through the kernel's vhost-vsock.
+    VhostVsock {
+        /// Device id.
+        id: String,
+        /// Guest context id.
+        guest_cid: u32,
+        /// A /dev/vhost-vsock descriptor inherited from the parent, if given.
+        vhostfd: Option<i32>,
+    },
+    /// vsock served in userspace over unix sockets (hybrid vsock).
+    HybridVsock {
+        /// Device id.
+        id: String,
+        /// Guest context id.
+        guest_cid: u32,
+        /// Unix socket the host connects to (`CONNECT <port>`); guest
+        /// connections to port N go to `<uds_path>_N`.
+        uds_path: PathBuf,
+    },
     /// virtio-console (virtio-serial with one virtconsole port).
     Console {
         /// Device id (of the virtconsole).
@@ -80,6 +99,8 @@ impl DeviceConfig {
             DeviceConfig::Block { id, .. }
             | DeviceConfig::Rng { id, .. }
             | DeviceConfig::Net { id, .. }
+            | DeviceConfig::VhostVsock { id, .. }
+            | DeviceConfig::HybridVsock { id, .. }
             | DeviceConfig::Console { id, .. } => id,
         }
     }
@@ -310,20 +331,29 @@ fn parse_netdev(value: &str) -> Result<(String, NetBackend), ConfigError> {
     Ok((id, backend))
 }
 
+/// `guest-cid=N`: 3 up to 2^32 - 2 (0–2 and -1 are reserved).
+fn parse_cid(at: &str, list: &OptionList) -> Result<u32, ConfigError> {
+    let text = required(list, at, "guest-cid")?;
+    text.parse::<u32>()
+        .ok()
+        .filter(|c| (3..u32::MAX).contains(c))
+        .ok_or_else(|| {
+            invalid(
+                at,
+                format!("guest-cid '{text}' must be 3 to {}", u32::MAX - 1),
+            )
+        })
+}
+
 /// Drivers whose device models are not part of this build yet.
-const NOT_YET: &[&str] = &[
-    "vhost-vsock-device",
-    "vhost-vsock-mmio",
-    "vsock-device",
-    "vhost-user-fs-device",
-    "vhost-user-fs-mmio",
-];
+const NOT_YET: &[&str] = &["vhost-user-fs-device", "vhost-user-fs-mmio"];
 
 /// Resolves the device flags (and the JSON devices) into device configs.
 pub(crate) fn resolve(
     raw: &RawDeviceFlags,
     json_drives: Vec<DriveConfig>,
     json_nets: Vec<NetConfig>,
+    json_vsock: Option<VsockConfig>,
     json_rng: Option<RngConfig>,
 ) -> Result<Vec<DeviceConfig>, ConfigError> {
     let mut out: Vec<DeviceConfig> = Vec::new();
@@ -332,6 +362,13 @@ pub(crate) fn resolve(
             id: d.id.clone(),
             drive: d,
             serial: None,
+        });
+    }
+    if let Some(v) = json_vsock {
+        out.push(DeviceConfig::VhostVsock {
+            id: v.id,
+            guest_cid: v.guest_cid,
+            vhostfd: None,
         });
     }
     for n in json_nets {
@@ -458,6 +495,49 @@ pub(crate) fn resolve(
                     id: list.get("id").unwrap_or(name).to_string(),
                     backend,
                     mac,
+                }
+            }
+            "vhost-vsock-device" | "vhost-vsock-mmio" => {
+                let list = OptionList::parse(
+                    &at,
+                    value,
+                    Some("driver"),
+                    &["driver", "id", "guest-cid", "vhostfd", "bus", "addr"],
+                )?;
+                let guest_cid = parse_cid(&at, &list)?;
+                let vhostfd = match list.get("vhostfd") {
+                    None => None,
+                    Some(text) => {
+                        let fd: i32 = text
+                            .parse()
+                            .map_err(|_| invalid(&at, format!("invalid vhostfd '{text}'")))?;
+                        // SAFETY: F_GETFD only queries the descriptor table.
+                        if fd < 3 || unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+                            return Err(invalid(
+                                &at,
+                                format!("vhostfd {fd} is not an open inherited descriptor"),
+                            ));
+                        }
+                        Some(fd)
+                    }
+                };
+                DeviceConfig::VhostVsock {
+                    id: required(&list, &at, "id")?.to_string(),
+                    guest_cid,
+                    vhostfd,
+                }
+            }
+            "vsock-device" | "virtio-vsock-device" => {
+                let list = OptionList::parse(
+                    &at,
+                    value,
+                    Some("driver"),
+                    &["driver", "id", "guest-cid", "uds-path", "bus", "addr"],
+                )?;
+                DeviceConfig::HybridVsock {
+                    id: required(&list, &at, "id")?.to_string(),
+                    guest_cid: parse_cid(&at, &list)?,
+                    uds_path: PathBuf::from(required(&list, &at, "uds-path")?),
                 }
             }
             "virtio-serial-device" | "virtio-serial-mmio" => {
