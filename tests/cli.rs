@@ -273,6 +273,15 @@ fn devices_not_built_yet_are_refused_clearly() {
             "-device",
             "vhost-vsock-device,id=vsock-id,guest-cid=3,vhostfd=3",
         ],
+        "vhostfd 3 is not an open inherited descriptor",
+    );
+    assert_usage_error(
+        &[
+            "-chardev",
+            "socket,id=fs,path=/tmp/x,server,nowait",
+            "-device",
+            "vhost-user-fs-device,chardev=fs,tag=kataShared,id=virtio-fs0",
+        ],
         "not supported yet",
     );
     let _ = std::fs::remove_dir_all(dir);
