@@ -11,7 +11,7 @@
  *   mem: <bytes of type-1 RAM>
  *   initrd: addr=0x<hex> size=<decimal> sum=0x<FNV-1a 32, 8 hex>  (if any)
  *   cpus: mptable=<enabled processors in the MP table> started=<running>
- *   virtio: ..., blk: ..., rng: ..., console: ..., blk-bad: ...
+ *   virtio: ..., blk: ..., rng: ..., console: ..., blk-bad: ..., net: ...
  *       (only with virtio_mmio.device= or guest.virtio= words; see virtio.c)
  *   boot-complete
  * then 123 goes to the boot-complete port 0x3F0 and the action chosen by

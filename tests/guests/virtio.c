@@ -10,7 +10,7 @@
  *   virtio_mmio.device=<size>@<base>:<irq>[:<id>]  one per device, as Linux
  *       parses it (size with an optional K/M/G suffix; numbers in decimal,
  *       0x hex or 0 octal)
- *   guest.virtio=<test>[,<test>...]  blk, rng, console, blk-bad (in order)
+ *   guest.virtio=<test>[,<test>...]  blk, rng, console, blk-bad, net (in order)
  *   guest.blkwrite=1                 blk also writes, flushes and re-reads
  *                                    sector 1
  *
@@ -28,6 +28,12 @@
  *   console: rx=<bytes received up to the newline> | console: rx timeout
  *   blk-bad: <loop|oob|huge> used=<0|1> status=0x<device status, hex>
  *   blk-bad: recovered sum=0x<fnv1a32 of sector 0, 8 hex>
+ *   net: mac=<xx:xx:xx:xx:xx:xx> status=<config status|none without F_STATUS>
+ *   net: tx done                 (a 60-byte broadcast frame from the MAC,
+ *                                 ethertype 0x88b5, payload "altovirt-net-tx")
+ *   net: rx=<payload of the first 0x88b5 frame, up to a NUL or non-printable
+ *            byte> | net: rx timeout      (other frames are skipped)
+ *   net: done
  * Failures print "<test>: ..." lines saying what went wrong instead.
  *
  * The guest runs with interrupts off and polls the used rings; every wait
@@ -73,6 +79,7 @@
 #define F_VERSION_1 (1ull << 32)
 
 /* Device IDs (5). */
+#define ID_NET 1
 #define ID_BLK 2
 #define ID_CONSOLE 3
 #define ID_RNG 4
@@ -86,6 +93,7 @@
 #define WAIT_REQUEST 300000	/* a request that should complete */
 #define WAIT_BAD 50000		/* a malformed request that may never complete */
 #define WAIT_CONSOLE_RX 300000	/* the host side echoing a line back */
+#define WAIT_NET_RX 300000	/* the host side answering a frame */
 #define WAIT_RESET 1000
 
 static inline void mb(void) { __asm__ volatile("mfence" ::: "memory"); }
@@ -361,11 +369,11 @@ struct vq {
 	u32 index;		/* queue number on the device */
 	u16 size;
 	u16 avail_idx;		/* the driver's copy of avail.idx */
-	u16 last_used;		/* used.idx seen when the last request went out */
+	u16 last_used;		/* used elements consumed (vq_publish skips to used.idx) */
 };
 
-/* One ring per queue any test uses: blk 0, rng 0, console 0 and 1. */
-enum { RING_BLK, RING_RNG, RING_CON_RX, RING_CON_TX, N_RINGS };
+/* One ring per queue any test uses: blk 0, rng 0, console 0 and 1, net 0 and 1. */
+enum { RING_BLK, RING_RNG, RING_CON_RX, RING_CON_TX, RING_NET_RX, RING_NET_TX, N_RINGS };
 static struct vq_ring rings[N_RINGS];
 
 /* Sets up queue `index` of d with rings[ring]; prints why on failure. */
@@ -415,15 +423,24 @@ static void vq_set_desc(struct vq *q, u16 i, u64 addr, u32 len, u16 flags, u16 n
 	q->r->desc[i].next = next;
 }
 
-/* Makes the chain at `head` available without notifying. */
-static void vq_publish(struct vq *q, u16 head)
+/*
+ * Makes the chain at `head` available without notifying. last_used is left
+ * alone, so used elements not yet consumed stay pending (receive queues).
+ */
+static void vq_push(struct vq *q, u16 head)
 {
-	q->last_used = q->r->used.idx;
 	q->r->avail.ring[q->avail_idx % q->size] = head;
 	mb();			/* ring entry before index */
 	q->avail_idx++;
 	q->r->avail.idx = q->avail_idx;
 	mb();			/* index before the notification */
+}
+
+/* vq_push for one request at a time: vq_wait then waits for its element. */
+static void vq_publish(struct vq *q, u16 head)
+{
+	q->last_used = q->r->used.idx;
+	vq_push(q, head);
 }
 
 static void vq_notify(struct vq *q)
@@ -854,6 +871,156 @@ static void test_console(void)
 	vdev_reset(d);
 }
 
+/* ---- virtio-net (5.1), one queue pair, polled ------------------------------- */
+
+#define NET_F_MAC (1ull << 5)
+#define NET_F_MRG_RXBUF (1ull << 15)
+#define NET_F_STATUS (1ull << 16)
+#define NET_CFG_MAC 0		/* u8[6] */
+#define NET_CFG_STATUS 6	/* le16 */
+#define NET_HDR 12		/* struct virtio_net_hdr, virtio 1.x (num_buffers included) */
+#define NET_RX_BUFS 4
+#define NET_RX_BYTES 2048
+#define NET_FRAME 60		/* minimum Ethernet frame without FCS */
+#define ETH_HLEN 14
+#define NET_ETHERTYPE 0x88b5	/* IEEE local experimental */
+#define NET_PAYLOAD_MAX 64	/* printed at most */
+
+static struct {
+	u8 rx[NET_RX_BUFS][NET_RX_BYTES] __attribute__((aligned(16)));
+	u8 hdr[NET_HDR] __attribute__((aligned(16)));
+	u8 frame[NET_FRAME] __attribute__((aligned(16)));
+	u8 mac[6];
+} netbuf;
+
+/* Hands receive buffer i (descriptor i) to the device, no notification. */
+static void net_rx_post(struct vq *rx, u16 i)
+{
+	vq_set_desc(rx, i, (u64)netbuf.rx[i], NET_RX_BYTES, DESC_F_WRITE, 0);
+	vq_push(rx, i);
+}
+
+/* MAC (if offered, else a fixed locally administered one) and status. */
+static int net_read_config(const struct vdev *d, u64 features)
+{
+	static const u8 fallback[6] = { 0x02, 0, 0, 0, 0, 0x01 };
+	int status = -1;
+
+	for (int tries = 0; tries < 10; tries++) {
+		u32 gen = vm_rd(d->base, VM_CONFIG_GENERATION);
+		for (int i = 0; i < 6; i++)
+			netbuf.mac[i] = (features & NET_F_MAC) ?
+				rd8(d->base + VM_CONFIG + NET_CFG_MAC + i) : fallback[i];
+		if (features & NET_F_STATUS)
+			status = rd16(d->base + VM_CONFIG + NET_CFG_STATUS);
+		if (vm_rd(d->base, VM_CONFIG_GENERATION) == gen)
+			break;
+	}
+	return status;
+}
+
+/* Prints "net: rx=<payload>" if buffer b (used length len) is our frame. */
+static int net_rx_match(const volatile u8 *b, u32 len)
+{
+	const volatile u8 *eth = b + NET_HDR;
+
+	if (len < NET_HDR + ETH_HLEN ||
+	    ((u32)eth[12] << 8 | eth[13]) != NET_ETHERTYPE)
+		return 0;
+	puts_serial("net: rx=");
+	for (u32 i = NET_HDR + ETH_HLEN; i < len && i < NET_HDR + ETH_HLEN + NET_PAYLOAD_MAX; i++) {
+		u8 c = b[i];
+		if (c < 0x20 || c >= 0x7f)
+			break;
+		putc_serial((char)c);
+	}
+	putc_serial('\n');
+	return 1;
+}
+
+static void test_net(void)
+{
+	static const char payload[] = "altovirt-net-tx";
+	const struct vdev *d = vdev_find(ID_NET);
+	struct vq rx, tx;
+	struct vq_used_elem e;
+	u64 features;
+
+	if (!d) {
+		say("net", "no device");
+		return;
+	}
+	if (!vdev_begin(d, NET_F_MAC | NET_F_STATUS | NET_F_MRG_RXBUF, &features, "net") ||
+	    !vq_setup(&rx, d, 0, RING_NET_RX, "net") ||
+	    !vq_setup(&tx, d, 1, RING_NET_TX, "net"))
+		return;
+	int status = net_read_config(d, features);
+	if (!(vdev_driver_ok(d) & ST_DRIVER_OK)) {
+		vdev_fail(d, "net", "DRIVER_OK not kept");
+		return;
+	}
+	puts_serial("net: mac=");
+	for (int i = 0; i < 6; i++) {
+		if (i)
+			putc_serial(':');
+		put_hex(netbuf.mac[i], 2);
+	}
+	puts_serial(" status=");
+	if (status < 0)
+		puts_serial("none");
+	else
+		put_dec((u32)status);
+	putc_serial('\n');
+
+	/* Receive buffers first, so a quick reply has somewhere to go. */
+	u16 n_rx = rx.size < NET_RX_BUFS ? rx.size : NET_RX_BUFS;
+	for (u16 i = 0; i < n_rx; i++)
+		net_rx_post(&rx, i);
+	vq_notify(&rx);
+
+	/* Broadcast frame from our MAC: header, then the frame, both device-readable. */
+	memset(netbuf.hdr, 0, NET_HDR);
+	memset(netbuf.frame, 0, NET_FRAME);
+	memset(netbuf.frame, 0xff, 6);
+	memcpy(netbuf.frame + 6, netbuf.mac, 6);
+	netbuf.frame[12] = NET_ETHERTYPE >> 8;
+	netbuf.frame[13] = NET_ETHERTYPE & 0xff;
+	memcpy(netbuf.frame + ETH_HLEN, payload, sizeof(payload) - 1);
+	vq_set_desc(&tx, 0, (u64)netbuf.hdr, NET_HDR, DESC_F_NEXT, 1);
+	vq_set_desc(&tx, 1, (u64)netbuf.frame, NET_FRAME, 0, 0);
+	vq_publish(&tx, 0);
+	vq_notify(&tx);
+	say("net", vq_wait(&tx, WAIT_REQUEST, &e) ? "tx done" : "tx timeout");
+
+	/* Wait for our ethertype; other frames (IPv6 RS, MLD...) are reposted. */
+	u32 budget = WAIT_NET_RX;
+	int found = 0;
+	while (!found && budget) {
+		u32 slice = budget < 10000 ? budget : 10000;
+		budget -= slice;
+		if (!vq_wait(&rx, slice, &e))
+			continue;
+		mb();
+		if (e.id >= n_rx) {
+			line_start("net");
+			puts_serial("rx bad id ");
+			put_dec(e.id);
+			putc_serial('\n');
+			break;
+		}
+		u32 len = e.len < NET_RX_BYTES ? e.len : NET_RX_BYTES;
+		found = net_rx_match(netbuf.rx[e.id], len);
+		if (!found) {
+			net_rx_post(&rx, (u16)e.id);
+			vq_notify(&rx);
+		}
+	}
+	if (!found)
+		say("net", "rx timeout");
+	vdev_reset(d);
+	say("net", "done");
+}
+
 /* ---- Probe and dispatch ------------------------------------------------------ */
 
 static void virtio_probe(void)
@@ -923,6 +1090,8 @@ static void virtio_run(void)
 			test_rng();
 		else if (name_is(t, len, "console"))
 			test_console();
+		else if (name_is(t, len, "net"))
+			test_net();
 		else if (len) {
 			puts_serial("virtio: unknown test ");
 			for (u32 i = 0; i < len; i++)
