@@ -19,6 +19,7 @@ mod chain;
 pub mod console;
 mod interrupt;
 pub mod mmio;
+pub mod net;
 pub mod rng;
 #[cfg(test)]
 mod test_utils;
