@@ -4,14 +4,16 @@
 //! notifications arrive through KVM ioeventfds and interrupts leave through
 //! irqfds, so device work runs on the event-loop thread, not on vCPUs.
 
+use std::os::fd::{FromRawFd, OwnedFd};
 use std::sync::{Arc, Mutex};
 
 use address_space::{Bus, BusDevice, GuestMemoryMmap};
 use kvm_ioctls::{IoEventAddress, VmFd};
-use machine_manager::config::{ChardevBackend, DeviceConfig};
+use machine_manager::config::{ChardevBackend, DeviceConfig, NetBackend};
 use machine_manager::event_loop::EventLoop;
 use virtio::block::{Block, BlockConfig};
 use virtio::console::{Console, ConsoleBackend, FileBackend, UnixSocketBackend};
+use virtio::net::{parse_mac, Net, NetConfig, Tap};
 use virtio::rng::Rng;
 use virtio::{MmioTransport, VirtioDevice, MMIO_WINDOW_SIZE, NOTIFY_REG_OFFSET};
 
@@ -121,10 +123,22 @@ impl VirtioDevices {
             DeviceConfig::Rng { path, .. } => Arc::new(Mutex::new(
                 Rng::new(path, el).map_err(|e| err(e.to_string()))?,
             )),
-            DeviceConfig::Net { id, .. } => {
-                return Err(MachineError::Unsupported(format!(
-                    "net '{id}' (virtio-net)"
-                )))
+            DeviceConfig::Net { backend, mac, .. } => {
+                let tap = match backend {
+                    NetBackend::TapName(name) => Tap::open_named(name),
+                    // SAFETY: the configuration checked that the descriptor
+                    // is open; nothing else in the process owns it.
+                    NetBackend::TapFd(fd) => Tap::from_fd(unsafe { OwnedFd::from_raw_fd(*fd) }),
+                }
+                .map_err(|e| err(e.to_string()))?;
+                let mac = mac
+                    .as_deref()
+                    .map(parse_mac)
+                    .transpose()
+                    .map_err(|e| err(e.to_string()))?;
+                Arc::new(Mutex::new(
+                    Net::new(NetConfig { tap, mac }, el).map_err(|e| err(e.to_string()))?,
+                ))
             }
             DeviceConfig::VhostVsock { id, .. } | DeviceConfig::HybridVsock { id, .. } => {
                 return Err(MachineError::Unsupported(format!("vsock '{id}'")))
