@@ -7,6 +7,7 @@ cd "$(dirname "$0")/.."
 need_apt=()
 command -v gcc >/dev/null 2>&1 || need_apt+=(gcc)
 command -v ld >/dev/null 2>&1 || need_apt+=(binutils)
+command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)   # network namespaces for the virtio-net tests
 if [ ${#need_apt[@]} -gt 0 ]; then
     echo "installing: ${need_apt[*]}"
     apt-get update -qq && apt-get install -y -qq "${need_apt[@]}"
