@@ -267,6 +267,13 @@ fn devices_not_built_yet_are_refused_clearly() {
         ],
         "vhostfd 3 is not an open inherited descriptor",
     );
+    if !std::path::Path::new("/dev/vhost-vsock").exists() {
+        // This host has no vhost-vsock: the error must say so and how to fix it.
+        assert_usage_error(
+            &["-device", "vhost-vsock-device,id=vsock-id,guest-cid=3"],
+            "cannot open /dev/vhost-vsock",
+        );
+    }
     assert_usage_error(
         &[
             "-chardev",

@@ -15,6 +15,7 @@ use virtio::block::{Block, BlockConfig};
 use virtio::console::{Console, ConsoleBackend, FileBackend, UnixSocketBackend};
 use virtio::net::{parse_mac, Net, NetConfig, Tap};
 use virtio::rng::Rng;
+use virtio::vsock::{VhostVsock, VhostVsockDevice, Vsock, VsockConfig};
 use virtio::{MmioTransport, VirtioDevice, MMIO_WINDOW_SIZE, NOTIFY_REG_OFFSET};
 
 use crate::error::MachineError;
@@ -140,8 +141,28 @@ impl VirtioDevices {
                     Net::new(NetConfig { tap, mac }, el).map_err(|e| err(e.to_string()))?,
                 ))
             }
-            DeviceConfig::VhostVsock { id, .. } | DeviceConfig::HybridVsock { id, .. } => {
-                return Err(MachineError::Unsupported(format!("vsock '{id}'")))
+            DeviceConfig::HybridVsock {
+                guest_cid,
+                uds_path,
+                ..
+            } => {
+                let config = VsockConfig {
+                    guest_cid: u64::from(*guest_cid),
+                    uds_path: uds_path.clone(),
+                };
+                Arc::new(Mutex::new(
+                    Vsock::new(config, el).map_err(|e| err(e.to_string()))?,
+                ))
+            }
+            DeviceConfig::VhostVsock {
+                guest_cid, vhostfd, ..
+            } => {
+                // SAFETY: the configuration checked that the descriptor is
+                // open; nothing else in the process owns it.
+                let fd = vhostfd.map(|fd| unsafe { OwnedFd::from_raw_fd(fd) });
+                let vhost =
+                    VhostVsock::open(u64::from(*guest_cid), fd).map_err(|e| err(e.to_string()))?;
+                Arc::new(Mutex::new(VhostVsockDevice::new(vhost, el)))
             }
             DeviceConfig::Console { backend, .. } => {
                 let backend: Box<dyn ConsoleBackend> = match backend {

@@ -408,7 +408,10 @@ fn reset_unregisters_keeps_backend_and_reactivates() {
         q.used().idx().store(0);
     }
     activate(&mut r, &mem);
-    assert_eq!(r.el.registrations(), 3);
+    // Both queues are registered; the tap watch may already have removed
+    // itself (a frame is pending but no rx buffer is posted yet), so it is
+    // not counted here: the delivery below proves it comes back.
+    assert!(r.el.registrations() >= 2);
     post_rx(&r, 0, 1526);
     assert!(wait_for(|| r.rx.used().idx().load() == 1));
     assert_eq!(rx_data(&mem, 0, 312).1, f);
