@@ -357,7 +357,7 @@ fn start_paused_runs_nothing_until_told() {
     if !kvm_usable("start_paused") {
         return;
     }
-    let mut child = start_halted(&["-S"]);
+    let child = start_halted(&["-S"]);
     std::thread::sleep(Duration::from_millis(500));
     // SAFETY: signalling our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
