@@ -10,9 +10,17 @@
  *   virtio_mmio.device=<size>@<base>:<irq>[:<id>]  one per device, as Linux
  *       parses it (size with an optional K/M/G suffix; numbers in decimal,
  *       0x hex or 0 octal)
- *   guest.virtio=<test>[,<test>...]  blk, rng, console, blk-bad, net (in order)
+ *   guest.virtio=<test>[,<test>...]  blk, rng, console, blk-bad, net, vsock,
+ *                                    blkbench (run in the order given)
  *   guest.blkwrite=1                 blk also writes, flushes and re-reads
  *                                    sector 1
+ *   guest.vsockport=<n>              vsock: host port to connect to (1234
+ *                                    if absent or 0)
+ *   guest.vsocklisten=<n>            vsock: also accept one host connection
+ *                                    to guest port n
+ *   guest.blkbench=<bytes>:<count>   blkbench: count sequential reads of
+ *                                    bytes each (a multiple of 512, at most
+ *                                    65536)
  *
  * Output (after the cpus: line, before boot-complete):
  *   virtio: base=0x<hex> irq=<n> id=<device id>      (per token; 0 = empty)
@@ -34,6 +42,17 @@
  *   net: rx=<payload of the first 0x88b5 frame, up to a NUL or non-printable
  *            byte> | net: rx timeout      (other frames are skipped)
  *   net: done
+ *   vsock: cid=<guest_cid>
+ *   vsock: connected port=<n> | vsock: connect refused | vsock: connect timeout
+ *   vsock: rx=<payload of the host's answer, up to the newline> | vsock: rx timeout
+ *   vsock: closed | vsock: close timeout   (after our SHUTDOWN; closed means
+ *                                          the host sent RST, or SHUTDOWN
+ *                                          that we answered with RST)
+ *   vsock: accepted rx=<payload, up to the newline> | vsock: accept timeout |
+ *          vsock: accepted rx timeout     (with guest.vsocklisten=)
+ *   vsock: accepted done
+ *   vsock: done
+ *   blkbench: bytes=<b> count=<requests issued> errors=<non-zero status or timeout>
  * Failures print "<test>: ..." lines saying what went wrong instead.
  *
  * The guest runs with interrupts off and polls the used rings; every wait
@@ -83,6 +102,7 @@
 #define ID_BLK 2
 #define ID_CONSOLE 3
 #define ID_RNG 4
+#define ID_VSOCK 19
 
 /* Split virtqueue descriptor flags (2.7.5). */
 #define DESC_F_NEXT 1
@@ -120,6 +140,10 @@ static struct {
 	struct vdev devs[MAX_VIRTIO_DEVS];
 	char tests[VIRTIO_TESTS_MAX];	/* the last guest.virtio= value */
 	int blkwrite;
+	u64 vsock_port;		/* guest.vsockport=, default VSOCK_DEFAULT_PORT */
+	u64 vsock_listen;	/* guest.vsocklisten=, 0 = do not accept */
+	u64 bench_bytes, bench_count;	/* guest.blkbench= */
+	int bench_bad;		/* guest.blkbench= did not parse */
 } vcfg;
 
 /* Does [tok, tok+len) start with the string s? */
@@ -211,6 +235,9 @@ static void virtio_parse_cmdline(u64 cmdline)
 	static const char dev_key[] = "virtio_mmio.device=";
 	static const char test_key[] = "guest.virtio=";
 	static const char write_key[] = "guest.blkwrite=";
+	static const char vport_key[] = "guest.vsockport=";
+	static const char vlisten_key[] = "guest.vsocklisten=";
+	static const char bench_key[] = "guest.blkbench=";
 	u64 i = 0;
 
 	if (!cmdline)
@@ -240,6 +267,23 @@ static void virtio_parse_cmdline(u64 cmdline)
 		} else if (token_starts(tok, len, write_key)) {
 			u64 k = sizeof(write_key) - 1;
 			vcfg.blkwrite = len == k + 1 && rd8(tok + k) == '1';
+		} else if (token_starts(tok, len, vport_key)) {
+			u64 p = tok + sizeof(vport_key) - 1, v;
+			if (parse_num(&p, tok + len, 0, &v) && p == tok + len)
+				vcfg.vsock_port = v;
+		} else if (token_starts(tok, len, vlisten_key)) {
+			u64 p = tok + sizeof(vlisten_key) - 1, v;
+			if (parse_num(&p, tok + len, 0, &v) && p == tok + len)
+				vcfg.vsock_listen = v;
+		} else if (token_starts(tok, len, bench_key)) {
+			u64 p = tok + sizeof(bench_key) - 1, b, c;
+			vcfg.bench_bad = !(parse_num(&p, tok + len, 1, &b) && p < tok + len &&
+					   rd8(p++) == ':' && parse_num(&p, tok + len, 0, &c) &&
+					   p == tok + len);
+			if (!vcfg.bench_bad) {
+				vcfg.bench_bytes = b;
+				vcfg.bench_count = c;
+			}
 		}
 	}
 }
@@ -372,8 +416,14 @@ struct vq {
 	u16 last_used;		/* used elements consumed (vq_publish skips to used.idx) */
 };
 
-/* One ring per queue any test uses: blk 0, rng 0, console 0 and 1, net 0 and 1. */
-enum { RING_BLK, RING_RNG, RING_CON_RX, RING_CON_TX, RING_NET_RX, RING_NET_TX, N_RINGS };
+/*
+ * One ring per queue any test uses: blk 0 (blk, blk-bad, blkbench), rng 0,
+ * console 0 and 1, net 0 and 1, vsock 0, 1 and 2.
+ */
+enum {
+	RING_BLK, RING_RNG, RING_CON_RX, RING_CON_TX, RING_NET_RX, RING_NET_TX,
+	RING_VS_RX, RING_VS_TX, RING_VS_EV, N_RINGS
+};
 static struct vq_ring rings[N_RINGS];
 
 /* Sets up queue `index` of d with rings[ring]; prints why on failure. */
@@ -1021,6 +1071,511 @@ static void test_net(void)
 	say("net", "done");
 }
 
+/* ---- virtio-vsock (5.10), stream sockets, polled ----------------------------- */
+
+#define VSOCK_F_STREAM (1ull << 0)
+#define VSOCK_CFG_CID 0		/* le64 guest_cid; only the low 32 bits are used */
+#define VSOCK_HOST_CID 2
+#define VSOCK_TYPE_STREAM 1
+#define VSOCK_OP_REQUEST 1
+#define VSOCK_OP_RESPONSE 2
+#define VSOCK_OP_RST 3
+#define VSOCK_OP_SHUTDOWN 4
+#define VSOCK_OP_RW 5
+#define VSOCK_OP_CREDIT_UPDATE 6
+#define VSOCK_OP_CREDIT_REQUEST 7
+#define VSOCK_SHUTDOWN_BOTH 3	/* RCV (1) | SEND (2) */
+#define VSOCK_BUF_ALLOC 65536	/* receive space advertised on every packet */
+#define VSOCK_DEFAULT_PORT 1234
+#define VSOCK_LOCAL_PORT 5000	/* source port of the guest-initiated connection */
+#define VSOCK_RX_BUFS 4		/* two descriptors each: header, data */
+#define VSOCK_RX_DATA 512
+#define VSOCK_LINE_MAX 64
+#define WAIT_VSOCK 300000	/* the host side answering */
+#define WAIT_VSOCK_LISTEN 3000000	/* the host side connecting to us */
+#define WAIT_VSOCK_IDLE 20000	/* a partial line with nothing more coming */
+#define VSOCK_SLICE 10000
+
+struct vsock_hdr {
+	u64 src_cid;
+	u64 dst_cid;
+	u32 src_port;
+	u32 dst_port;
+	u32 len;
+	u16 type;
+	u16 op;
+	u32 flags;
+	u32 buf_alloc;
+	u32 fwd_cnt;
+} __attribute__((packed));
+
+_Static_assert(sizeof(struct vsock_hdr) == 44, "virtio_vsock_hdr is 44 bytes");
+
+static struct {
+	struct vsock_hdr rxhdr[VSOCK_RX_BUFS] __attribute__((aligned(16)));
+	u8 rxdata[VSOCK_RX_BUFS][VSOCK_RX_DATA] __attribute__((aligned(16)));
+	struct vsock_hdr txhdr __attribute__((aligned(16)));
+	u8 txdata[16] __attribute__((aligned(16)));
+	u8 event[8] __attribute__((aligned(16)));
+} vsbuf;
+
+enum vconn_state { VC_FREE, VC_CONNECTING, VC_OPEN, VC_REFUSED, VC_CLOSED };
+
+/* One stream connection, identified by (local port, peer cid, peer port). */
+struct vconn {
+	enum vconn_state state;
+	u64 peer_cid;
+	u32 local_port, peer_port;
+	u32 fwd_cnt;		/* payload bytes we consumed (all we received) */
+	u32 tx_cnt;		/* payload bytes we sent */
+	u32 peer_buf_alloc, peer_fwd_cnt;	/* the peer's credit, from its last packet */
+	int got_rst;		/* closed by the peer's RST (not by ours) */
+	int newline;		/* line[] is complete */
+	u32 line_len;
+	char line[VSOCK_LINE_MAX];
+};
+
+static struct {
+	const struct vdev *dev;
+	struct vq rx, tx, ev;
+	u64 cid;
+	u32 listen_port;	/* 0 = not accepting */
+	u16 n_rx;
+	struct vconn out;	/* guest-initiated */
+	struct vconn in;	/* host-initiated, to listen_port */
+} vs;
+
+/*
+ * Sends one packet (header, then the payload in a second descriptor if any)
+ * and waits for the device to use it. Returns 1 when it did.
+ */
+static int vsock_send_raw(u64 dst_cid, u32 src_port, u32 dst_port, u16 op, u32 flags,
+			  u32 fwd_cnt, const void *data, u32 len)
+{
+	struct vq_used_elem e;
+	volatile struct vsock_hdr *h = &vsbuf.txhdr;
+
+	h->src_cid = vs.cid;
+	h->dst_cid = dst_cid;
+	h->src_port = src_port;
+	h->dst_port = dst_port;
+	h->len = len;
+	h->type = VSOCK_TYPE_STREAM;
+	h->op = op;
+	h->flags = flags;
+	h->buf_alloc = VSOCK_BUF_ALLOC;
+	h->fwd_cnt = fwd_cnt;
+	if (len > sizeof(vsbuf.txdata))
+		len = sizeof(vsbuf.txdata);
+	if (len) {
+		memcpy(vsbuf.txdata, data, len);
+		vq_set_desc(&vs.tx, 0, (u64)h, sizeof(*h), DESC_F_NEXT, 1);
+		vq_set_desc(&vs.tx, 1, (u64)vsbuf.txdata, len, 0, 0);
+	} else {
+		vq_set_desc(&vs.tx, 0, (u64)h, sizeof(*h), 0, 0);
+	}
+	vq_publish(&vs.tx, 0);
+	vq_notify(&vs.tx);
+	if (!vq_wait(&vs.tx, WAIT_REQUEST, &e)) {
+		say("vsock", "tx timeout");
+		return 0;
+	}
+	return 1;
+}
+
+static int vsock_send(struct vconn *c, u16 op, u32 flags, const void *data, u32 len)
+{
+	if (!vsock_send_raw(c->peer_cid, c->local_port, c->peer_port, op, flags,
+			    c->fwd_cnt, data, len))
+		return 0;
+	c->tx_cnt += len;
+	return 1;
+}
+
+/* Payload bytes the peer can still take (5.10.6.3). */
+static u32 vsock_peer_credit(const struct vconn *c)
+{
+	u32 in_flight = c->tx_cnt - c->peer_fwd_cnt;
+	return in_flight >= c->peer_buf_alloc ? 0 : c->peer_buf_alloc - in_flight;
+}
+
+/* Hands receive buffer i (descriptors 2i, 2i+1) to the device, no notification. */
+static void vsock_rx_post(u16 i)
+{
+	u16 d = (u16)(2 * i);
+	vq_set_desc(&vs.rx, d, (u64)&vsbuf.rxhdr[i], sizeof(struct vsock_hdr),
+		    DESC_F_WRITE | DESC_F_NEXT, (u16)(d + 1));
+	vq_set_desc(&vs.rx, (u16)(d + 1), (u64)vsbuf.rxdata[i], VSOCK_RX_DATA, DESC_F_WRITE, 0);
+	vq_push(&vs.rx, d);
+}
+
+static int vconn_matches(const struct vconn *c, const struct vsock_hdr *h)
+{
+	return c->state != VC_FREE && c->local_port == h->dst_port &&
+	       c->peer_port == h->src_port && c->peer_cid == h->src_cid;
+}
+
+/* Appends RW payload to the connection's line, up to the first newline. */
+static void vconn_take(struct vconn *c, const volatile u8 *p, u32 len)
+{
+	for (u32 i = 0; i < len && !c->newline; i++) {
+		if (p[i] == '\n')
+			c->newline = 1;
+		else if (c->line_len < VSOCK_LINE_MAX - 1)
+			c->line[c->line_len++] = (char)p[i];
+	}
+	c->fwd_cnt += len;	/* consumed at once, whether kept or not */
+}
+
+/* Handles one received packet (header h, payload p of plen bytes). */
+static void vsock_dispatch(const struct vsock_hdr *h, const volatile u8 *p, u32 plen)
+{
+	struct vconn *c = 0;
+
+	if (h->dst_cid == vs.cid && h->type == VSOCK_TYPE_STREAM) {
+		if (vconn_matches(&vs.out, h))
+			c = &vs.out;
+		else if (vconn_matches(&vs.in, h))
+			c = &vs.in;
+	}
+	if (!c || c->state == VC_REFUSED || c->state == VC_CLOSED) {
+		/* New connection to the listening port: accept it at once. */
+		if (h->op == VSOCK_OP_REQUEST && h->type == VSOCK_TYPE_STREAM &&
+		    h->dst_cid == vs.cid && vs.listen_port && h->dst_port == vs.listen_port &&
+		    vs.in.state == VC_FREE) {
+			c = &vs.in;
+			c->peer_cid = h->src_cid;
+			c->peer_port = h->src_port;
+			c->local_port = h->dst_port;
+			c->peer_buf_alloc = h->buf_alloc;
+			c->peer_fwd_cnt = h->fwd_cnt;
+			c->state = VC_OPEN;
+			vsock_send(c, VSOCK_OP_RESPONSE, 0, 0, 0);
+			return;
+		}
+		/* Anything else without a connection is refused (never answer RST with RST). */
+		if (h->op != VSOCK_OP_RST)
+			vsock_send_raw(h->src_cid, h->dst_port, h->src_port, VSOCK_OP_RST, 0,
+				       0, 0, 0);
+		return;
+	}
+
+	c->peer_buf_alloc = h->buf_alloc;
+	c->peer_fwd_cnt = h->fwd_cnt;
+	switch (h->op) {
+	case VSOCK_OP_RESPONSE:
+		if (c->state == VC_CONNECTING)
+			c->state = VC_OPEN;
+		break;
+	case VSOCK_OP_RST:
+		c->state = c->state == VC_CONNECTING ? VC_REFUSED : VC_CLOSED;
+		c->got_rst = 1;
+		break;
+	case VSOCK_OP_SHUTDOWN:
+		/* The peer is done both ways: finish the close with RST. */
+		if ((h->flags & VSOCK_SHUTDOWN_BOTH) == VSOCK_SHUTDOWN_BOTH) {
+			vsock_send(c, VSOCK_OP_RST, 0, 0, 0);
+			c->state = VC_CLOSED;
+		}
+		break;
+	case VSOCK_OP_RW:
+		if (c->state == VC_OPEN)
+			vconn_take(c, p, plen);
+		break;
+	case VSOCK_OP_CREDIT_REQUEST:
+		vsock_send(c, VSOCK_OP_CREDIT_UPDATE, 0, 0, 0);
+		break;
+	default:		/* CREDIT_UPDATE: only the credit fields matter */
+		break;
+	}
+}
+
+/*
+ * Waits up to `bound` pauses for one received packet, handles it and
+ * reposts its buffer. Returns 1 if a packet came.
+ */
+static int vsock_poll(u32 bound)
+{
+	struct vq_used_elem e;
+
+	if (!vq_wait(&vs.rx, bound, &e))
+		return 0;
+	mb();
+	u16 i = (u16)(e.id / 2);
+	if ((e.id & 1) || i >= vs.n_rx) {
+		line_start("vsock");
+		puts_serial("rx bad id ");
+		put_dec(e.id);
+		putc_serial('\n');
+		return 1;
+	}
+	struct vsock_hdr h = *(volatile struct vsock_hdr *)&vsbuf.rxhdr[i];
+	u32 plen = 0;
+	if (e.len >= sizeof(h)) {
+		plen = e.len - sizeof(h);
+		if (plen > h.len)
+			plen = h.len;
+		if (plen > VSOCK_RX_DATA)
+			plen = VSOCK_RX_DATA;
+	}
+	if (e.len >= sizeof(h))
+		vsock_dispatch(&h, vsbuf.rxdata[i], plen);
+	vsock_rx_post(i);
+	vq_notify(&vs.rx);
+	return 1;
+}
+
+/* What vsock_wait waits for. */
+enum vs_until { UNTIL_NOT_CONNECTING, UNTIL_LINE, UNTIL_CLOSED, UNTIL_ACCEPTED, UNTIL_CREDIT };
+
+static int vsock_done_waiting(struct vconn *c, enum vs_until what, u32 need, int idle)
+{
+	switch (what) {
+	case UNTIL_NOT_CONNECTING:
+		return c->state != VC_CONNECTING;
+	case UNTIL_LINE:	/* a newline, or a partial line and then silence */
+		return c->newline || c->state != VC_OPEN || (idle && c->line_len);
+	case UNTIL_CLOSED:
+		return c->state == VC_CLOSED;
+	case UNTIL_ACCEPTED:
+		return c->state != VC_FREE;
+	case UNTIL_CREDIT:
+		return c->state != VC_OPEN || vsock_peer_credit(c) >= need;
+	}
+	return 1;
+}
+
+/* Handles packets until the condition holds (1) or `budget` pauses pass (0). */
+static int vsock_wait(struct vconn *c, enum vs_until what, u32 need, u32 budget)
+{
+	u32 idle = 0;
+
+	while (!vsock_done_waiting(c, what, need, idle >= WAIT_VSOCK_IDLE)) {
+		if (!budget)
+			return 0;
+		u32 slice = budget < VSOCK_SLICE ? budget : VSOCK_SLICE;
+		budget -= slice;
+		if (vsock_poll(slice))
+			idle = 0;
+		else
+			idle += slice;
+	}
+	return 1;
+}
+
+/* Sends RW `data` on an open connection, asking for credit if needed. */
+static int vsock_write(struct vconn *c, const char *data, u32 len)
+{
+	if (vsock_peer_credit(c) < len) {
+		vsock_send(c, VSOCK_OP_CREDIT_REQUEST, 0, 0, 0);
+		if (!vsock_wait(c, UNTIL_CREDIT, len, WAIT_VSOCK) || c->state != VC_OPEN) {
+			say("vsock", "no credit");
+			return 0;
+		}
+	}
+	return vsock_send(c, VSOCK_OP_RW, 0, data, len);
+}
+
+static void vsock_print_line(const char *what, const struct vconn *c)
+{
+	puts_serial("vsock: ");
+	puts_serial(what);
+	for (u32 i = 0; i < c->line_len; i++) {
+		u8 ch = (u8)c->line[i];
+		putc_serial(ch >= 0x20 && ch < 0x7f ? (char)ch : '?');
+	}
+	putc_serial('\n');
+}
+
+/* Guest-initiated: connect to host port, exchange a line, close cleanly. */
+static void vsock_connect_test(u32 port)
+{
+	static const char hello[] = "hello-vsock\n";
+	struct vconn *c = &vs.out;
+
+	c->peer_cid = VSOCK_HOST_CID;
+	c->local_port = VSOCK_LOCAL_PORT;
+	c->peer_port = port;
+	c->state = VC_CONNECTING;
+	if (!vsock_send(c, VSOCK_OP_REQUEST, 0, 0, 0))
+		return;
+	if (!vsock_wait(c, UNTIL_NOT_CONNECTING, 0, WAIT_VSOCK)) {
+		say("vsock", "connect timeout");
+		vsock_send(c, VSOCK_OP_RST, 0, 0, 0);
+		c->state = VC_CLOSED;
+		return;
+	}
+	if (c->state != VC_OPEN) {
+		say("vsock", "connect refused");
+		return;
+	}
+	puts_serial("vsock: connected port=");
+	put_dec(port);
+	putc_serial('\n');
+
+	if (!vsock_write(c, hello, sizeof(hello) - 1))
+		return;
+	if (vsock_wait(c, UNTIL_LINE, 0, WAIT_VSOCK) && c->line_len + c->newline)
+		vsock_print_line("rx=", c);
+	else
+		say("vsock", "rx timeout");
+
+	if (c->state == VC_OPEN) {
+		vsock_send(c, VSOCK_OP_SHUTDOWN, VSOCK_SHUTDOWN_BOTH, 0, 0);
+		if (!vsock_wait(c, UNTIL_CLOSED, 0, WAIT_VSOCK)) {
+			/* No RST in time: disconnect forcibly (5.10.6.6). */
+			vsock_send(c, VSOCK_OP_RST, 0, 0, 0);
+			c->state = VC_CLOSED;
+			say("vsock", "close timeout");
+			return;
+		}
+	}
+	say("vsock", "closed");
+}
+
+/* Host-initiated: accept one connection to the listen port, answer one line. */
+static void vsock_accept_test(void)
+{
+	static const char pong[] = "pong\n";
+	struct vconn *c = &vs.in;
+
+	if (!vsock_wait(c, UNTIL_ACCEPTED, 0, WAIT_VSOCK_LISTEN)) {
+		say("vsock", "accept timeout");
+		return;
+	}
+	if (vsock_wait(c, UNTIL_LINE, 0, WAIT_VSOCK) && c->line_len + c->newline) {
+		vsock_print_line("accepted rx=", c);
+	} else {
+		say("vsock", "accepted rx timeout");
+		return;
+	}
+	if (c->state == VC_OPEN && vsock_write(c, pong, sizeof(pong) - 1))
+		say("vsock", "accepted done");
+}
+
+static void test_vsock(void)
+{
+	const struct vdev *d = vdev_find(ID_VSOCK);
+	u64 features;
+
+	memset(&vs, 0, sizeof(vs));
+	if (!d) {
+		say("vsock", "no device");
+		return;
+	}
+	vs.dev = d;
+	vs.listen_port = (u32)vcfg.vsock_listen;
+	if (!vdev_begin(d, VSOCK_F_STREAM, &features, "vsock") ||
+	    !vq_setup(&vs.rx, d, 0, RING_VS_RX, "vsock") ||
+	    !vq_setup(&vs.tx, d, 1, RING_VS_TX, "vsock") ||
+	    !vq_setup(&vs.ev, d, 2, RING_VS_EV, "vsock"))
+		return;
+	for (int tries = 0; tries < 10; tries++) {
+		u32 gen = vm_rd(d->base, VM_CONFIG_GENERATION);
+		vs.cid = vm_rd(d->base, VM_CONFIG + VSOCK_CFG_CID);
+		vs.cid |= (u64)vm_rd(d->base, VM_CONFIG + VSOCK_CFG_CID + 4) << 32;
+		if (vm_rd(d->base, VM_CONFIG_GENERATION) == gen)
+			break;
+	}
+	if (!(vdev_driver_ok(d) & ST_DRIVER_OK)) {
+		vdev_fail(d, "vsock", "DRIVER_OK not kept");
+		return;
+	}
+	puts_serial("vsock: cid=");
+	put_dec(vs.cid);
+	putc_serial('\n');
+
+	/* Event buffer (never looked at) and receive buffers before any request. */
+	vq_set_desc(&vs.ev, 0, (u64)vsbuf.event, sizeof(vsbuf.event), DESC_F_WRITE, 0);
+	vq_push(&vs.ev, 0);
+	vq_notify(&vs.ev);
+	vs.n_rx = vs.rx.size / 2 < VSOCK_RX_BUFS ? vs.rx.size / 2 : VSOCK_RX_BUFS;
+	for (u16 i = 0; i < vs.n_rx; i++)
+		vsock_rx_post(i);
+	vq_notify(&vs.rx);
+
+	vsock_connect_test(vcfg.vsock_port ? (u32)vcfg.vsock_port : VSOCK_DEFAULT_PORT);
+	if (vs.listen_port)
+		vsock_accept_test();
+
+	vdev_reset(d);
+	say("vsock", "done");
+}
+
+/* ---- blkbench: sequential reads, one request in flight ----------------------- */
+
+#define BENCH_MAX 65536
+
+static u8 benchbuf[BENCH_MAX] __attribute__((aligned(4096)));
+
+static void test_blkbench(void)
+{
+	const struct vdev *d = vdev_find(ID_BLK);
+	u64 bytes = vcfg.bench_bytes, count = vcfg.bench_count, done = 0, errors = 0;
+	struct blk b;
+
+	if (vcfg.bench_bad || !bytes || bytes % SECTOR || bytes > BENCH_MAX) {
+		say("blkbench", "bad guest.blkbench= (want <bytes>:<count>, bytes a multiple of 512 up to 65536)");
+		return;
+	}
+	if (!d) {
+		say("blkbench", "no device");
+		return;
+	}
+	if (!blk_init(&b, d, "blkbench"))
+		return;
+	u64 cap = blk_capacity(d), step = bytes / SECTOR, sector = 0;
+	if (cap < step) {
+		say("blkbench", "disk smaller than one request");
+		vdev_reset(d);
+		return;
+	}
+
+	/* The chain never changes: only the header's sector and the status do. */
+	struct vq *q = &b.q;
+	volatile struct vq_ring *r = q->r;
+	volatile u8 *status = &blkbuf.status;
+	blkbuf.hdr.type = BLK_T_IN;
+	blkbuf.hdr.reserved = 0;
+	vq_set_desc(q, 0, (u64)&blkbuf.hdr, sizeof(blkbuf.hdr), DESC_F_NEXT, 1);
+	vq_set_desc(q, 1, (u64)benchbuf, (u32)bytes, DESC_F_NEXT | DESC_F_WRITE, 2);
+	vq_set_desc(q, 2, (u64)&blkbuf.status, 1, DESC_F_WRITE, 0);
+
+	for (; done < count; done++) {
+		*(volatile u64 *)&blkbuf.hdr.sector = sector;
+		*status = 0xff;
+		vq_publish(q, 0);
+		vq_notify(q);
+		/* Interrupts are suppressed (AVAIL_F_NO_INTERRUPT): just poll used.idx. */
+		u32 i = 0;
+		while (r->used.idx == q->last_used && i++ < WAIT_REQUEST)
+			cpu_pause();
+		if (r->used.idx == q->last_used) {
+			say("blkbench", "timeout");
+			errors++;
+			done++;
+			break;
+		}
+		mb();
+		if (*status != 0)
+			errors++;
+		sector += step;
+		if (sector + step > cap)
+			sector = 0;
+	}
+	u32 isr = vm_rd(d->base, VM_INTERRUPT_STATUS);
+	if (isr)
+		vm_wr(d->base, VM_INTERRUPT_ACK, isr);
+	vdev_reset(d);
+	puts_serial("blkbench: bytes=");
+	put_dec(bytes);
+	puts_serial(" count=");
+	put_dec(done);
+	puts_serial(" errors=");
+	put_dec(errors);
+	putc_serial('\n');
+}
+
 /* ---- Probe and dispatch ------------------------------------------------------ */
 
 static void virtio_probe(void)
@@ -1092,6 +1647,10 @@ static void virtio_run(void)
 			test_console();
 		else if (name_is(t, len, "net"))
 			test_net();
+		else if (name_is(t, len, "vsock"))
+			test_vsock();
+		else if (name_is(t, len, "blkbench"))
+			test_blkbench();
 		else if (len) {
 			puts_serial("virtio: unknown test ");
 			for (u32 i = 0; i < len; i++)
