@@ -105,6 +105,25 @@ fn bad_images_fail_with_the_boot_step_named() {
 }
 
 #[test]
+fn more_devices_than_irq_lines_is_refused() {
+    if !kvm_usable("too_many_devices") {
+        return;
+    }
+    let mut args: Vec<String> = vec![
+        "-kernel".into(),
+        GUEST_ELF64.into(),
+        "-object".into(),
+        "rng-random,id=r,filename=/dev/urandom".into(),
+    ];
+    for i in 0..20 {
+        args.push("-device".into());
+        args.push(format!("virtio-rng-device,rng=r,id=rng{i}"));
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    assert_usage_error(&args, "20 virtio devices configured, at most 19 fit");
+}
+
+#[test]
 fn version_and_help() {
     let out = run(&["-version"]);
     assert_eq!(out.code(), 0);

@@ -275,31 +275,63 @@ fn console_talks_through_a_unix_socket() {
 }
 
 #[test]
-fn malformed_queues_leave_the_vmm_alive() {
+fn malformed_queues_leave_the_vmm_alive_and_serving_qmp() {
     if !kvm_usable("virtio_malformed") {
         return;
     }
     let dir = scratch("vbad");
     let (img, sector0) = disk(&dir);
+    let sock = dir.join("qmp.sock");
     let drive = format!("id=d0,file={}", img.display());
-    let out = boot(
-        GUEST_ELF64,
-        &[
-            "-drive",
-            &drive,
-            "-device",
-            "virtio-blk-device,drive=d0",
-            "-append",
-            "guest.virtio=blk-bad",
-        ],
-    );
-    assert_eq!(out.code(), 0, "{out:?}");
-    let bad = out.lines("blk-bad: ");
-    assert_eq!(bad.len(), 4, "{}", out.stdout);
+    let mut child = altovirt()
+        .args(["-kernel", GUEST_ELF64, "-serial", "stdio"])
+        .args(["-drive", &drive, "-device", "virtio-blk-device,drive=d0"])
+        .args(["-append", "guest.virtio=blk-bad guest.exit=halt"])
+        .arg("-qmp")
+        .arg(format!("unix:{},server,nowait", sock.display()))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut console = BufReader::new(child.stdout.take().unwrap());
+    let mut bad = Vec::new();
+    loop {
+        let mut line = String::new();
+        assert!(
+            console.read_line(&mut line).unwrap() > 0,
+            "console closed early: {bad:?}"
+        );
+        if line.trim() == "halting" {
+            break;
+        }
+        if let Some(rest) = line.trim().strip_prefix("blk-bad: ") {
+            bad.push(rest.to_string());
+        }
+    }
+    assert_eq!(bad.len(), 4, "{bad:?}");
     for (line, kind) in bad.iter().zip(["loop", "oob", "huge"]) {
         assert!(line.starts_with(kind), "{line}");
     }
     assert_eq!(bad[3], format!("recovered sum=0x{:08x}", fnv1a32(&sector0)));
-    assert!(out.stdout.contains("boot-complete"));
+    // The VMM still answers QMP after the guest's attacks.
+    let stream = UnixStream::connect(&sock).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut line = String::new();
+    reader.read_line(&mut line).unwrap();
+    (&stream)
+        .write_all(br#"{"execute":"qmp_capabilities"}{"execute":"query-status"}{"execute":"quit"}"#)
+        .unwrap();
+    let mut replies = Vec::new();
+    for _ in 0..3 {
+        let mut l = String::new();
+        reader.read_line(&mut l).unwrap();
+        replies.push(l);
+    }
+    assert!(replies[1].contains(r#""status":"running""#), "{replies:?}");
+    assert!(child.wait().unwrap().success());
     let _ = std::fs::remove_dir_all(dir);
 }
