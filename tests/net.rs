@@ -75,7 +75,7 @@ fn netns_usable(test: &str) -> Option<Netns> {
     if !kvm_usable(test) {
         return None;
     }
-    let ns = Netns::create(test.get(..4).unwrap_or(test));
+    let ns = Netns::create(test);
     if ns.is_none() {
         let must = std::env::var("CI").is_ok_and(|v| v == "true")
             || std::env::var("ALTOVIRT_REQUIRE_KVM").is_ok_and(|v| v == "1");

@@ -335,3 +335,53 @@ fn malformed_queues_leave_the_vmm_alive_and_serving_qmp() {
     assert!(child.wait().unwrap().success());
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[test]
+fn a_device_on_an_iothread_runs_there() {
+    if !kvm_usable("virtio_iothread") {
+        return;
+    }
+    let dir = scratch("viothread");
+    let (img, sector0) = disk(&dir);
+    let drive = format!("id=d0,file={},readonly=on", img.display());
+    let mut child = altovirt()
+        .args(["-kernel", GUEST_ELF64, "-serial", "stdio"])
+        .args(["-object", "iothread,id=blkio0", "-drive", &drive])
+        .args([
+            "-device",
+            "virtio-blk-device,drive=d0,id=blk0,iothread=blkio0",
+        ])
+        .args(["-append", "guest.virtio=blk guest.exit=halt"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut console = BufReader::new(child.stdout.take().unwrap());
+    let mut seen = String::new();
+    while !seen.contains("halting") {
+        let mut line = String::new();
+        assert!(
+            console.read_line(&mut line).unwrap() > 0,
+            "console closed: {seen}"
+        );
+        seen.push_str(&line);
+    }
+    assert!(
+        seen.contains(&format!("blk: sector0 sum=0x{:08x}", fnv1a32(&sector0))),
+        "{seen}"
+    );
+    let threads: Vec<String> = std::fs::read_dir(format!("/proc/{}/task", child.id()))
+        .unwrap()
+        .filter_map(|e| std::fs::read_to_string(e.ok()?.path().join("comm")).ok())
+        .map(|s| s.trim().to_string())
+        .collect();
+    assert!(
+        threads.iter().any(|t| t == "blkio0"),
+        "no iothread thread: {threads:?}"
+    );
+    assert!(threads.iter().any(|t| t == "virtio-io"), "{threads:?}");
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -93,7 +93,14 @@ impl MicroVm {
         )?;
         register_with_kvm(&vm, &mem)?;
         let mut mmio_bus = Bus::new();
-        let virtio = VirtioDevices::attach(&vm, &mem, &mut mmio_bus, &cfg.devices)?;
+        let virtio = VirtioDevices::attach(
+            &vm,
+            &mem,
+            &mut mmio_bus,
+            &cfg.devices,
+            &cfg.iothreads,
+            &cfg.iothread_of,
+        )?;
         let image = GuestImage {
             kernel,
             initrd: cfg.boot.initrd.clone(),

@@ -4,6 +4,7 @@
 //! notifications arrive through KVM ioeventfds and interrupts leave through
 //! irqfds, so device work runs on the event-loop thread, not on vCPUs.
 
+use std::collections::BTreeMap;
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::sync::{Arc, Mutex};
 
@@ -33,6 +34,10 @@ pub const VIRTIO_IRQ_LAST: u32 = 23;
 /// The virtio devices of a VM and their event loop.
 pub struct VirtioDevices {
     event_loop: EventLoop,
+    /// `-object iothread` loops by id, each on a thread named after it.
+    iothreads: BTreeMap<String, EventLoop>,
+    /// Device id → iothread id.
+    iothread_of: BTreeMap<String, String>,
     transports: Vec<Arc<Mutex<MmioTransport>>>,
     cmdline: Vec<String>,
 }
@@ -45,6 +50,8 @@ impl VirtioDevices {
         mem: &GuestMemoryMmap,
         mmio_bus: &mut Bus,
         configs: &[DeviceConfig],
+        iothreads: &[String],
+        iothread_of: &BTreeMap<String, String>,
     ) -> Result<Self, MachineError> {
         let max = (VIRTIO_IRQ_LAST - VIRTIO_IRQ_FIRST + 1) as usize;
         if configs.len() > max {
@@ -54,8 +61,19 @@ impl VirtioDevices {
             });
         }
         let event_loop = EventLoop::new("virtio-io").map_err(MachineError::EventLoop)?;
+        let mut loops = BTreeMap::new();
+        for id in iothreads {
+            // Thread names are limited to 15 bytes by the kernel.
+            let name: String = id.chars().take(15).collect();
+            loops.insert(
+                id.clone(),
+                EventLoop::new(&name).map_err(MachineError::EventLoop)?,
+            );
+        }
         let mut devices = VirtioDevices {
             event_loop,
+            iothreads: loops,
+            iothread_of: iothread_of.clone(),
             transports: Vec::new(),
             cmdline: Vec::new(),
         };
@@ -106,7 +124,12 @@ impl VirtioDevices {
             id: cfg.id().to_string(),
             reason,
         };
-        let el = self.event_loop.clone();
+        let el = self
+            .iothread_of
+            .get(cfg.id())
+            .and_then(|t| self.iothreads.get(t))
+            .unwrap_or(&self.event_loop)
+            .clone();
         Ok(match cfg {
             DeviceConfig::Block { drive, serial, .. } => {
                 let block = Block::new(
@@ -209,5 +232,8 @@ impl VirtioDevices {
             device.lock().unwrap_or_else(|p| p.into_inner()).reset();
         }
         self.event_loop.stop();
+        for el in self.iothreads.values() {
+            el.stop();
+        }
     }
 }

@@ -352,7 +352,7 @@ fn merge(flags: Flags, file: FileConfig) -> Result<VmConfig, ConfigError> {
             .unwrap_or(defaults.mem_share),
     };
 
-    let devices = resolve_devices(
+    let resolved = resolve_devices(
         &flags.raw_devices,
         file.drives.clone(),
         file.nets.clone(),
@@ -388,7 +388,9 @@ fn merge(flags: Flags, file: FileConfig) -> Result<VmConfig, ConfigError> {
         rng: file.rng,
         qmp: flags.qmp,
         start_paused: flags.start_paused,
-        devices,
+        devices: resolved.devices,
+        iothreads: resolved.iothreads,
+        iothread_of: resolved.iothread_of,
     })
 }
 

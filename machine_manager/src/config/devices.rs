@@ -7,7 +7,7 @@
 //! `virtconsole`. Drivers whose device model is not built yet are refused
 //! with a message saying so, never ignored.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 
 use super::error::ConfigError;
@@ -176,9 +176,13 @@ fn parse_drive(value: &str) -> Result<DriveConfig, ConfigError> {
     })
 }
 
-/// `-object rng-random,id=ID,filename=PATH` (and `iothread,id=ID`, which
-/// is accepted: device work always runs off the vCPU threads).
-fn parse_object(value: &str, rngs: &mut HashMap<String, PathBuf>) -> Result<(), ConfigError> {
+/// `-object rng-random,id=ID,filename=PATH` and `-object iothread,id=ID`
+/// (an event-loop thread of its own for the devices that name it).
+fn parse_object(
+    value: &str,
+    rngs: &mut HashMap<String, PathBuf>,
+    iothreads: &mut Vec<String>,
+) -> Result<(), ConfigError> {
     let at = "-object";
     let kind = value.split(',').next().unwrap_or_default();
     match kind {
@@ -193,7 +197,12 @@ fn parse_object(value: &str, rngs: &mut HashMap<String, PathBuf>) -> Result<(), 
         }
         "iothread" => {
             let list = OptionList::parse(at, value, Some("qom-type"), &["qom-type", "id"])?;
-            required(&list, at, "id").map(|_| ())
+            let id = required(&list, at, "id")?.to_string();
+            if iothreads.contains(&id) {
+                return Err(invalid(at, format!("duplicate iothread id '{id}'")));
+            }
+            iothreads.push(id);
+            Ok(())
         }
         other => Err(invalid(at, format!("unsupported object type '{other}'"))),
     }
@@ -349,13 +358,41 @@ fn parse_cid(at: &str, list: &OptionList) -> Result<u32, ConfigError> {
 const NOT_YET: &[&str] = &["vhost-user-fs-device", "vhost-user-fs-mmio"];
 
 /// Resolves the device flags (and the JSON devices) into device configs.
+/// Devices with the iothreads they run on.
+#[derive(Debug, Default)]
+pub(crate) struct Resolved {
+    pub(crate) devices: Vec<DeviceConfig>,
+    pub(crate) iothreads: Vec<String>,
+    pub(crate) iothread_of: BTreeMap<String, String>,
+}
+
+/// Records `iothread=` of device `id` after checking the iothread exists.
+fn assign_iothread(
+    resolved: &mut Resolved,
+    at: &str,
+    id: &str,
+    list: &OptionList,
+) -> Result<(), ConfigError> {
+    if let Some(t) = list.get("iothread") {
+        if !resolved.iothreads.iter().any(|x| x == t) {
+            return Err(invalid(
+                at,
+                format!("iothread '{t}' is not defined (add -object iothread,id={t})"),
+            ));
+        }
+        resolved.iothread_of.insert(id.to_string(), t.to_string());
+    }
+    Ok(())
+}
+
 pub(crate) fn resolve(
     raw: &RawDeviceFlags,
     json_drives: Vec<DriveConfig>,
     json_nets: Vec<NetConfig>,
     json_vsock: Option<VsockConfig>,
     json_rng: Option<RngConfig>,
-) -> Result<Vec<DeviceConfig>, ConfigError> {
+) -> Result<Resolved, ConfigError> {
+    let mut resolved = Resolved::default();
     let mut out: Vec<DeviceConfig> = Vec::new();
     for d in json_drives {
         out.push(DeviceConfig::Block {
@@ -396,7 +433,7 @@ pub(crate) fn resolve(
     }
     let mut rngs = HashMap::new();
     for o in &raw.objects {
-        parse_object(o, &mut rngs)?;
+        parse_object(o, &mut rngs, &mut resolved.iothreads)?;
     }
     let mut chardevs = HashMap::new();
     for c in &raw.chardevs {
@@ -448,11 +485,9 @@ pub(crate) fn resolve(
                 if serial.as_ref().is_some_and(|s| s.len() > 20) {
                     return Err(invalid(&at, "serial is longer than 20 bytes"));
                 }
-                DeviceConfig::Block {
-                    id: list.get("id").unwrap_or(&drive.id).to_string(),
-                    drive,
-                    serial,
-                }
+                let id = list.get("id").unwrap_or(&drive.id).to_string();
+                assign_iothread(&mut resolved, &at, &id, &list)?;
+                DeviceConfig::Block { id, drive, serial }
             }
             "virtio-rng-device" | "virtio-rng-mmio" => {
                 let list = OptionList::parse(
@@ -491,11 +526,9 @@ pub(crate) fn resolve(
                 if let Some(m) = &mac {
                     check_mac(&format!("{at} mac"), m)?;
                 }
-                DeviceConfig::Net {
-                    id: list.get("id").unwrap_or(name).to_string(),
-                    backend,
-                    mac,
-                }
+                let id = list.get("id").unwrap_or(name).to_string();
+                assign_iothread(&mut resolved, &at, &id, &list)?;
+                DeviceConfig::Net { id, backend, mac }
             }
             "vhost-vsock-device" | "vhost-vsock-mmio" => {
                 let list = OptionList::parse(
@@ -591,7 +624,8 @@ pub(crate) fn resolve(
         }
         out.push(device);
     }
-    Ok(out)
+    resolved.devices = out;
+    Ok(resolved)
 }
 
 #[cfg(test)]
@@ -689,6 +723,19 @@ mod tests {
                 "fd 987 is not an open inherited descriptor",
             ),
             (vec!["-netdev", "user,id=n0"], "only type tap"),
+            (
+                vec![
+                    "-drive",
+                    &drive,
+                    "-device",
+                    "virtio-blk-device,drive=d0,iothread=nope",
+                ],
+                "iothread 'nope' is not defined",
+            ),
+            (
+                vec!["-object", "iothread,id=a", "-object", "iothread,id=a"],
+                "duplicate iothread id 'a'",
+            ),
             (
                 vec![
                     "-netdev",

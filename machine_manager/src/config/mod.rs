@@ -70,6 +70,11 @@ pub struct VmConfig {
     /// Device models to create at boot: the JSON `drive` list and `rng`
     /// section first, then `-device` flags in order.
     pub devices: Vec<DeviceConfig>,
+    /// `-object iothread` ids: one event-loop thread each.
+    pub iothreads: Vec<String>,
+    /// Device id → the iothread it runs on (`iothread=` on `-device`);
+    /// other devices run on the default `virtio-io` thread.
+    pub iothread_of: std::collections::BTreeMap<String, String>,
 }
 
 impl Default for VmConfig {
@@ -94,6 +99,8 @@ impl Default for VmConfig {
             qmp: Vec::new(),
             start_paused: false,
             devices: Vec::new(),
+            iothreads: Vec::new(),
+            iothread_of: std::collections::BTreeMap::new(),
         }
     }
 }
