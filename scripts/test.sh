@@ -8,6 +8,7 @@ need_apt=()
 command -v gcc >/dev/null 2>&1 || need_apt+=(gcc)
 command -v ld >/dev/null 2>&1 || need_apt+=(binutils)
 command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)   # network namespaces for the virtio-net tests
+command -v qemu-system-x86_64 >/dev/null 2>&1 || need_apt+=(qemu-system-x86)   # the shim drives real QEMU too
 if [ ${#need_apt[@]} -gt 0 ]; then
     echo "installing: ${need_apt[*]}"
     apt-get update -qq && apt-get install -y -qq "${need_apt[@]}"
