@@ -76,7 +76,12 @@ fn start_qmp(
     vm: &MicroVm,
     hub: &EventHub,
 ) -> Result<Vec<QmpServerHandle>, Failure> {
-    let handler = Arc::new(VmQmpHandler::new(vm.shared(), vm.event_sender()));
+    let handler = Arc::new(VmQmpHandler::new(
+        vm.shared(),
+        vm.event_sender(),
+        vm.hotplug(),
+        hub.emitter(),
+    ));
     cfg.qmp
         .iter()
         .map(|path| {

@@ -25,6 +25,20 @@ fn e820(out: &Outcome) -> Vec<(u64, u64, u32)> {
         .collect()
 }
 
+/// The guest's command line without the `virtio_mmio.device=` tokens the
+/// VMM appends (checked separately).
+fn user_cmdline(out: &Outcome) -> Vec<String> {
+    out.lines("cmdline: ")
+        .iter()
+        .map(|l| {
+            l.split(' ')
+                .filter(|t| !t.starts_with("virtio_mmio.device="))
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .collect()
+}
+
 fn check_boot(kernel: &str, boot_kind: &str) {
     let out = boot(
         kernel,
@@ -37,7 +51,7 @@ fn check_boot(kernel: &str, boot_kind: &str) {
         "{out:?}"
     );
     assert_eq!(
-        out.lines("cmdline: "),
+        user_cmdline(&out),
         vec!["hello  world guest.exit=reset".to_string()]
     );
     assert_eq!(
@@ -242,7 +256,7 @@ fn json_config_boots_and_flags_override_it() {
     cmd.args(["-config", cfg.to_str().unwrap()]);
     let out = run_with_timeout(cmd, Duration::from_secs(60));
     assert_eq!(out.code(), 0, "{out:?}");
-    assert_eq!(out.lines("cmdline: "), vec!["from-json".to_string()]);
+    assert_eq!(user_cmdline(&out), vec!["from-json".to_string()]);
     assert_eq!(out.lines("cpus: "), vec!["mptable=2 started=2".to_string()]);
     assert_eq!(e820(&out)[2].1, 96 << 20);
 
@@ -256,7 +270,7 @@ fn json_config_boots_and_flags_override_it() {
         "1",
     ]);
     let out = run_with_timeout(cmd, Duration::from_secs(60));
-    assert_eq!(out.lines("cmdline: "), vec!["from-flag".to_string()]);
+    assert_eq!(user_cmdline(&out), vec!["from-flag".to_string()]);
     assert_eq!(out.lines("cpus: "), vec!["mptable=1 started=1".to_string()]);
     let _ = std::fs::remove_dir_all(dir);
 }
@@ -364,4 +378,26 @@ fn start_paused_runs_nothing_until_told() {
     let out = wait_with_timeout(child, Duration::from_secs(10));
     assert_eq!(out.code(), 0, "{out:?}");
     assert!(out.stdout.is_empty(), "a -S guest ran: {}", out.stdout);
+}
+
+#[test]
+fn hotplug_slots_are_announced_on_the_command_line() {
+    if !kvm_usable("slot_tokens") {
+        return;
+    }
+    let out = boot(GUEST_ELF64, &["-append", "user-part"]);
+    assert_eq!(out.code(), 0, "{out:?}");
+    let expected = "cmdline: user-part virtio_mmio.device=4K@0xd0000000:5 \
+                    virtio_mmio.device=4K@0xd0001000:6 virtio_mmio.device=4K@0xd0002000:7 \
+                    virtio_mmio.device=4K@0xd0003000:8";
+    assert!(out.stdout.lines().any(|l| l == expected), "{}", out.stdout);
+    let out = boot(
+        GUEST_ELF64,
+        &["-append", "user-part", "-machine", "microvm,blk-slots=0"],
+    );
+    assert!(
+        out.stdout.lines().any(|l| l == "cmdline: user-part"),
+        "{}",
+        out.stdout
+    );
 }

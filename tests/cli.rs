@@ -120,7 +120,10 @@ fn more_devices_than_irq_lines_is_refused() {
         args.push(format!("virtio-rng-device,rng=r,id=rng{i}"));
     }
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    assert_usage_error(&args, "20 virtio devices configured, at most 19 fit");
+    assert_usage_error(
+        &args,
+        "24 virtio devices configured (hotplug slots included), at most 19 fit",
+    );
 }
 
 #[test]

@@ -55,12 +55,12 @@ fn block_round_trip_reaches_the_host_file() {
         );
         assert_eq!(out.code(), 0, "{out:?}");
         let virtio = out.lines("virtio: ");
-        assert_eq!(
-            virtio,
-            vec!["base=0xd0000000 irq=5 id=2".to_string()],
-            "{}",
-            out.stdout
-        );
+        // The command-line device comes first; the four default hotplug
+        // slots (empty virtio-blk devices) follow it.
+        let expected: Vec<String> = (0..5u64)
+            .map(|i| format!("base={:#x} irq={} id=2", 0xd000_0000u64 + i * 0x1000, 5 + i))
+            .collect();
+        assert_eq!(virtio, expected, "{}", out.stdout);
         let blk = out.lines("blk: ");
         assert_eq!(
             blk,
@@ -208,7 +208,12 @@ fn rng_delivers_entropy_and_json_config_wires_devices() {
     cmd.args(["-config", cfg.to_str().unwrap()]);
     let out = run_with_timeout(cmd, Duration::from_secs(60));
     assert_eq!(out.code(), 0, "{out:?}");
-    assert_eq!(out.lines("virtio: ").len(), 2, "{}", out.stdout);
+    assert_eq!(
+        out.lines("virtio: ").len(),
+        2 + 4,
+        "two devices and four hotplug slots: {}",
+        out.stdout
+    );
     assert!(out
         .stdout
         .contains(&format!("blk: sector0 sum=0x{:08x}", fnv1a32(&sector0))));

@@ -67,7 +67,7 @@ pub enum MachineError {
         reason: String,
     },
     /// More virtio devices than IRQ lines.
-    #[error("{count} virtio devices configured, at most {max} fit (one IRQ line each)")]
+    #[error("{count} virtio devices configured (hotplug slots included), at most {max} fit (one IRQ line each)")]
     TooManyDevices {
         /// Devices configured.
         count: usize,

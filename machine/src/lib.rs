@@ -9,13 +9,14 @@ pub mod control;
 pub mod error;
 pub mod events;
 pub mod guest_image;
+pub mod hotplug;
 pub mod kvm_checks;
 pub mod legacy;
 pub mod qmp_bridge;
 pub mod virtio_devices;
 
 use std::sync::mpsc::Receiver;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use address_space::memory::{create_guest_memory, register_with_kvm};
@@ -31,6 +32,7 @@ pub use error::MachineError;
 pub use events::{EventSender, VmEvent};
 pub use guest_image::KernelSource;
 use guest_image::{GuestImage, PlatformSnapshot};
+use hotplug::BlockHotplug;
 use legacy::LegacyDevices;
 use virtio_devices::VirtioDevices;
 
@@ -68,6 +70,7 @@ pub struct MicroVm {
     start_paused: bool,
     image: GuestImage,
     platform: PlatformSnapshot,
+    hotplug: Arc<Mutex<BlockHotplug>>,
     vm: VmFd,
     _kvm: Kvm,
     mem: GuestMemoryMmap,
@@ -93,14 +96,19 @@ impl MicroVm {
         )?;
         register_with_kvm(&vm, &mem)?;
         let mut mmio_bus = Bus::new();
-        let virtio = VirtioDevices::attach(
+        let mut virtio = VirtioDevices::attach(
             &vm,
             &mem,
             &mut mmio_bus,
             &cfg.devices,
+            cfg.machine.blk_slots,
             &cfg.iothreads,
             &cfg.iothread_of,
         )?;
+        let hotplug = Arc::new(Mutex::new(BlockHotplug::new(
+            virtio.take_slots(),
+            cfg.devices.iter().map(|d| d.id().to_string()).collect(),
+        )));
         let image = GuestImage {
             kernel,
             initrd: cfg.boot.initrd.clone(),
@@ -152,6 +160,7 @@ impl MicroVm {
             start_paused: cfg.start_paused,
             image,
             platform,
+            hotplug,
             vm,
             _kvm: kvm,
             mem,
@@ -167,6 +176,11 @@ impl MicroVm {
     /// events to the running VM.
     pub fn event_sender(&self) -> EventSender {
         self.sender.clone()
+    }
+
+    /// Block hotplug state, for the QMP handler.
+    pub fn hotplug(&self) -> Arc<Mutex<BlockHotplug>> {
+        self.hotplug.clone()
     }
 
     /// State the control plane reads (status, vCPU threads, identity).

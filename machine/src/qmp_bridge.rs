@@ -3,7 +3,7 @@
 //! serialised with everything else the VM does), and forwards lifecycle
 //! events to QMP clients.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use qmp::{EventEmitter, FdLookup, QmpCommand, QmpError, QmpHandler};
@@ -11,6 +11,7 @@ use serde_json::{json, Value};
 
 use crate::control::{self, ControlRequest, LifecycleListener, VmShared, VmStatus};
 use crate::events::{EventSender, VmEvent};
+use crate::hotplug::BlockHotplug;
 
 /// How long a QMP command waits for the control loop.
 const CONTROL_TIMEOUT: Duration = Duration::from_secs(30);
@@ -19,13 +20,37 @@ const CONTROL_TIMEOUT: Duration = Duration::from_secs(30);
 pub struct VmQmpHandler {
     shared: Arc<VmShared>,
     sender: EventSender,
+    hotplug: Arc<Mutex<BlockHotplug>>,
+    events: EventEmitter,
 }
 
 impl VmQmpHandler {
     /// A handler for the VM with `shared` state, posting lifecycle requests
     /// through `sender`.
-    pub fn new(shared: Arc<VmShared>, sender: EventSender) -> Self {
-        Self { shared, sender }
+    pub fn new(
+        shared: Arc<VmShared>,
+        sender: EventSender,
+        hotplug: Arc<Mutex<BlockHotplug>>,
+        events: EventEmitter,
+    ) -> Self {
+        Self {
+            shared,
+            sender,
+            hotplug,
+            events,
+        }
+    }
+
+    fn hotplug(&self) -> MutexGuard<'_, BlockHotplug> {
+        self.hotplug.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn device_del(&self, id: &str) -> Result<Value, QmpError> {
+        let path = self.hotplug().device_del(id)?;
+        // Emitted now, delivered after the reply (the server orders them).
+        self.events
+            .emit("DEVICE_DELETED", json!({"device": id, "path": path}));
+        Ok(json!({}))
     }
 
     fn control(&self, request: ControlRequest) -> Result<Value, QmpError> {
@@ -117,6 +142,13 @@ impl QmpHandler for VmQmpHandler {
             QmpCommand::QueryCpus => Ok(self.query_cpus()),
             QmpCommand::QueryCpusFast => Ok(self.query_cpus_fast()),
             QmpCommand::QueryHotpluggableCpus => Ok(self.query_hotpluggable_cpus()),
+            QmpCommand::BlockdevAdd(args) => self.hotplug().blockdev_add(&args),
+            QmpCommand::BlockdevDel { node_name } => self.hotplug().blockdev_del(&node_name),
+            QmpCommand::DeviceAdd(args) if args.driver.starts_with("virtio-blk") => {
+                self.hotplug().device_add(&args)
+            }
+            QmpCommand::DeviceDel { id } => self.device_del(&id),
+            QmpCommand::QueryBlock => Ok(self.hotplug().query_block()),
             other => Err(QmpError::not_supported(other.name())),
         }
     }

@@ -20,6 +20,7 @@ use virtio::vsock::{VhostVsock, VhostVsockDevice, Vsock, VsockConfig};
 use virtio::{MmioTransport, VirtioDevice, MMIO_WINDOW_SIZE, NOTIFY_REG_OFFSET};
 
 use crate::error::MachineError;
+use crate::hotplug::Slot;
 
 /// Offset of the virtio-mmio Status register.
 const STATUS_REG_OFFSET: u64 = 0x70;
@@ -40,6 +41,8 @@ pub struct VirtioDevices {
     iothread_of: BTreeMap<String, String>,
     transports: Vec<Arc<Mutex<MmioTransport>>>,
     cmdline: Vec<String>,
+    /// Empty block devices for hotplug, in slot order.
+    slots: Vec<Slot>,
 }
 
 impl VirtioDevices {
@@ -50,15 +53,14 @@ impl VirtioDevices {
         mem: &GuestMemoryMmap,
         mmio_bus: &mut Bus,
         configs: &[DeviceConfig],
+        blk_slots: u8,
         iothreads: &[String],
         iothread_of: &BTreeMap<String, String>,
     ) -> Result<Self, MachineError> {
         let max = (VIRTIO_IRQ_LAST - VIRTIO_IRQ_FIRST + 1) as usize;
-        if configs.len() > max {
-            return Err(MachineError::TooManyDevices {
-                count: configs.len(),
-                max,
-            });
+        let count = configs.len() + usize::from(blk_slots);
+        if count > max {
+            return Err(MachineError::TooManyDevices { count, max });
         }
         let event_loop = EventLoop::new("virtio-io").map_err(MachineError::EventLoop)?;
         let mut loops = BTreeMap::new();
@@ -76,47 +78,71 @@ impl VirtioDevices {
             iothread_of: iothread_of.clone(),
             transports: Vec::new(),
             cmdline: Vec::new(),
+            slots: Vec::new(),
         };
-        for (slot, cfg) in configs.iter().enumerate() {
-            let base = VIRTIO_MMIO_BASE + slot as u64 * MMIO_WINDOW_SIZE;
-            let irq = VIRTIO_IRQ_FIRST + slot as u32;
+        for cfg in configs {
             let model = devices.model(cfg)?;
-            let id = cfg.id().to_string();
-            let transport =
-                MmioTransport::new(mem.clone(), model).map_err(|source| MachineError::Virtio {
-                    id: id.clone(),
-                    reason: source.to_string(),
-                })?;
-            for (queue, evt) in transport.queue_evts().iter().enumerate() {
-                vm.register_ioevent(
-                    evt,
-                    &IoEventAddress::Mmio(base + NOTIFY_REG_OFFSET),
-                    queue as u32,
-                )
-                .map_err(|source| MachineError::Kvm {
-                    what: "KVM_IOEVENTFD (virtio queue notify)",
-                    source,
-                })?;
-            }
-            vm.register_irqfd(transport.interrupt_evt(), irq)
-                .map_err(|source| MachineError::Kvm {
-                    what: "KVM_IRQFD (virtio)",
-                    source,
-                })?;
-            let transport = Arc::new(Mutex::new(transport));
-            mmio_bus
-                .insert(base, MMIO_WINDOW_SIZE, transport.clone())
-                .map_err(|source| MachineError::Bus {
-                    what: "virtio-mmio window",
-                    source,
-                })?;
-            log::info!("virtio device '{id}' at {base:#x}, IRQ {irq}");
-            devices.transports.push(transport);
-            devices
-                .cmdline
-                .push(format!("virtio_mmio.device=4K@{base:#x}:{irq}"));
+            devices.place(vm, mem, mmio_bus, cfg.id(), model)?;
+        }
+        for n in 0..blk_slots {
+            let block = Arc::new(Mutex::new(Block::new_empty(devices.event_loop.clone())));
+            let id = format!("blk-slot{n}");
+            let base = devices.place(vm, mem, mmio_bus, &id, block.clone())?;
+            devices.slots.push(Slot::new(block, base));
         }
         Ok(devices)
+    }
+
+    /// Gives `model` the next MMIO window and IRQ; returns the window base.
+    fn place(
+        &mut self,
+        vm: &VmFd,
+        mem: &GuestMemoryMmap,
+        mmio_bus: &mut Bus,
+        id: &str,
+        model: Arc<Mutex<dyn VirtioDevice>>,
+    ) -> Result<u64, MachineError> {
+        let slot = self.transports.len();
+        let base = VIRTIO_MMIO_BASE + slot as u64 * MMIO_WINDOW_SIZE;
+        let irq = VIRTIO_IRQ_FIRST + slot as u32;
+        let transport =
+            MmioTransport::new(mem.clone(), model).map_err(|source| MachineError::Virtio {
+                id: id.to_string(),
+                reason: source.to_string(),
+            })?;
+        for (queue, evt) in transport.queue_evts().iter().enumerate() {
+            vm.register_ioevent(
+                evt,
+                &IoEventAddress::Mmio(base + NOTIFY_REG_OFFSET),
+                queue as u32,
+            )
+            .map_err(|source| MachineError::Kvm {
+                what: "KVM_IOEVENTFD (virtio queue notify)",
+                source,
+            })?;
+        }
+        vm.register_irqfd(transport.interrupt_evt(), irq)
+            .map_err(|source| MachineError::Kvm {
+                what: "KVM_IRQFD (virtio)",
+                source,
+            })?;
+        let transport = Arc::new(Mutex::new(transport));
+        mmio_bus
+            .insert(base, MMIO_WINDOW_SIZE, transport.clone())
+            .map_err(|source| MachineError::Bus {
+                what: "virtio-mmio window",
+                source,
+            })?;
+        log::info!("virtio device '{id}' at {base:#x}, IRQ {irq}");
+        self.transports.push(transport);
+        self.cmdline
+            .push(format!("virtio_mmio.device=4K@{base:#x}:{irq}"));
+        Ok(base)
+    }
+
+    /// The hotplug slots, taken once by the machine.
+    pub fn take_slots(&mut self) -> Vec<Slot> {
+        std::mem::take(&mut self.slots)
     }
 
     fn model(&self, cfg: &DeviceConfig) -> Result<Arc<Mutex<dyn VirtioDevice>>, MachineError> {

@@ -11,7 +11,7 @@
  *       parses it (size with an optional K/M/G suffix; numbers in decimal,
  *       0x hex or 0 octal)
  *   guest.virtio=<test>[,<test>...]  blk, rng, console, blk-bad, net, vsock,
- *                                    blkbench (run in the order given)
+ *                                    blkbench, hotplug (run in the order given)
  *   guest.blkwrite=1                 blk also writes, flushes and re-reads
  *                                    sector 1
  *   guest.vsockport=<n>              vsock: host port to connect to (1234
@@ -21,6 +21,9 @@
  *   guest.blkbench=<bytes>:<count>   blkbench: count sequential reads of
  *                                    bytes each (a multiple of 512, at most
  *                                    65536)
+ *   guest.hotplug.wait=<seconds>     hotplug: how long to wait for events
+ *                                    (default 30; a rough pause budget)
+ *   guest.hotplug.events=<n>         hotplug: events to wait for (default 2)
  *
  * Output (after the cpus: line, before boot-complete):
  *   virtio: base=0x<hex> irq=<n> id=<device id>      (per token; 0 = empty)
@@ -53,6 +56,15 @@
  *   vsock: accepted done
  *   vsock: done
  *   blkbench: bytes=<b> count=<requests issued> errors=<non-zero status or timeout>
+ *   hotplug: slots=<blk devices>   (every blk device is a slot, initialised
+ *   hotplug: ready                  at once; slot i = i-th blk token, 0-based)
+ *   hotplug: slot=<i> added capacity=<N> sum=0x<fnv1a32 of sector 0, 8 hex>
+ *            (if that read fails: "hotplug: slot=<i> added capacity=<N>" then
+ *             "hotplug: slot=<i> read status=<n|timeout>")
+ *   hotplug: slot=<i> removed
+ *   hotplug: slot=<i> resized capacity=<M>
+ *   hotplug: done | hotplug: timeout   (after guest.hotplug.events= events, or
+ *                                      when the wait budget runs out)
  * Failures print "<test>: ..." lines saying what went wrong instead.
  *
  * The guest runs with interrupts off and polls the used rings; every wait
@@ -144,6 +156,9 @@ static struct {
 	u64 vsock_listen;	/* guest.vsocklisten=, 0 = do not accept */
 	u64 bench_bytes, bench_count;	/* guest.blkbench= */
 	int bench_bad;		/* guest.blkbench= did not parse */
+	u64 hp_wait;		/* guest.hotplug.wait= seconds, default HP_WAIT_DEFAULT */
+	u64 hp_events;		/* guest.hotplug.events=, default HP_EVENTS_DEFAULT */
+	int hp_wait_set, hp_events_set;
 } vcfg;
 
 /* Does [tok, tok+len) start with the string s? */
@@ -238,6 +253,8 @@ static void virtio_parse_cmdline(u64 cmdline)
 	static const char vport_key[] = "guest.vsockport=";
 	static const char vlisten_key[] = "guest.vsocklisten=";
 	static const char bench_key[] = "guest.blkbench=";
+	static const char hpwait_key[] = "guest.hotplug.wait=";
+	static const char hpevents_key[] = "guest.hotplug.events=";
 	u64 i = 0;
 
 	if (!cmdline)
@@ -283,6 +300,18 @@ static void virtio_parse_cmdline(u64 cmdline)
 			if (!vcfg.bench_bad) {
 				vcfg.bench_bytes = b;
 				vcfg.bench_count = c;
+			}
+		} else if (token_starts(tok, len, hpwait_key)) {
+			u64 p = tok + sizeof(hpwait_key) - 1, v;
+			if (parse_num(&p, tok + len, 0, &v) && p == tok + len) {
+				vcfg.hp_wait = v;
+				vcfg.hp_wait_set = 1;
+			}
+		} else if (token_starts(tok, len, hpevents_key)) {
+			u64 p = tok + sizeof(hpevents_key) - 1, v;
+			if (parse_num(&p, tok + len, 0, &v) && p == tok + len) {
+				vcfg.hp_events = v;
+				vcfg.hp_events_set = 1;
 			}
 		}
 	}
@@ -418,11 +447,13 @@ struct vq {
 
 /*
  * One ring per queue any test uses: blk 0 (blk, blk-bad, blkbench), rng 0,
- * console 0 and 1, net 0 and 1, vsock 0, 1 and 2.
+ * console 0 and 1, net 0 and 1, vsock 0, 1 and 2; hotplug has one blk
+ * queue 0 per slot (RING_HP + slot index).
  */
 enum {
 	RING_BLK, RING_RNG, RING_CON_RX, RING_CON_TX, RING_NET_RX, RING_NET_TX,
-	RING_VS_RX, RING_VS_TX, RING_VS_EV, N_RINGS
+	RING_VS_RX, RING_VS_TX, RING_VS_EV, RING_HP,
+	N_RINGS = RING_HP + MAX_VIRTIO_DEVS
 };
 static struct vq_ring rings[N_RINGS];
 
@@ -560,19 +591,24 @@ struct blk {
 	u64 capacity;
 };
 
-/* Full blk initialisation: features, queue 0, DRIVER_OK. */
-static int blk_init(struct blk *b, const struct vdev *d, const char *prefix)
+/* Full blk initialisation: features, queue 0 on rings[ring], DRIVER_OK. */
+static int blk_init_ring(struct blk *b, const struct vdev *d, int ring, const char *prefix)
 {
 	b->dev = d;
 	if (!vdev_begin(d, BLK_F_RO | BLK_F_FLUSH, &b->features, prefix))
 		return 0;
-	if (!vq_setup(&b->q, d, 0, RING_BLK, prefix))
+	if (!vq_setup(&b->q, d, 0, ring, prefix))
 		return 0;
 	if (!(vdev_driver_ok(d) & ST_DRIVER_OK)) {
 		vdev_fail(d, prefix, "DRIVER_OK not kept");
 		return 0;
 	}
 	return 1;
+}
+
+static int blk_init(struct blk *b, const struct vdev *d, const char *prefix)
+{
+	return blk_init_ring(b, d, RING_BLK, prefix);
 }
 
 /* Capacity (config offset 0, u64) read as two 32-bit halves, generation-checked. */
@@ -1576,6 +1612,143 @@ static void test_blkbench(void)
 	putc_serial('\n');
 }
 
+/* ---- hotplug: empty blk slots filled and emptied by the host ----------------- */
+
+#define HP_WAIT_DEFAULT 30	/* seconds */
+#define HP_EVENTS_DEFAULT 2
+#define HP_WAIT_MAX 100000	/* seconds; keeps the budget arithmetic sane */
+/*
+ * The wait budget is counted in pause iterations at roughly 1 us each; every
+ * round polls all slots (MMIO exits, charged as HP_ROUND_MMIO_COST
+ * iterations per register read) and then pauses HP_ROUND_PAUSES times.
+ */
+#define HP_ITERS_PER_SEC 1000000ull
+#define HP_ROUND_PAUSES 1000
+#define HP_ROUND_MMIO_COST 150
+
+struct hp_slot {
+	struct blk b;
+	int ok;			/* initialised */
+	u32 gen;		/* ConfigGeneration of the capacity we know */
+	u64 capacity;
+};
+
+static struct hp_slot hp_slots[MAX_VIRTIO_DEVS];
+
+/* Capacity with the generation it was read under (consistent pair). */
+static u64 hp_capacity(const struct vdev *d, u32 *gen_out)
+{
+	u64 cap = 0;
+	u32 gen = 0;
+	for (int tries = 0; tries < 10; tries++) {
+		gen = vm_rd(d->base, VM_CONFIG_GENERATION);
+		u64 lo = vm_rd(d->base, VM_CONFIG);
+		u64 hi = vm_rd(d->base, VM_CONFIG + 4);
+		cap = lo | (hi << 32);
+		if (vm_rd(d->base, VM_CONFIG_GENERATION) == gen)
+			break;
+	}
+	*gen_out = gen;
+	return cap;
+}
+
+static void hp_slot_prefix(u32 i)
+{
+	puts_serial("hotplug: slot=");
+	put_dec(i);
+}
+
+/* Checks slot i for a configuration change; returns 1 if it was an event. */
+static int hp_poll_slot(u32 i)
+{
+	struct hp_slot *s = &hp_slots[i];
+	const struct vdev *d = s->b.dev;
+	u32 gen = vm_rd(d->base, VM_CONFIG_GENERATION);
+	u32 isr = vm_rd(d->base, VM_INTERRUPT_STATUS);
+
+	if (isr)
+		vm_wr(d->base, VM_INTERRUPT_ACK, isr);
+	if (gen == s->gen && !(isr & 2))
+		return 0;
+
+	u64 old = s->capacity, cap = hp_capacity(d, &s->gen);
+	s->capacity = cap;
+	if (cap == old)
+		return 0;
+	hp_slot_prefix(i);
+	if (old == 0) {
+		puts_serial(" added capacity=");
+		put_dec(cap);
+		memset(blkbuf.data, 0, SECTOR);
+		int st = blk_request(&s->b, BLK_T_IN, 0, blkbuf.data, SECTOR, 1);
+		if (st == 0) {
+			puts_serial(" sum=0x");
+			put_hex(fnv1a32((u64)blkbuf.data, SECTOR), 8);
+			putc_serial('\n');
+		} else {
+			putc_serial('\n');
+			hp_slot_prefix(i);
+			puts_serial(" read status=");
+			put_status(st);
+			putc_serial('\n');
+		}
+	} else if (cap == 0) {
+		puts_serial(" removed\n");
+	} else {
+		puts_serial(" resized capacity=");
+		put_dec(cap);
+		putc_serial('\n');
+	}
+	return 1;
+}
+
+static void test_hotplug(void)
+{
+	u64 wait = vcfg.hp_wait_set ? vcfg.hp_wait : HP_WAIT_DEFAULT;
+	u64 want = vcfg.hp_events_set ? vcfg.hp_events : HP_EVENTS_DEFAULT;
+	u32 n = 0, live = 0;
+
+	if (wait > HP_WAIT_MAX)
+		wait = HP_WAIT_MAX;
+	for (u32 i = 0; i < vcfg.n_devs; i++) {
+		const struct vdev *d = &vcfg.devs[i];
+		if (!d->usable || d->id != ID_BLK)
+			continue;
+		struct hp_slot *s = &hp_slots[n];
+		s->ok = blk_init_ring(&s->b, d, RING_HP + (int)n, "hotplug");
+		if (s->ok) {
+			s->capacity = hp_capacity(d, &s->gen);
+			u32 isr = vm_rd(d->base, VM_INTERRUPT_STATUS);
+			if (isr)
+				vm_wr(d->base, VM_INTERRUPT_ACK, isr);
+			live++;
+		}
+		n++;
+	}
+	puts_serial("hotplug: slots=");
+	put_dec(n);
+	putc_serial('\n');
+	say("hotplug", "ready");
+
+	u64 budget = wait * HP_ITERS_PER_SEC, events = 0;
+	/* With no working slot nothing can change: do not sit out the budget. */
+	while (events < want && live && budget) {
+		for (u32 i = 0; i < n && events < want; i++)
+			if (hp_slots[i].ok)
+				events += (u64)hp_poll_slot(i);
+		if (events >= want)
+			break;
+		u64 cost = HP_ROUND_PAUSES + (u64)live * 2 * HP_ROUND_MMIO_COST;
+		budget = budget > cost ? budget - cost : 0;
+		for (u32 k = 0; k < HP_ROUND_PAUSES; k++)
+			cpu_pause();
+	}
+	say("hotplug", events >= want ? "done" : "timeout");
+	for (u32 i = 0; i < n; i++)
+		if (hp_slots[i].ok)
+			vdev_reset(hp_slots[i].b.dev);
+}
+
 /* ---- Probe and dispatch ------------------------------------------------------ */
 
 static void virtio_probe(void)
@@ -1651,6 +1824,8 @@ static void virtio_run(void)
 			test_vsock();
 		else if (name_is(t, len, "blkbench"))
 			test_blkbench();
+		else if (name_is(t, len, "hotplug"))
+			test_hotplug();
 		else if (len) {
 			puts_serial("virtio: unknown test ");
 			for (u32 i = 0; i < len; i++)

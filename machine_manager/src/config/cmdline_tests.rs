@@ -393,7 +393,8 @@ fn json_values_are_used() {
             nr_vcpus: 2,
             max_vcpus: 4,
             dump_guest_core: false,
-            mem_share: true
+            mem_share: true,
+            blk_slots: super::super::DEFAULT_BLK_SLOTS,
         }
     );
     assert_eq!(vm.serial, SerialConfig::None);
@@ -555,4 +556,19 @@ mod qmp_socket_tests {
             other => panic!("{other:?}"),
         }
     }
+}
+
+#[test]
+fn blk_slots_option() {
+    let vm = run(&["-machine", "microvm,blk-slots=2"]);
+    assert_eq!(vm.machine.blk_slots, 2);
+    let vm = run(&["-machine", "type=microvm,dump-guest-core=off,mem-share=on"]);
+    assert_eq!(vm.machine.blk_slots, super::super::DEFAULT_BLK_SLOTS);
+    let e = parse_cmdline(&["-machine".to_string(), "microvm,blk-slots=99".to_string()])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.starts_with("-machine blk-slots: 99 is out of range"),
+        "{e}"
+    );
 }

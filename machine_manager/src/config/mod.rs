@@ -118,7 +118,16 @@ pub struct MachineConfig {
     pub dump_guest_core: bool,
     /// Map guest memory shared so other processes can map it too.
     pub mem_share: bool,
+    /// Empty virtio-blk slots created at boot for QMP hotplug
+    /// (`-machine microvm,blk-slots=N`).
+    pub blk_slots: u8,
 }
+
+/// Default number of hotplug block slots (StratoVirt's microVM allows six
+/// disks in all; Kata hot-plugs its container disks into these).
+pub const DEFAULT_BLK_SLOTS: u8 = 4;
+/// Most hotplug block slots (the IRQ lines are shared with every device).
+pub const MAX_BLK_SLOTS: u8 = 16;
 
 impl Default for MachineConfig {
     fn default() -> Self {
@@ -128,6 +137,7 @@ impl Default for MachineConfig {
             max_vcpus: 1,
             dump_guest_core: true,
             mem_share: false,
+            blk_slots: DEFAULT_BLK_SLOTS,
         }
     }
 }

@@ -5,8 +5,13 @@
 //! creation (exclusive for read-write, shared for read-only) so that two VMs
 //! cannot write the same image, and flushed when the device is reset or
 //! dropped.
+//!
+//! A device can also be created without a backend ([`Block::new_empty`]) and
+//! have an image attached and detached later ([`Block::attach`],
+//! [`Block::detach`]): hotplug into pre-created slots.
 
 mod disk;
+mod hotplug;
 mod request;
 
 use std::path::{Path, PathBuf};
@@ -105,6 +110,25 @@ pub enum BlockError {
     /// The I/O buffer could not be allocated.
     #[error("cannot allocate the block I/O buffer")]
     Buffer,
+    /// `attach` on a device that already has an image.
+    #[error("block slot already holds a disk image")]
+    SlotBusy,
+    /// `detach` on a device without an image.
+    #[error("block slot holds no disk image")]
+    SlotEmpty,
+    /// `attach`/`detach` was called from the event loop thread while that
+    /// thread is serving this very device (it cannot wait for itself).
+    #[error("block device is busy serving requests on this thread")]
+    Busy,
+    /// Making written data durable failed while detaching; the image is
+    /// detached and closed anyway.
+    #[error("cannot flush disk image {path}: {source}")]
+    Flush {
+        /// The image path.
+        path: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
 }
 
 /// Options of a block device.
@@ -123,12 +147,14 @@ pub struct BlockConfig {
 struct Active {
     // Dropped first: stops the handlers before the worker goes away.
     registrations: Registrations,
-    _worker: Arc<Mutex<BlockWorker>>,
+    worker: Arc<Mutex<BlockWorker>>,
+    interrupt: Arc<Interrupt>,
 }
 
 /// A virtio-blk device.
 pub struct Block {
-    disk: Arc<DiskFile>,
+    /// The image; `None` for an empty slot.
+    disk: Option<Arc<DiskFile>>,
     serial: [u8; SERIAL_LEN],
     config_space: Vec<u8>,
     avail_features: u64,
@@ -140,14 +166,7 @@ pub struct Block {
 impl Block {
     /// Opens and locks the image; queues will be served on `event_loop`.
     pub fn new(config: BlockConfig, event_loop: EventLoop) -> Result<Self, BlockError> {
-        let mut serial = [0u8; SERIAL_LEN];
-        if let Some(s) = &config.serial {
-            let bytes = s.as_bytes();
-            if bytes.len() > SERIAL_LEN {
-                return Err(BlockError::SerialTooLong(s.clone()));
-            }
-            serial[..bytes.len()].copy_from_slice(bytes);
-        }
+        let serial = serial_bytes(config.serial.as_deref())?;
         let disk = DiskFile::open(&config.path, config.read_only, config.direct)?;
         let mut avail_features = (1u64 << VIRTIO_F_VERSION_1)
             | (1 << VIRTIO_RING_F_INDIRECT_DESC)
@@ -161,7 +180,7 @@ impl Block {
         }
         let config_space = build_config(disk.size() / SECTOR_SIZE);
         Ok(Block {
-            disk: Arc::new(disk),
+            disk: Some(Arc::new(disk)),
             serial,
             config_space,
             avail_features,
@@ -171,25 +190,39 @@ impl Block {
         })
     }
 
-    /// Capacity in 512-byte sectors.
+    /// Capacity in 512-byte sectors (0 for an empty slot).
     pub fn capacity(&self) -> u64 {
-        self.disk.size() / SECTOR_SIZE
+        self.disk.as_ref().map_or(0, |d| d.size() / SECTOR_SIZE)
     }
 
-    /// Host path of the image.
+    /// Host path of the image (an empty path for an empty slot; see
+    /// [`Block::backend`]).
     pub fn path(&self) -> &Path {
-        self.disk.path()
+        self.disk.as_ref().map_or(Path::new(""), |d| d.path())
     }
 
-    /// Whether the device is read-only.
+    /// Whether the attached image is read-only (false for an empty slot).
     pub fn read_only(&self) -> bool {
-        self.disk.read_only()
+        self.disk.as_ref().is_some_and(|d| d.read_only())
     }
 
     /// Whether the device is processing its queue.
     pub fn is_active(&self) -> bool {
         self.active.is_some()
     }
+}
+
+/// The GET_ID answer for `serial` (zero-padded).
+fn serial_bytes(serial: Option<&str>) -> Result<[u8; SERIAL_LEN], BlockError> {
+    let mut out = [0u8; SERIAL_LEN];
+    if let Some(s) = serial {
+        let bytes = s.as_bytes();
+        if bytes.len() > SERIAL_LEN {
+            return Err(BlockError::SerialTooLong(s.to_string()));
+        }
+        out[..bytes.len()].copy_from_slice(bytes);
+    }
+    Ok(out)
 }
 
 /// struct virtio_blk_config, little endian, up to write_zeroes_may_unmap.
@@ -248,7 +281,7 @@ impl VirtioDevice for Block {
         }
         let (queues, evts) = split_queues(queues, 1)?;
         let worker = BlockWorker::new(
-            QueueSet::new("virtio-blk", mem, interrupt, queues),
+            QueueSet::new("virtio-blk", mem, interrupt.clone(), queues),
             self.disk.clone(),
             self.serial,
             self.acked_features,
@@ -259,7 +292,8 @@ impl VirtioDevice for Block {
         registrations.add_queues(&worker, evts, |w: &mut BlockWorker, _| w.process())?;
         self.active = Some(Active {
             registrations,
-            _worker: worker,
+            worker,
+            interrupt,
         });
         Ok(())
     }
@@ -267,16 +301,23 @@ impl VirtioDevice for Block {
     fn reset(&mut self) {
         if let Some(mut active) = self.active.take() {
             active.registrations.clear();
+            // A handler removed from the loop thread itself may be dropped
+            // later: make sure it no longer keeps the image open.
+            let _ = self.with_worker(&active.worker, |w| w.set_disk(None, [0; SERIAL_LEN]));
         }
-        if let Err(e) = self.disk.flush() {
-            log::error!(
-                "virtio-blk: {}: flush on reset failed: {e}",
-                self.path().display()
-            );
+        if let Some(disk) = &self.disk {
+            if let Err(e) = disk.flush() {
+                log::error!(
+                    "virtio-blk: {}: flush on reset failed: {e}",
+                    disk.path().display()
+                );
+            }
         }
         self.acked_features = 0;
     }
 }
 
+#[cfg(test)]
+mod hotplug_tests;
 #[cfg(test)]
 mod tests;

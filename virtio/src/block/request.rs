@@ -7,6 +7,10 @@
 //! puts the device in DEVICE_NEEDS_RESET; any other malformation (buffers
 //! outside RAM, short header, out-of-range sectors, odd lengths) completes
 //! with VIRTIO_BLK_S_IOERR.
+//!
+//! Without an image (empty slot, or after a detach) every data request
+//! (IN, OUT, FLUSH, DISCARD, WRITE_ZEROES) completes with IOERR and GET_ID
+//! returns an all-zero (empty) serial.
 
 use std::sync::Arc;
 
@@ -37,7 +41,9 @@ impl Done {
 /// The queue-processing side of an active block device.
 pub(super) struct BlockWorker {
     qs: QueueSet,
-    disk: Arc<DiskFile>,
+    /// The image; swapped by `Block::attach`/`detach` under the worker lock,
+    /// so a request never sees it change midway.
+    disk: Option<Arc<DiskFile>>,
     serial: [u8; SERIAL_LEN],
     features: u64,
     buf: AlignedBuf,
@@ -46,7 +52,7 @@ pub(super) struct BlockWorker {
 impl BlockWorker {
     pub fn new(
         qs: QueueSet,
-        disk: Arc<DiskFile>,
+        disk: Option<Arc<DiskFile>>,
         serial: [u8; SERIAL_LEN],
         features: u64,
     ) -> Option<Self> {
@@ -57,6 +63,16 @@ impl BlockWorker {
             features,
             buf: AlignedBuf::new(IO_CHUNK)?,
         })
+    }
+
+    /// Replaces the image and the GET_ID serial; returns the previous image.
+    pub fn set_disk(
+        &mut self,
+        disk: Option<Arc<DiskFile>>,
+        serial: [u8; SERIAL_LEN],
+    ) -> Option<Arc<DiskFile>> {
+        self.serial = serial;
+        std::mem::replace(&mut self.disk, disk)
     }
 
     /// Serves available requests; true if some were left for later.
@@ -138,23 +154,38 @@ impl BlockWorker {
         sector_bytes.copy_from_slice(&header[8..16]);
         let sector = u64::from_le_bytes(sector_bytes);
         let mut writer = Cursor::new(&mem, writable);
+        let needs_disk = matches!(
+            req_type,
+            VIRTIO_BLK_T_IN
+                | VIRTIO_BLK_T_OUT
+                | VIRTIO_BLK_T_FLUSH
+                | VIRTIO_BLK_T_DISCARD
+                | VIRTIO_BLK_T_WRITE_ZEROES
+        );
+        // One reference count per request; the slot may be empty.
+        let disk = match self.disk.clone() {
+            Some(d) => d,
+            None if needs_disk => {
+                log::debug!("virtio-blk: request type {req_type} on an empty slot");
+                return Done::status(VIRTIO_BLK_S_IOERR);
+            }
+            None => {
+                return match req_type {
+                    VIRTIO_BLK_T_GET_ID => self.get_id(&mut writer),
+                    _ => Done::status(VIRTIO_BLK_S_UNSUPP),
+                }
+            }
+        };
         let result = match req_type {
-            VIRTIO_BLK_T_IN => self.read(sector, &mut writer),
-            VIRTIO_BLK_T_OUT => self.write(sector, &mut reader),
-            VIRTIO_BLK_T_FLUSH => self
-                .disk
+            VIRTIO_BLK_T_IN => self.read(&disk, sector, &mut writer),
+            VIRTIO_BLK_T_OUT => self.write(&disk, sector, &mut reader),
+            VIRTIO_BLK_T_FLUSH => disk
                 .flush()
                 .map(|()| Done::status(VIRTIO_BLK_S_OK))
                 .map_err(|e| format!("flush: {e}")),
-            VIRTIO_BLK_T_GET_ID => {
-                let n = writer.write(&self.serial).unwrap_or(0);
-                Ok(Done {
-                    status: VIRTIO_BLK_S_OK,
-                    written: n as u32,
-                })
-            }
+            VIRTIO_BLK_T_GET_ID => Ok(self.get_id(&mut writer)),
             VIRTIO_BLK_T_DISCARD | VIRTIO_BLK_T_WRITE_ZEROES => {
-                self.discard_or_zero(req_type, &mut reader)
+                self.discard_or_zero(&disk, req_type, &mut reader)
             }
             other => {
                 log::debug!("virtio-blk: unsupported request type {other}");
@@ -162,20 +193,26 @@ impl BlockWorker {
             }
         };
         result.unwrap_or_else(|e| {
-            log::warn!("virtio-blk: {}: {e}", self.disk.path().display());
+            log::warn!("virtio-blk: {}: {e}", disk.path().display());
             Done::status(VIRTIO_BLK_S_IOERR)
         })
     }
 
+    /// Answers GET_ID with the (zero-padded) serial.
+    fn get_id(&self, writer: &mut Cursor<'_>) -> Done {
+        let n = writer.write(&self.serial).unwrap_or(0);
+        Done {
+            status: VIRTIO_BLK_S_OK,
+            written: n as u32,
+        }
+    }
+
     /// Byte offset of `sector` if `[sector, sector + len)` fits the disk
     /// and `len` is whole sectors.
-    fn range(&self, sector: u64, len: u64) -> Result<u64, String> {
+    fn range(disk: &DiskFile, sector: u64, len: u64) -> Result<u64, String> {
         let offset = sector
             .checked_mul(SECTOR_SIZE)
-            .filter(|off| {
-                off.checked_add(len)
-                    .is_some_and(|end| end <= self.disk.size())
-            })
+            .filter(|off| off.checked_add(len).is_some_and(|end| end <= disk.size()))
             .ok_or_else(|| format!("sector {sector} (+{len} bytes) beyond the disk"))?;
         if !len.is_multiple_of(SECTOR_SIZE) {
             return Err(format!("length {len} is not whole sectors"));
@@ -183,15 +220,19 @@ impl BlockWorker {
         Ok(offset)
     }
 
-    fn read(&mut self, sector: u64, writer: &mut Cursor<'_>) -> Result<Done, String> {
+    fn read(
+        &mut self,
+        disk: &DiskFile,
+        sector: u64,
+        writer: &mut Cursor<'_>,
+    ) -> Result<Done, String> {
         let len = writer.remaining();
-        let mut offset = self.range(sector, len)?;
+        let mut offset = Self::range(disk, sector, len)?;
         let mut left = len;
         while left > 0 {
             let n = left.min(IO_CHUNK as u64) as usize;
             let chunk = &mut self.buf[..n];
-            self.disk
-                .read_at(chunk, offset)
+            disk.read_at(chunk, offset)
                 .map_err(|e| format!("read at {offset}: {e}"))?;
             writer
                 .write(chunk)
@@ -205,12 +246,17 @@ impl BlockWorker {
         })
     }
 
-    fn write(&mut self, sector: u64, reader: &mut Cursor<'_>) -> Result<Done, String> {
-        if self.disk.read_only() {
+    fn write(
+        &mut self,
+        disk: &DiskFile,
+        sector: u64,
+        reader: &mut Cursor<'_>,
+    ) -> Result<Done, String> {
+        if disk.read_only() {
             return Err("write to a read-only disk".into());
         }
         let len = reader.remaining();
-        let mut offset = self.range(sector, len)?;
+        let mut offset = Self::range(disk, sector, len)?;
         let mut left = len;
         while left > 0 {
             let n = left.min(IO_CHUNK as u64) as usize;
@@ -220,8 +266,7 @@ impl BlockWorker {
                 Ok(_) => return Err("short guest buffer".into()),
                 Err(e) => return Err(format!("guest memory: {e}")),
             }
-            self.disk
-                .write_at(chunk, offset)
+            disk.write_at(chunk, offset)
                 .map_err(|e| format!("write at {offset}: {e}"))?;
             offset += n as u64;
             left -= n as u64;
@@ -229,7 +274,12 @@ impl BlockWorker {
         Ok(Done::status(VIRTIO_BLK_S_OK))
     }
 
-    fn discard_or_zero(&mut self, req_type: u32, reader: &mut Cursor<'_>) -> Result<Done, String> {
+    fn discard_or_zero(
+        &mut self,
+        disk: &DiskFile,
+        req_type: u32,
+        reader: &mut Cursor<'_>,
+    ) -> Result<Done, String> {
         let zero = req_type == VIRTIO_BLK_T_WRITE_ZEROES;
         let feature = if zero {
             VIRTIO_BLK_F_WRITE_ZEROES
@@ -239,7 +289,7 @@ impl BlockWorker {
         if !self.negotiated(feature) {
             return Ok(Done::status(VIRTIO_BLK_S_UNSUPP));
         }
-        if self.disk.read_only() {
+        if disk.read_only() {
             return Err("discard/write-zeroes on a read-only disk".into());
         }
         let len = reader.remaining();
@@ -275,12 +325,12 @@ impl BlockWorker {
                 return Err(format!("segment of {num} sectors exceeds {max}"));
             }
             let bytes = u64::from(num) * SECTOR_SIZE;
-            let offset = self.range(sector, bytes)?;
+            let offset = Self::range(disk, sector, bytes)?;
             let r = if zero {
                 let unmap = flags & VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP != 0;
-                self.disk.write_zeroes(offset, bytes, unmap)
+                disk.write_zeroes(offset, bytes, unmap)
             } else {
-                self.disk.discard(offset, bytes)
+                disk.discard(offset, bytes)
             };
             r.map_err(|e| format!("discard/write-zeroes at {offset}: {e}"))?;
         }

@@ -1,0 +1,295 @@
+//! Block hotplug into pre-created slots, as StratoVirt's microVM does it:
+//! there is no PCI and no ACPI hotplug, so empty virtio-blk devices are
+//! created at boot (`-machine microvm,blk-slots=N`, default 4) and QMP
+//! fills and empties them. The guest learns of a change through a
+//! configuration-change interrupt and the new capacity.
+//!
+//! `blockdev-add` defines a node (an image); `device_add` puts a node into
+//! a free slot (or the slot named by `addr`); `device_del` quiesces the
+//! device, flushes and releases the image, then emits `DEVICE_DELETED`;
+//! `blockdev-del` forgets an unused node.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use qmp::{BlockdevAddArgs, BlockdevDriver, BlockdevRef, DeviceAddArgs, QmpError};
+use serde_json::{json, Value};
+use virtio::block::{Block, BlockConfig};
+
+/// An image defined with `blockdev-add`.
+#[derive(Debug, Clone)]
+struct Node {
+    path: PathBuf,
+    read_only: bool,
+    direct: bool,
+    /// Device id using it, if any.
+    user: Option<String>,
+}
+
+/// One pre-created slot.
+pub struct Slot {
+    block: Arc<Mutex<Block>>,
+    base: u64,
+    device: Option<(String, String)>,
+}
+
+impl Slot {
+    /// A slot served by `block`, whose window starts at `base`.
+    pub fn new(block: Arc<Mutex<Block>>, base: u64) -> Self {
+        Slot {
+            block,
+            base,
+            device: None,
+        }
+    }
+}
+
+/// The hotplug state of a VM: nodes and slots, behind one lock.
+#[derive(Default)]
+pub struct BlockHotplug {
+    nodes: BTreeMap<String, Node>,
+    slots: Vec<Slot>,
+    /// Ids of devices created at boot (cannot be reused or deleted).
+    cold_ids: Vec<String>,
+}
+
+fn generic(desc: impl Into<String>) -> QmpError {
+    QmpError::generic(desc)
+}
+
+/// The file name and driver checks of a `blockdev-add` node.
+fn node_file(
+    driver: &BlockdevDriver,
+    nodes: &BTreeMap<String, Node>,
+) -> Result<(PathBuf, Option<bool>, Option<bool>), QmpError> {
+    match driver {
+        BlockdevDriver::File(f) | BlockdevDriver::HostDevice(f) => {
+            Ok((PathBuf::from(&f.filename), None, None))
+        }
+        BlockdevDriver::Raw(raw) => {
+            if raw.offset.is_some() || raw.size.is_some() {
+                return Err(generic("raw offset/size are not supported"));
+            }
+            match &raw.file {
+                BlockdevRef::Reference(name) => nodes
+                    .get(name)
+                    .map(|n| (n.path.clone(), Some(n.read_only), Some(n.direct)))
+                    .ok_or_else(|| {
+                        generic(format!("Cannot find device='' nor node-name='{name}'"))
+                    }),
+                BlockdevRef::Inline(child) => {
+                    let (path, _, _) = node_file(&child.driver, nodes)?;
+                    let direct = child.common.cache.as_ref().and_then(|c| c.direct);
+                    Ok((path, child.common.read_only, direct))
+                }
+            }
+        }
+    }
+}
+
+impl BlockHotplug {
+    /// State for `slots` (in slot order) and the ids of boot-time devices.
+    pub fn new(slots: Vec<Slot>, cold_ids: Vec<String>) -> Self {
+        BlockHotplug {
+            nodes: BTreeMap::new(),
+            slots,
+            cold_ids,
+        }
+    }
+
+    /// `blockdev-add`.
+    pub fn blockdev_add(&mut self, args: &BlockdevAddArgs) -> Result<Value, QmpError> {
+        let name = &args.node_name;
+        if self.nodes.contains_key(name) {
+            return Err(generic(format!("Duplicate nodes with node-name='{name}'")));
+        }
+        let (path, child_ro, child_direct) = node_file(&args.driver, &self.nodes)?;
+        if let Err(e) = std::fs::metadata(&path) {
+            return Err(generic(format!("Could not open '{}': {e}", path.display())));
+        }
+        let read_only = args.common.read_only.or(child_ro).unwrap_or(false);
+        let direct = args
+            .common
+            .cache
+            .as_ref()
+            .and_then(|c| c.direct)
+            .or(child_direct)
+            .unwrap_or(false);
+        self.nodes.insert(
+            name.clone(),
+            Node {
+                path,
+                read_only,
+                direct,
+                user: None,
+            },
+        );
+        Ok(json!({}))
+    }
+
+    /// `blockdev-del`.
+    pub fn blockdev_del(&mut self, name: &str) -> Result<Value, QmpError> {
+        match self.nodes.get(name) {
+            None => Err(generic(format!(
+                "Failed to find node with node-name='{name}'"
+            ))),
+            Some(Node {
+                user: Some(dev), ..
+            }) => Err(generic(format!(
+                "Node '{name}' is busy: node is used as backing hd of device '{dev}'"
+            ))),
+            Some(_) => {
+                self.nodes.remove(name);
+                Ok(json!({}))
+            }
+        }
+    }
+
+    /// `device_add` for virtio-blk drivers.
+    pub fn device_add(&mut self, args: &DeviceAddArgs) -> Result<Value, QmpError> {
+        if let Some(key) = args.other.keys().next() {
+            return Err(generic(format!(
+                "Property '{}.{key}' not found",
+                args.driver
+            )));
+        }
+        for (what, size) in [
+            ("logical_block_size", args.logical_block_size),
+            ("physical_block_size", args.physical_block_size),
+        ] {
+            if size.is_some_and(|s| s != 512) {
+                return Err(generic(format!(
+                    "{what}: only 512-byte blocks are supported"
+                )));
+            }
+        }
+        let id = args
+            .id
+            .clone()
+            .ok_or_else(|| generic("Parameter 'id' is missing"))?;
+        if self.cold_ids.contains(&id)
+            || self
+                .slots
+                .iter()
+                .any(|s| s.device.as_ref().is_some_and(|d| d.0 == id))
+        {
+            return Err(generic(format!("Duplicate device ID '{id}'")));
+        }
+        let drive = args
+            .drive
+            .clone()
+            .ok_or_else(|| generic("Parameter 'drive' is missing"))?;
+        let node = self.nodes.get(&drive).ok_or_else(|| {
+            generic(format!(
+                "Property '{}.drive' can't find value '{drive}'",
+                args.driver
+            ))
+        })?;
+        if let Some(user) = &node.user {
+            return Err(generic(format!(
+                "Drive '{drive}' is already in use by '{user}'"
+            )));
+        }
+        let index = match &args.addr {
+            Some(addr) => {
+                let parsed = addr
+                    .strip_prefix("0x")
+                    .map_or_else(|| addr.parse::<usize>(), |h| usize::from_str_radix(h, 16));
+                let index = parsed.map_err(|_| generic(format!("Invalid addr '{addr}'")))?;
+                match self.slots.get(index) {
+                    None => {
+                        return Err(generic(format!(
+                            "addr {index} is out of range: this VM has {} block slots",
+                            self.slots.len()
+                        )))
+                    }
+                    Some(s) if s.device.is_some() => {
+                        return Err(generic(format!("Slot {index} is already in use")))
+                    }
+                    Some(_) => index,
+                }
+            }
+            None => self
+                .slots
+                .iter()
+                .position(|s| s.device.is_none())
+                .ok_or_else(|| {
+                    generic(format!(
+                        "No free block slot (all {} in use)",
+                        self.slots.len()
+                    ))
+                })?,
+        };
+        let config = BlockConfig {
+            path: node.path.clone(),
+            read_only: node.read_only,
+            direct: node.direct,
+            serial: args.serial.clone(),
+        };
+        let slot = &mut self.slots[index];
+        slot.block
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .attach(config)
+            .map_err(|e| generic(e.to_string()))?;
+        slot.device = Some((id.clone(), drive.clone()));
+        if let Some(n) = self.nodes.get_mut(&drive) {
+            n.user = Some(id.clone());
+        }
+        log::info!(
+            "hotplug: '{id}' ({drive}) in slot {index} at {:#x}",
+            slot.base
+        );
+        Ok(json!({}))
+    }
+
+    /// `device_del`: returns the QMP path of the removed device.
+    pub fn device_del(&mut self, id: &str) -> Result<String, QmpError> {
+        if self.cold_ids.iter().any(|c| c == id) {
+            return Err(generic(format!(
+                "Device '{id}' was created at boot and cannot be unplugged"
+            )));
+        }
+        let slot = self
+            .slots
+            .iter_mut()
+            .find(|s| s.device.as_ref().is_some_and(|d| d.0 == id))
+            .ok_or_else(|| QmpError::device_not_found(format!("Device '{id}' not found")))?;
+        slot.block
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .detach()
+            .map_err(|e| generic(e.to_string()))?;
+        if let Some((_, node)) = slot.device.take() {
+            if let Some(n) = self.nodes.get_mut(&node) {
+                n.user = None;
+            }
+        }
+        Ok(format!("/machine/peripheral/{id}"))
+    }
+
+    /// `query-block`: every slot, filled or not.
+    pub fn query_block(&self) -> Value {
+        let list: Vec<Value> = self
+            .slots
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                let mut v = json!({"device": "", "slot": i, "locked": false,
+                                   "removable": true, "type": "unknown"});
+                if let Some((id, node)) = &s.device {
+                    v["device"] = json!(id);
+                    v["qdev"] = json!(format!("/machine/peripheral/{id}"));
+                    if let Some(n) = self.nodes.get(node) {
+                        v["inserted"] = json!({"file": n.path.display().to_string(), "ro": n.read_only,
+                            "drv": "raw", "node-name": node,
+                            "cache": {"direct": n.direct, "writeback": true, "no-flush": false}});
+                    }
+                }
+                v
+            })
+            .collect();
+        Value::Array(list)
+    }
+}

@@ -1,0 +1,200 @@
+//! Block hotplug over QMP into the pre-created slots, with Kata's argument
+//! shapes, watched from inside the guest: the disk appears (capacity and a
+//! marker sector's checksum) and disappears; errors leave the VM unchanged.
+
+mod common;
+
+use common::*;
+use serde_json::{json, Value};
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::process::Stdio;
+use std::sync::mpsc::{channel, Receiver};
+use std::time::{Duration, Instant};
+
+struct Qmp {
+    stream: UnixStream,
+    reader: BufReader<UnixStream>,
+}
+
+impl Qmp {
+    fn connect(sock: &std::path::Path) -> Qmp {
+        let stream = UnixStream::connect(sock).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        let reader = BufReader::new(stream.try_clone().unwrap());
+        let mut q = Qmp { stream, reader };
+        q.recv();
+        assert_eq!(q.cmd("qmp_capabilities", json!({})), json!({"return": {}}));
+        q
+    }
+
+    fn recv(&mut self) -> Value {
+        let mut line = String::new();
+        self.reader.read_line(&mut line).unwrap();
+        serde_json::from_str(&line).unwrap()
+    }
+
+    fn cmd(&mut self, name: &str, args: Value) -> Value {
+        let msg = json!({"execute": name, "arguments": args});
+        self.stream.write_all(msg.to_string().as_bytes()).unwrap();
+        loop {
+            let v = self.recv();
+            if v.get("event").is_none() {
+                return v;
+            }
+        }
+    }
+}
+
+fn wait_line(rx: &Receiver<String>, needle: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(40);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = rx
+            .recv_timeout(left)
+            .unwrap_or_else(|_| panic!("guest never printed {needle:?}"));
+        if line.contains(needle) {
+            return line;
+        }
+    }
+}
+
+#[test]
+fn block_disk_is_hotplugged_seen_by_the_guest_and_unplugged() {
+    if !kvm_usable("hotplug_blk") {
+        return;
+    }
+    let dir = scratch("hotplug");
+    let sock = dir.join("qmp.sock");
+    let img = dir.join("disk.img");
+    let mut data = vec![0u8; 1 << 20];
+    for (i, b) in data.iter_mut().take(512).enumerate() {
+        *b = (i as u8).wrapping_mul(13).wrapping_add(5);
+    }
+    std::fs::write(&img, &data).unwrap();
+    let mut child = altovirt()
+        .args(["-kernel", GUEST_ELF64, "-serial", "stdio"])
+        .args([
+            "-append",
+            "guest.virtio=hotplug guest.exit=halt guest.hotplug.events=2",
+        ])
+        .arg("-qmp")
+        .arg(format!("unix:{},server,nowait", sock.display()))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = channel();
+    let console = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(console).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    assert_eq!(wait_line(&rx, "hotplug: slots="), "hotplug: slots=4");
+    wait_line(&rx, "hotplug: ready");
+    let mut q = Qmp::connect(&sock);
+
+    // Kata's blockdev-add shape.
+    let add = json!({"driver": "raw", "node-name": "drive-vd1", "read-only": false,
+        "file": {"driver": "file", "filename": img, "aio": "threads"},
+        "cache": {"direct": false, "no-flush": false}});
+    assert_eq!(q.cmd("blockdev-add", add.clone()), json!({"return": {}}));
+    let dup = q.cmd("blockdev-add", add);
+    assert_eq!(dup["error"]["class"], "GenericError", "{dup}");
+
+    // Errors leave the VM unchanged.
+    for (args, needle) in [
+        (
+            json!({"driver": "virtio-blk-mmio", "id": "vd1", "drive": "nope"}),
+            "can't find value 'nope'",
+        ),
+        (
+            json!({"driver": "virtio-blk-mmio", "id": "vd1", "drive": "drive-vd1", "addr": "9"}),
+            "out of range",
+        ),
+    ] {
+        let r = q.cmd("device_add", args);
+        assert_eq!(r["error"]["class"], "GenericError", "{r}");
+        assert!(r["error"]["desc"].as_str().unwrap().contains(needle), "{r}");
+    }
+    let r = q.cmd(
+        "device_add",
+        json!({"driver": "virtio-blk-mmio", "id": "vd1", "drive": "drive-vd1", "addr": "1",
+               "bus": "virtio-mmio-bus.1", "romfile": "", "share-rw": false, "serial": "HP1"}),
+    );
+    assert_eq!(r, json!({"return": {}}));
+    let added = wait_line(&rx, "hotplug: slot=");
+    assert_eq!(
+        added,
+        format!(
+            "hotplug: slot=1 added capacity=2048 sum=0x{:08x}",
+            fnv1a32(&data[..512])
+        )
+    );
+    let again = q.cmd(
+        "device_add",
+        json!({"driver": "virtio-blk-mmio", "id": "vd1", "drive": "drive-vd1"}),
+    );
+    assert!(
+        again["error"]["desc"]
+            .as_str()
+            .unwrap()
+            .contains("Duplicate device ID"),
+        "{again}"
+    );
+    let busy = q.cmd("blockdev-del", json!({"node-name": "drive-vd1"}));
+    assert!(
+        busy["error"]["desc"].as_str().unwrap().contains("busy"),
+        "{busy}"
+    );
+    let blocks = q.cmd("query-block", json!({}));
+    assert_eq!(blocks["return"][1]["device"], "vd1", "{blocks}");
+    assert_eq!(
+        blocks["return"][1]["inserted"]["file"],
+        json!(img),
+        "{blocks}"
+    );
+
+    // Unplug: the reply, then DEVICE_DELETED; the guest sees the disk go.
+    q.stream
+        .write_all(br#"{"execute":"device_del","arguments":{"id":"vd1"}}"#)
+        .unwrap();
+    assert_eq!(q.recv(), json!({"return": {}}));
+    let ev = q.recv();
+    assert_eq!(ev["event"], "DEVICE_DELETED");
+    assert_eq!(
+        ev["data"],
+        json!({"device": "vd1", "path": "/machine/peripheral/vd1"})
+    );
+    assert_eq!(wait_line(&rx, "hotplug: slot="), "hotplug: slot=1 removed");
+    wait_line(&rx, "hotplug: done");
+    let missing = q.cmd("device_del", json!({"id": "vd1"}));
+    assert_eq!(missing["error"]["class"], "DeviceNotFound", "{missing}");
+    assert_eq!(
+        q.cmd("blockdev-del", json!({"node-name": "drive-vd1"})),
+        json!({"return": {}})
+    );
+    // The image lock is released: another writer may take it now.
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&img)
+        .unwrap();
+    // SAFETY: flock on a file we opened.
+    let rc = unsafe {
+        libc::flock(
+            std::os::fd::AsRawFd::as_raw_fd(&f),
+            libc::LOCK_EX | libc::LOCK_NB,
+        )
+    };
+    assert_eq!(rc, 0, "image still locked after device_del");
+    assert_eq!(q.cmd("quit", json!({})), json!({"return": {}}));
+    assert!(child.wait().unwrap().success());
+    let _ = std::fs::remove_dir_all(dir);
+}
