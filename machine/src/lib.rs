@@ -151,12 +151,21 @@ impl MicroVm {
             events,
             sender,
             boot,
-            shared: VmShared::new(
-                cfg.name.clone(),
-                cfg.uuid.clone(),
-                cfg.machine.nr_vcpus,
-                cfg.machine.max_vcpus,
-            ),
+            shared: {
+                let shared = VmShared::new(
+                    cfg.name.clone(),
+                    cfg.uuid.clone(),
+                    cfg.machine.nr_vcpus,
+                    cfg.machine.max_vcpus,
+                );
+                // Without -S the VM is about to run: QMP clients that
+                // connect before the vCPU threads are up see "running", and
+                // a stop they send is applied as soon as the vCPUs start.
+                if !cfg.start_paused {
+                    shared.set_status(VmStatus::Running);
+                }
+                shared
+            },
             start_paused: cfg.start_paused,
             image,
             platform,

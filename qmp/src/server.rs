@@ -354,11 +354,47 @@ fn create_listener(path: &Path) -> Result<(UnixListener, SocketFile), QmpServerE
         return Err(QmpServerError::InvalidPath(path.to_path_buf()));
     }
     // SAFETY: sockaddr_un is plain data; all-zero is valid.
+    let addr_len = unsafe { mem::zeroed::<libc::sockaddr_un>() }.sun_path.len();
+    if bytes.len() >= addr_len {
+        return Err(QmpServerError::PathTooLong(path.to_path_buf()));
+    }
+    clear_path(path)?;
+    // The socket is bound under a temporary name, made 0600 and set
+    // listening, then renamed into place: a client that sees the path can
+    // connect at once, and nobody ever sees it with wider permissions.
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(format!(".{}.tmp", std::process::id()));
+    let staged = tmp.as_bytes().len() < addr_len;
+    let bind_path: &Path = if staged { Path::new(&tmp) } else { path };
+    if staged {
+        let _ = fs::remove_file(bind_path);
+    }
+    let (fd, socket) = bind_listen(bind_path)?;
+    if staged {
+        if let Err(source) = fs::rename(bind_path, path) {
+            // `socket` still names the temporary file and removes it on drop.
+            return Err(QmpServerError::Socket {
+                path: path.to_path_buf(),
+                op: "rename",
+                source,
+            });
+        }
+    }
+    let socket = SocketFile {
+        path: path.to_path_buf(),
+        ..socket
+    };
+    Ok((UnixListener::from(fd), socket))
+}
+
+/// socket(2), bind(2) to `path`, chmod 0600, listen(2).
+fn bind_listen(path: &Path) -> Result<(OwnedFd, SocketFile), QmpServerError> {
+    let bytes = path.as_os_str().as_bytes();
+    // SAFETY: sockaddr_un is plain data; all-zero is valid.
     let mut addr: libc::sockaddr_un = unsafe { mem::zeroed() };
     if bytes.len() >= addr.sun_path.len() {
         return Err(QmpServerError::PathTooLong(path.to_path_buf()));
     }
-    clear_path(path)?;
     addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
     for (dst, src) in addr.sun_path.iter_mut().zip(bytes) {
         *dst = *src as libc::c_char;
@@ -404,5 +440,5 @@ fn create_listener(path: &Path) -> Result<(UnixListener, SocketFile), QmpServerE
     if unsafe { libc::listen(fd.as_raw_fd(), 64) } < 0 {
         return Err(socket_error(path, "listen"));
     }
-    Ok((UnixListener::from(fd), socket))
+    Ok((fd, socket))
 }
