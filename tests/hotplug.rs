@@ -198,3 +198,81 @@ fn block_disk_is_hotplugged_seen_by_the_guest_and_unplugged() {
     assert!(child.wait().unwrap().success());
     let _ = std::fs::remove_dir_all(dir);
 }
+
+fn fd_count(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count()
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap()
+}
+
+#[test]
+fn two_hundred_hotplug_cycles_leak_nothing() {
+    if !kvm_usable("hotplug_cycles") {
+        return;
+    }
+    let dir = scratch("hotplug-cycles");
+    let sock = dir.join("qmp.sock");
+    let img = dir.join("disk.img");
+    std::fs::write(&img, vec![0u8; 1 << 20]).unwrap();
+    let mut child = altovirt()
+        .args([
+            "-kernel",
+            GUEST_ELF64,
+            "-serial",
+            "none",
+            "-append",
+            "guest.exit=halt",
+        ])
+        .arg("-qmp")
+        .arg(format!("unix:{},server,nowait", sock.display()))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    assert!(wait_for_path(&sock, Duration::from_secs(20)));
+    let mut q = Qmp::connect(&sock);
+    let pid = child.id();
+    let cycle = |q: &mut Qmp, i: usize| {
+        let node = format!("n{i}");
+        let add = json!({"driver": "raw", "node-name": node,
+            "file": {"driver": "file", "filename": img}});
+        assert_eq!(q.cmd("blockdev-add", add), json!({"return": {}}));
+        let dev = json!({"driver": "virtio-blk-mmio", "id": format!("d{i}"), "drive": node});
+        assert_eq!(q.cmd("device_add", dev), json!({"return": {}}));
+        assert_eq!(
+            q.cmd("device_del", json!({"id": format!("d{i}")})),
+            json!({"return": {}})
+        );
+        assert_eq!(
+            q.cmd("blockdev-del", json!({"node-name": node})),
+            json!({"return": {}})
+        );
+    };
+    // Warm up (allocator pools, first-use buffers), then measure.
+    for i in 0..10 {
+        cycle(&mut q, i);
+    }
+    let (fds0, rss0) = (fd_count(pid), rss_kib(pid));
+    for i in 10..210 {
+        cycle(&mut q, i);
+    }
+    let (fds1, rss1) = (fd_count(pid), rss_kib(pid));
+    assert_eq!(fds1, fds0, "file descriptors leaked over 200 cycles");
+    assert!(
+        rss1 <= rss0 + 1024,
+        "RSS grew from {rss0} KiB to {rss1} KiB over 200 cycles"
+    );
+    assert_eq!(q.cmd("quit", json!({})), json!({"return": {}}));
+    assert!(child.wait().unwrap().success());
+    let _ = std::fs::remove_dir_all(dir);
+}
