@@ -1,0 +1,175 @@
+//! Tests of the device flags.
+use super::super::{parse_cmdline, Command, ConfigError, VmConfig};
+use super::*;
+
+fn parse(args: &[&str]) -> Result<VmConfig, ConfigError> {
+    match parse_cmdline(&args.iter().map(|s| s.to_string()).collect::<Vec<_>>())? {
+        Command::Run(cfg) => Ok(*cfg),
+        other => panic!("{other:?}"),
+    }
+}
+
+fn image(name: &str) -> PathBuf {
+    let p = std::env::temp_dir().join(format!("altovirt-devcfg-{}-{name}.img", std::process::id()));
+    std::fs::write(&p, vec![0u8; 4096]).unwrap();
+    p
+}
+
+#[test]
+fn kata_device_flags_resolve() {
+    let img = image("kata");
+    let drive = format!("id=rootfs,file={},readonly=on,direct=off", img.display());
+    let cfg = parse(&[
+        "-object",
+        "rng-random,id=objrng0,filename=/dev/urandom",
+        "-device",
+        "virtio-rng-device,rng=objrng0,id=virtio-rng0",
+        "-device",
+        "virtio-serial-device,id=virtio-serial0",
+        "-chardev",
+        "socket,id=charconsole0,path=/tmp/c.sock,server,nowait",
+        "-device",
+        "virtconsole,chardev=charconsole0,id=virtio-console0,nr=0",
+        "-drive",
+        &drive,
+        "-device",
+        "virtio-blk-device,drive=rootfs,id=virtio-blk0,serial=S1",
+        "-object",
+        "iothread,id=io0",
+    ])
+    .unwrap();
+    assert_eq!(
+        cfg.devices,
+        vec![
+            DeviceConfig::Rng {
+                id: "virtio-rng0".into(),
+                path: "/dev/urandom".into()
+            },
+            DeviceConfig::Console {
+                id: "virtio-console0".into(),
+                backend: ChardevBackend::Socket("/tmp/c.sock".into())
+            },
+            DeviceConfig::Block {
+                id: "virtio-blk0".into(),
+                drive: DriveConfig {
+                    id: "rootfs".into(),
+                    path: img.clone(),
+                    read_only: true,
+                    direct: false
+                },
+                serial: Some("S1".into()),
+            },
+        ]
+    );
+    let _ = std::fs::remove_file(img);
+}
+
+#[test]
+fn device_errors_name_the_flag_and_the_problem() {
+    let img = image("errors");
+    let drive = format!("id=d0,file={}", img.display());
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec!["-device", "virtio-blk-device,drive=nope"],
+            "-device virtio-blk-device: drive 'nope' is not defined",
+        ),
+        (
+            vec!["-device", "e1000,id=n0"],
+            "-device: unknown driver 'e1000'",
+        ),
+        (
+            vec!["-device", "virtio-net-device,netdev=n0,id=n0"],
+            "-device virtio-net-device: netdev 'n0' is not defined",
+        ),
+        (
+            vec!["-netdev", "tap,id=n0,ifname=tap0,vhost=on"],
+            "vhost-net is not supported",
+        ),
+        (vec!["-netdev", "tap,id=n0,fds=3:4"], "multiqueue"),
+        (
+            vec!["-netdev", "tap,id=n0,fd=987"],
+            "fd 987 is not an open inherited descriptor",
+        ),
+        (vec!["-netdev", "user,id=n0"], "only type tap"),
+        (
+            vec![
+                "-drive",
+                &drive,
+                "-device",
+                "virtio-blk-device,drive=d0,iothread=nope",
+            ],
+            "iothread 'nope' is not defined",
+        ),
+        (
+            vec!["-object", "iothread,id=a", "-object", "iothread,id=a"],
+            "duplicate iothread id 'a'",
+        ),
+        (
+            vec![
+                "-netdev",
+                "tap,id=n0,ifname=t0",
+                "-device",
+                "virtio-net-device,netdev=n0,mac=zz",
+            ],
+            "mac",
+        ),
+        (
+            vec!["-device", "virtconsole,chardev=c0"],
+            "needs a -device virtio-serial-device",
+        ),
+        (
+            vec!["-chardev", "socket,id=c0,path=/x,server,wait=on"],
+            "wait=on is not supported",
+        ),
+        (vec!["-chardev", "socket,id=c0,path=/x"], "must be servers"),
+        (
+            vec!["-drive", "id=d0,file=/nonexistent.img"],
+            "-drive file: cannot open '/nonexistent.img'",
+        ),
+        (
+            vec![
+                "-drive",
+                &drive,
+                "-device",
+                "virtio-blk-device,drive=d0,id=x",
+                "-object",
+                "rng-random,id=r,filename=/dev/urandom",
+                "-device",
+                "virtio-rng-device,rng=r,id=x",
+            ],
+            "duplicate device id 'x'",
+        ),
+        (
+            vec!["-drive", "id=d0,file=/x,format=qcow2"],
+            "format 'qcow2' is not supported",
+        ),
+        (
+            vec!["-object", "memory-backend-file,id=m"],
+            "unsupported object type 'memory-backend-file'",
+        ),
+    ];
+    for (args, needle) in cases {
+        let e = parse(&args).expect_err(needle).to_string();
+        assert!(e.contains(needle), "{args:?}: {e:?} lacks {needle:?}");
+        assert!(!e.contains('\n'));
+    }
+    let _ = std::fs::remove_file(img);
+}
+
+#[test]
+fn json_drives_and_rng_become_devices() {
+    let img = image("json");
+    let cfg_path =
+        std::env::temp_dir().join(format!("altovirt-devcfg-{}.json", std::process::id()));
+    let json = format!(
+        r#"{{"drive":[{{"drive_id":"root","path_on_host":"{}","direct":false,"read_only":true}}],"rng":{{"random_file":"/dev/urandom"}}}}"#,
+        img.display()
+    );
+    std::fs::write(&cfg_path, json).unwrap();
+    let cfg = parse(&["-config", cfg_path.to_str().unwrap()]).unwrap();
+    assert_eq!(cfg.devices.len(), 2);
+    assert_eq!(cfg.devices[0].id(), "root");
+    assert!(matches!(&cfg.devices[1], DeviceConfig::Rng { .. }));
+    let _ = std::fs::remove_file(img);
+    let _ = std::fs::remove_file(cfg_path);
+}
