@@ -4,49 +4,13 @@
 
 mod common;
 
+use common::qmp_client::Client;
 use common::*;
-use serde_json::{json, Value};
+use serde_json::json;
 use std::io::{BufRead, BufReader, Write};
-use std::os::unix::net::UnixStream;
 use std::process::Stdio;
 use std::sync::mpsc::{channel, Receiver};
 use std::time::{Duration, Instant};
-
-struct Qmp {
-    stream: UnixStream,
-    reader: BufReader<UnixStream>,
-}
-
-impl Qmp {
-    fn connect(sock: &std::path::Path) -> Qmp {
-        let stream = UnixStream::connect(sock).unwrap();
-        stream
-            .set_read_timeout(Some(Duration::from_secs(20)))
-            .unwrap();
-        let reader = BufReader::new(stream.try_clone().unwrap());
-        let mut q = Qmp { stream, reader };
-        q.recv();
-        assert_eq!(q.cmd("qmp_capabilities", json!({})), json!({"return": {}}));
-        q
-    }
-
-    fn recv(&mut self) -> Value {
-        let mut line = String::new();
-        self.reader.read_line(&mut line).unwrap();
-        serde_json::from_str(&line).unwrap()
-    }
-
-    fn cmd(&mut self, name: &str, args: Value) -> Value {
-        let msg = json!({"execute": name, "arguments": args});
-        self.stream.write_all(msg.to_string().as_bytes()).unwrap();
-        loop {
-            let v = self.recv();
-            if v.get("event").is_none() {
-                return v;
-            }
-        }
-    }
-}
 
 fn wait_line(rx: &Receiver<String>, needle: &str) -> String {
     let deadline = Instant::now() + Duration::from_secs(40);
@@ -98,7 +62,7 @@ fn block_disk_is_hotplugged_seen_by_the_guest_and_unplugged() {
     });
     assert_eq!(wait_line(&rx, "hotplug: slots="), "hotplug: slots=4");
     wait_line(&rx, "hotplug: ready");
-    let mut q = Qmp::connect(&sock);
+    let mut q = Client::negotiated(&sock);
 
     // Kata's blockdev-add shape.
     let add = json!({"driver": "raw", "node-name": "drive-vd1", "read-only": false,
@@ -240,9 +204,9 @@ fn two_hundred_hotplug_cycles_leak_nothing() {
         .spawn()
         .unwrap();
     assert!(wait_for_path(&sock, Duration::from_secs(20)));
-    let mut q = Qmp::connect(&sock);
+    let mut q = Client::negotiated(&sock);
     let pid = child.id();
-    let cycle = |q: &mut Qmp, i: usize| {
+    let cycle = |q: &mut Client, i: usize| {
         let node = format!("n{i}");
         let add = json!({"driver": "raw", "node-name": node,
             "file": {"driver": "file", "filename": img}});

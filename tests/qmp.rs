@@ -4,10 +4,9 @@
 
 mod common;
 
+use common::qmp_client::Client;
 use common::*;
 use serde_json::{json, Value};
-use std::io::{BufRead, BufReader, Write};
-use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::process::{Child, Stdio};
 use std::time::Duration;
@@ -57,68 +56,6 @@ impl Drop for Vm {
         let _ = self.child.kill();
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-struct Client {
-    stream: UnixStream,
-    reader: BufReader<UnixStream>,
-}
-
-impl Client {
-    fn connect(sock: &PathBuf) -> Client {
-        let stream = UnixStream::connect(sock).expect("connect");
-        stream
-            .set_read_timeout(Some(Duration::from_secs(10)))
-            .unwrap();
-        let reader = BufReader::new(stream.try_clone().unwrap());
-        let mut c = Client { stream, reader };
-        let greeting = c.recv();
-        assert!(
-            greeting["QMP"]["version"]["qemu"]["major"]
-                .as_u64()
-                .unwrap()
-                >= 5
-        );
-        assert_eq!(greeting["QMP"]["capabilities"], json!([]));
-        c
-    }
-
-    fn negotiated(sock: &PathBuf) -> Client {
-        let mut c = Client::connect(sock);
-        c.send(br#"{"execute":"qmp_capabilities"}"#);
-        assert_eq!(c.recv(), json!({"return": {}}));
-        c
-    }
-
-    fn send(&mut self, bytes: &[u8]) {
-        self.stream.write_all(bytes).expect("write");
-    }
-
-    /// Next line, checked to end in CRLF, parsed.
-    fn recv(&mut self) -> Value {
-        let mut line = String::new();
-        self.reader.read_line(&mut line).expect("read reply");
-        assert!(
-            line.ends_with("\r\n"),
-            "reply not CRLF-terminated: {line:?}"
-        );
-        serde_json::from_str(&line).unwrap_or_else(|e| panic!("bad JSON {line:?}: {e}"))
-    }
-
-    /// Next reply (return or error), skipping events.
-    fn reply(&mut self) -> Value {
-        loop {
-            let v = self.recv();
-            if v.get("event").is_none() {
-                return v;
-            }
-        }
-    }
-
-    fn execute(&mut self, cmd: &str) -> Value {
-        self.send(json!({"execute": cmd}).to_string().as_bytes());
-        self.reply()
     }
 }
 
