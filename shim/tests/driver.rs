@@ -166,3 +166,58 @@ fn start_fails_when_vmm_exits_early() {
     assert!(h.pids().is_empty());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A fake VMM: serves QMP on the `-qmp unix:PATH,...` socket, answers every
+/// command with an empty return (echoing ids), and ignores `quit`.
+const STUBBORN_VMM: &str = r#"#!/usr/bin/env python3
+import json, os, socket, sys, time
+args = sys.argv[1:]
+path = args[args.index("-qmp") + 1].split(",")[0][len("unix:"):]
+srv = socket.socket(socket.AF_UNIX)
+srv.bind(path)
+srv.listen(4)
+while True:
+    conn, _ = srv.accept()
+    conn.sendall(b'{"QMP":{"version":{"qemu":{"major":7,"minor":2,"micro":0},"package":"stub"},"capabilities":[]}}\r\n')
+    f = conn.makefile("rb")
+    for line in f:
+        for part in line.decode().replace("}{", "}\n{").splitlines():
+            if not part.strip():
+                continue
+            msg = json.loads(part)
+            reply = {"return": {}}
+            if "id" in msg:
+                reply["id"] = msg["id"]
+            conn.sendall((json.dumps(reply) + "\r\n").encode())
+"#;
+
+#[test]
+fn stop_kills_a_vmm_that_ignores_quit() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::ExitStatusExt;
+    let dir = run_dir("stubborn");
+    std::fs::create_dir_all(&dir).unwrap();
+    let script = dir.join("stubborn-vmm.py");
+    std::fs::write(&script, STUBBORN_VMM).unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let hv = HypervisorConfig {
+        path: script.display().to_string(),
+        kernel: "/nonexistent".into(),
+        ..Default::default()
+    };
+    let mut h = Hypervisor::with_hypervisor(Flavour::StratoVirt, hv, "stubborn", &dir);
+    h.set_timeouts(Timeouts {
+        stop: Duration::from_millis(300),
+        ..Timeouts::default()
+    });
+    h.start().expect("the fake VMM starts and negotiates");
+    let pid = h.pids()[0];
+    let t0 = std::time::Instant::now();
+    let status = h.stop().unwrap().expect("an exit status");
+    assert!(t0.elapsed() >= Duration::from_millis(300), "killed before the timeout");
+    assert_eq!(status.signal(), Some(libc::SIGKILL), "{status:?}");
+    assert!(h.pids().is_empty());
+    // Reaped: no zombie left under that pid.
+    assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists());
+    let _ = std::fs::remove_dir_all(&dir);
+}
