@@ -214,7 +214,10 @@ fn stop_kills_a_vmm_that_ignores_quit() {
     let pid = h.pids()[0];
     let t0 = std::time::Instant::now();
     let status = h.stop().unwrap().expect("an exit status");
-    assert!(t0.elapsed() >= Duration::from_millis(300), "killed before the timeout");
+    assert!(
+        t0.elapsed() >= Duration::from_millis(300),
+        "killed before the timeout"
+    );
     assert_eq!(status.signal(), Some(libc::SIGKILL), "{status:?}");
     assert!(h.pids().is_empty());
     // Reaped: no zombie left under that pid.
