@@ -38,17 +38,13 @@ fn block_disk_is_hotplugged_seen_by_the_guest_and_unplugged() {
         *b = (i as u8).wrapping_mul(13).wrapping_add(5);
     }
     std::fs::write(&img, &data).unwrap();
-    let mut child = altovirt()
+    let mut child = altovirt_with_qmp(&sock)
         .args(["-kernel", GUEST_ELF64, "-serial", "stdio"])
         .args([
             "-append",
             "guest.virtio=hotplug guest.exit=halt guest.hotplug.events=2",
         ])
-        .arg("-qmp")
-        .arg(format!("unix:{},server,nowait", sock.display()))
-        .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     let (tx, rx) = channel();
@@ -187,7 +183,7 @@ fn two_hundred_hotplug_cycles_leak_nothing() {
     let sock = dir.join("qmp.sock");
     let img = dir.join("disk.img");
     std::fs::write(&img, vec![0u8; 1 << 20]).unwrap();
-    let mut child = altovirt()
+    let mut child = altovirt_with_qmp(&sock)
         .args([
             "-kernel",
             GUEST_ELF64,
@@ -196,11 +192,7 @@ fn two_hundred_hotplug_cycles_leak_nothing() {
             "-append",
             "guest.exit=halt",
         ])
-        .arg("-qmp")
-        .arg(format!("unix:{},server,nowait", sock.display()))
-        .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     assert!(wait_for_path(&sock, Duration::from_secs(20)));

@@ -25,14 +25,10 @@ impl Vm {
     fn start_with_append(name: &str, append: &str, extra: &[&str]) -> Vm {
         let dir = scratch(name);
         let sock = dir.join("qmp.sock");
-        let child = altovirt()
+        let child = altovirt_with_qmp(&sock)
             .args(["-kernel", GUEST_ELF64, "-append", append, "-serial", "none"])
-            .arg("-qmp")
-            .arg(format!("unix:{},server,nowait", sock.display()))
             .args(extra)
-            .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::piped())
             .spawn()
             .expect("spawn altovirt");
         assert!(
@@ -237,17 +233,13 @@ fn system_reset_reboots_the_guest_in_place() {
     let sock = dir.join("qmp.sock");
     let img = dir.join("disk.img");
     std::fs::write(&img, vec![0x5au8; 1 << 20]).unwrap();
-    let mut child = altovirt()
+    let mut child = altovirt_with_qmp(&sock)
         .args(["-kernel", GUEST_PVH, "-smp", "2", "-serial", "stdio"])
         .args(["-append", "guest.virtio=blk guest.exit=halt"])
         .arg("-drive")
         .arg(format!("id=d0,file={},readonly=on", img.display()))
         .args(["-device", "virtio-blk-device,drive=d0"])
-        .arg("-qmp")
-        .arg(format!("unix:{},server,nowait", sock.display()))
-        .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     let mut console = child.stdout.take().unwrap();
@@ -308,7 +300,7 @@ fn stop_really_stops_a_spinning_vcpu() {
     }
     let dir = scratch("qmp-spin");
     let sock = dir.join("qmp.sock");
-    let mut child = altovirt()
+    let mut child = altovirt_with_qmp(&sock)
         .args([
             "-kernel",
             GUEST_ELF64,
@@ -317,9 +309,6 @@ fn stop_really_stops_a_spinning_vcpu() {
             "-serial",
             "none",
         ])
-        .arg("-qmp")
-        .arg(format!("unix:{},server,nowait", sock.display()))
-        .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()

@@ -288,15 +288,11 @@ fn malformed_queues_leave_the_vmm_alive_and_serving_qmp() {
     let (img, sector0) = disk(&dir);
     let sock = dir.join("qmp.sock");
     let drive = format!("id=d0,file={}", img.display());
-    let mut child = altovirt()
+    let mut child = altovirt_with_qmp(&sock)
         .args(["-kernel", GUEST_ELF64, "-serial", "stdio"])
         .args(["-drive", &drive, "-device", "virtio-blk-device,drive=d0"])
         .args(["-append", "guest.virtio=blk-bad guest.exit=halt"])
-        .arg("-qmp")
-        .arg(format!("unix:{},server,nowait", sock.display()))
-        .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     let mut console = BufReader::new(child.stdout.take().unwrap());

@@ -15,6 +15,17 @@ pub fn altovirt() -> Command {
     Command::new(env!("CARGO_BIN_EXE_altovirt"))
 }
 
+/// `altovirt` serving QMP on `sock`, with stdin closed and stderr piped;
+/// the caller adds its flags and chooses stdout.
+pub fn altovirt_with_qmp(sock: &Path) -> Command {
+    let mut cmd = altovirt();
+    cmd.arg("-qmp")
+        .arg(format!("unix:{},server,nowait", sock.display()))
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped());
+    cmd
+}
+
 /// Tiny guest images built by build.rs.
 pub const GUEST_ELF64: &str = env!("ALTOVIRT_GUEST_ELF64");
 /// ELF with a PVH note.
