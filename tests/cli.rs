@@ -122,7 +122,7 @@ fn more_devices_than_irq_lines_is_refused() {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     assert_usage_error(
         &args,
-        "24 virtio devices configured (hotplug slots included), at most 19 fit",
+        "26 virtio devices configured (hotplug slots included), at most 19 fit",
     );
 }
 

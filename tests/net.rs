@@ -273,3 +273,210 @@ os.execv(args[0], args)
     assert!(out.stderr.contains("VM started"), "{}", out.stderr);
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// Opens `tap0` inside the namespace the way Kata's runtime opens a tap
+/// (IFF_TAP | IFF_NO_PI | IFF_VNET_HDR), from a thread that joined it.
+fn open_tap_in(ns: &Netns) -> std::os::fd::OwnedFd {
+    use std::os::fd::AsRawFd;
+    let path = format!("/var/run/netns/{}", ns.0);
+    std::thread::spawn(move || {
+        let nsf = std::fs::File::open(&path).expect("open netns");
+        // SAFETY: joins the namespace with a valid descriptor; only this
+        // short-lived thread is affected.
+        assert_eq!(
+            unsafe { libc::setns(nsf.as_raw_fd(), libc::CLONE_NEWNET) },
+            0
+        );
+        let tun = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/net/tun")
+            .expect("open /dev/net/tun");
+        let mut ifr = [0u8; 40];
+        ifr[..4].copy_from_slice(b"tap0");
+        ifr[16..18].copy_from_slice(&(0x0002u16 | 0x1000 | 0x4000).to_ne_bytes());
+        // SAFETY: TUNSETIFF with an ifreq-sized buffer.
+        let rc = unsafe { libc::ioctl(tun.as_raw_fd(), 0x4004_54ca, ifr.as_mut_ptr()) };
+        assert_eq!(rc, 0, "TUNSETIFF tap0");
+        std::os::fd::OwnedFd::from(tun)
+    })
+    .join()
+    .expect("tap thread")
+}
+
+/// Descriptors of `pid` that are open on /dev/net/tun.
+fn tun_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter(|l| l.to_str() == Some("/dev/net/tun"))
+        .count()
+}
+
+#[test]
+fn tap_is_hotplugged_into_a_net_slot_over_qmp_like_kata() {
+    use common::qmp_client::Client;
+    use serde_json::json;
+    use std::os::fd::AsRawFd;
+    use std::sync::mpsc::channel;
+
+    let Some(ns) = netns_usable("net_hotplug") else {
+        return;
+    };
+    let peer = ns.start_peer();
+    let dir = scratch("net-hotplug");
+    let sock = dir.join("qmp.sock");
+    let mut cmd = ns.exec(env!("CARGO_BIN_EXE_altovirt"));
+    cmd.arg("-qmp")
+        .arg(format!("unix:{},server,nowait", sock.display()))
+        .args(["-kernel", GUEST_ELF64, "-serial", "stdio"])
+        .args(["-machine", "microvm,net-slots=2"])
+        .args([
+            "-append",
+            "guest.virtio=net-hotplug guest.exit=halt guest.hotplug.wait=60",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped());
+    /// Kills the VMM if the test fails half-way (its guest halts, waiting).
+    struct KillOnDrop(std::process::Child);
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut child = KillOnDrop(cmd.spawn().unwrap());
+    let (tx, rx) = channel();
+    let console = child.0.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(console).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let wait_line = |needle: &str| -> String {
+        loop {
+            let line = rx
+                .recv_timeout(Duration::from_secs(60))
+                .unwrap_or_else(|_| panic!("guest never printed {needle:?}"));
+            if line.contains(needle) {
+                return line;
+            }
+        }
+    };
+    // Net slot 0 is a NIC with its cable out.
+    let ready = wait_line("nethp: ready");
+    assert!(ready.ends_with("status=0"), "{ready}");
+    let mut q = Client::negotiated(&sock);
+    let pid = child.0.id();
+
+    // Errors leave the VM unchanged.
+    let r = q.cmd(
+        "netdev_add",
+        json!({"type": "tap", "id": "tap0", "fds": "nope"}),
+    );
+    assert!(
+        r["error"]["desc"]
+            .as_str()
+            .unwrap()
+            .contains("'nope' has not been found"),
+        "{r}"
+    );
+    let r = q.cmd(
+        "device_add",
+        json!({"driver": "virtio-net-mmio", "id": "virtio-net0", "netdev": "tap0"}),
+    );
+    assert!(
+        r["error"]["desc"]
+            .as_str()
+            .unwrap()
+            .contains("can't find value 'tap0'"),
+        "{r}"
+    );
+
+    // Kata's sequence: getfd with the tap over SCM_RIGHTS, netdev_add by
+    // fd name, device_add with the MAC.
+    let tap = open_tap_in(&ns);
+    assert_eq!(
+        q.cmd_with_fd("getfd", json!({"fdname": "fdtap0"}), tap.as_raw_fd()),
+        json!({"return": {}})
+    );
+    drop(tap);
+    assert_eq!(
+        q.cmd(
+            "netdev_add",
+            json!({"type": "tap", "id": "tap0", "fds": "fdtap0"})
+        ),
+        json!({"return": {}})
+    );
+    assert_eq!(tun_fds(pid), 1);
+    let dup = q.cmd(
+        "netdev_add",
+        json!({"type": "tap", "id": "tap0", "ifname": "x"}),
+    );
+    assert!(
+        dup["error"]["desc"]
+            .as_str()
+            .unwrap()
+            .contains("Duplicate ID"),
+        "{dup}"
+    );
+    let out_of_range = q.cmd(
+        "device_add",
+        json!({"driver": "virtio-net-mmio", "id": "virtio-net0", "netdev": "tap0", "addr": "2"}),
+    );
+    assert!(
+        out_of_range["error"]["desc"]
+            .as_str()
+            .unwrap()
+            .contains("out of range"),
+        "{out_of_range}"
+    );
+    assert_eq!(
+        q.cmd(
+            "device_add",
+            json!({"driver": "virtio-net-mmio", "id": "virtio-net0", "netdev": "tap0",
+                   "mac": MAC, "addr": "0"})
+        ),
+        json!({"return": {}})
+    );
+    // The running driver sees the link come up with the new MAC, and
+    // frames cross the tap both ways.
+    assert_eq!(
+        wait_line("nethp: up"),
+        format!("nethp: up mac={MAC} config-irq=1")
+    );
+    assert_eq!(wait_line("nethp: tx"), "nethp: tx done");
+    assert_eq!(wait_line("rx"), "net: rx=altovirt-net-rx");
+    let peer = wait_with_timeout(peer, Duration::from_secs(30));
+    assert_eq!(peer.code(), 0, "peer: {peer:?}");
+
+    let busy = q.cmd("netdev_del", json!({"id": "tap0"}));
+    assert!(
+        busy["error"]["desc"].as_str().unwrap().contains("in use"),
+        "{busy}"
+    );
+    q.send(br#"{"execute":"device_del","arguments":{"id":"virtio-net0"}}"#);
+    assert_eq!(q.recv(), json!({"return": {}}));
+    let ev = q.recv();
+    assert_eq!(ev["event"], "DEVICE_DELETED", "{ev}");
+    assert_eq!(
+        ev["data"],
+        json!({"device": "virtio-net0", "path": "/machine/peripheral/virtio-net0"})
+    );
+    assert_eq!(wait_line("nethp: down"), "nethp: down config-irq=1");
+    wait_line("nethp: done");
+    // The tap stays with its netdev until netdev_del closes it.
+    assert_eq!(tun_fds(pid), 1);
+    assert_eq!(
+        q.cmd("netdev_del", json!({"id": "tap0"})),
+        json!({"return": {}})
+    );
+    assert_eq!(tun_fds(pid), 0);
+    let gone = q.cmd("netdev_del", json!({"id": "tap0"}));
+    assert_eq!(gone["error"]["class"], "DeviceNotFound", "{gone}");
+    assert_eq!(q.cmd("quit", json!({})), json!({"return": {}}));
+    assert!(child.0.wait().unwrap().success());
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -13,9 +13,67 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use qmp::{BlockdevAddArgs, BlockdevDriver, BlockdevRef, DeviceAddArgs, QmpError};
+use qmp::{BlockdevAddArgs, BlockdevDriver, BlockdevRef, DeviceAddArgs, FdLookup, QmpError};
 use serde_json::{json, Value};
 use virtio::block::{Block, BlockConfig};
+
+use crate::net_hotplug::{parse_slot_addr, NetHotplug};
+
+/// Everything QMP can plug: block and network slots, whose device ids
+/// share one namespace with the devices created at boot.
+pub struct Hotplug {
+    /// Block nodes and slots.
+    pub block: BlockHotplug,
+    /// Network back-ends and slots.
+    pub net: NetHotplug,
+}
+
+impl Hotplug {
+    /// `device_add`: dispatches on the driver.
+    pub fn device_add(&mut self, args: &DeviceAddArgs) -> Result<Value, QmpError> {
+        match args.driver.as_str() {
+            "virtio-blk-mmio" | "virtio-blk-device" => {
+                if let Some(id) = &args.id {
+                    if self.net.has_device(id) {
+                        return Err(generic(format!("Duplicate device ID '{id}'")));
+                    }
+                }
+                self.block.device_add(args)
+            }
+            "virtio-net-mmio" | "virtio-net-device" => {
+                let id = args
+                    .id
+                    .clone()
+                    .ok_or_else(|| generic("Parameter 'id' is missing"))?;
+                if self.block.has_device(&id) || self.net.has_device(&id) {
+                    return Err(generic(format!("Duplicate device ID '{id}'")));
+                }
+                self.net.device_add(&id, args)
+            }
+            other => Err(generic(format!(
+                "device_add: driver '{other}' cannot be hot-plugged into a microVM \
+                 (use virtio-blk-mmio or virtio-net-mmio)"
+            ))),
+        }
+    }
+
+    /// `device_del`: returns the QMP path of the removed device.
+    pub fn device_del(&mut self, id: &str) -> Result<String, QmpError> {
+        match self.net.device_del(id) {
+            Some(result) => result,
+            None => self.block.device_del(id),
+        }
+    }
+
+    /// `netdev_add`.
+    pub fn netdev_add(
+        &mut self,
+        args: &qmp::NetdevAddArgs,
+        fds: &mut dyn FdLookup,
+    ) -> Result<Value, QmpError> {
+        self.net.netdev_add(args, fds)
+    }
+}
 
 /// An image defined with `blockdev-add`.
 #[derive(Debug, Clone)]
@@ -98,6 +156,15 @@ impl BlockHotplug {
         }
     }
 
+    /// Whether a boot-time or hot-plugged block device has this id.
+    pub fn has_device(&self, id: &str) -> bool {
+        self.cold_ids.iter().any(|c| c == id)
+            || self
+                .slots
+                .iter()
+                .any(|s| s.device.as_ref().is_some_and(|d| d.0 == id))
+    }
+
     /// `blockdev-add`.
     pub fn blockdev_add(&mut self, args: &BlockdevAddArgs) -> Result<Value, QmpError> {
         let name = &args.node_name;
@@ -168,12 +235,7 @@ impl BlockHotplug {
             .id
             .clone()
             .ok_or_else(|| generic("Parameter 'id' is missing"))?;
-        if self.cold_ids.contains(&id)
-            || self
-                .slots
-                .iter()
-                .any(|s| s.device.as_ref().is_some_and(|d| d.0 == id))
-        {
+        if self.has_device(&id) {
             return Err(generic(format!("Duplicate device ID '{id}'")));
         }
         let drive = args
@@ -193,10 +255,7 @@ impl BlockHotplug {
         }
         let index = match &args.addr {
             Some(addr) => {
-                let parsed = addr
-                    .strip_prefix("0x")
-                    .map_or_else(|| addr.parse::<usize>(), |h| usize::from_str_radix(h, 16));
-                let index = parsed.map_err(|_| generic(format!("Invalid addr '{addr}'")))?;
+                let index = parse_slot_addr(addr)?;
                 match self.slots.get(index) {
                     None => {
                         return Err(generic(format!(

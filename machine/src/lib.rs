@@ -12,6 +12,7 @@ pub mod guest_image;
 pub mod hotplug;
 pub mod kvm_checks;
 pub mod legacy;
+pub mod net_hotplug;
 pub mod qmp_bridge;
 pub mod virtio_devices;
 
@@ -32,8 +33,9 @@ pub use error::MachineError;
 pub use events::{EventSender, VmEvent};
 pub use guest_image::KernelSource;
 use guest_image::{GuestImage, PlatformSnapshot};
-use hotplug::BlockHotplug;
+use hotplug::{BlockHotplug, Hotplug};
 use legacy::LegacyDevices;
+use net_hotplug::NetHotplug;
 use virtio_devices::VirtioDevices;
 
 /// Address of the 3-page region KVM needs for the TSS on Intel hosts
@@ -70,7 +72,7 @@ pub struct MicroVm {
     start_paused: bool,
     image: GuestImage,
     platform: PlatformSnapshot,
-    hotplug: Arc<Mutex<BlockHotplug>>,
+    hotplug: Arc<Mutex<Hotplug>>,
     vm: VmFd,
     _kvm: Kvm,
     mem: GuestMemoryMmap,
@@ -102,13 +104,17 @@ impl MicroVm {
             &mut mmio_bus,
             &cfg.devices,
             cfg.machine.blk_slots,
+            cfg.machine.net_slots,
             &cfg.iothreads,
             &cfg.iothread_of,
         )?;
-        let hotplug = Arc::new(Mutex::new(BlockHotplug::new(
-            virtio.take_slots(),
-            cfg.devices.iter().map(|d| d.id().to_string()).collect(),
-        )));
+        let hotplug = Arc::new(Mutex::new(Hotplug {
+            block: BlockHotplug::new(
+                virtio.take_slots(),
+                cfg.devices.iter().map(|d| d.id().to_string()).collect(),
+            ),
+            net: NetHotplug::new(virtio.take_net_slots()),
+        }));
         let image = GuestImage {
             kernel,
             initrd: cfg.boot.initrd.clone(),
@@ -187,8 +193,8 @@ impl MicroVm {
         self.sender.clone()
     }
 
-    /// Block hotplug state, for the QMP handler.
-    pub fn hotplug(&self) -> Arc<Mutex<BlockHotplug>> {
+    /// Hotplug state (block and network), for the QMP handler.
+    pub fn hotplug(&self) -> Arc<Mutex<Hotplug>> {
         self.hotplug.clone()
     }
 

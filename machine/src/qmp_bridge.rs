@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 
 use crate::control::{self, ControlRequest, LifecycleListener, VmShared, VmStatus};
 use crate::events::{EventSender, VmEvent};
-use crate::hotplug::BlockHotplug;
+use crate::hotplug::Hotplug;
 
 /// How long a QMP command waits for the control loop.
 const CONTROL_TIMEOUT: Duration = Duration::from_secs(30);
@@ -20,7 +20,7 @@ const CONTROL_TIMEOUT: Duration = Duration::from_secs(30);
 pub struct VmQmpHandler {
     shared: Arc<VmShared>,
     sender: EventSender,
-    hotplug: Arc<Mutex<BlockHotplug>>,
+    hotplug: Arc<Mutex<Hotplug>>,
     events: EventEmitter,
 }
 
@@ -30,7 +30,7 @@ impl VmQmpHandler {
     pub fn new(
         shared: Arc<VmShared>,
         sender: EventSender,
-        hotplug: Arc<Mutex<BlockHotplug>>,
+        hotplug: Arc<Mutex<Hotplug>>,
         events: EventEmitter,
     ) -> Self {
         Self {
@@ -41,7 +41,7 @@ impl VmQmpHandler {
         }
     }
 
-    fn hotplug(&self) -> MutexGuard<'_, BlockHotplug> {
+    fn hotplug(&self) -> MutexGuard<'_, Hotplug> {
         self.hotplug.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -118,7 +118,7 @@ impl VmQmpHandler {
 }
 
 impl QmpHandler for VmQmpHandler {
-    fn execute(&self, cmd: QmpCommand, _fds: &mut dyn FdLookup) -> Result<Value, QmpError> {
+    fn execute(&self, cmd: QmpCommand, fds: &mut dyn FdLookup) -> Result<Value, QmpError> {
         match cmd {
             QmpCommand::QueryStatus => {
                 let status = self.shared.status();
@@ -142,13 +142,13 @@ impl QmpHandler for VmQmpHandler {
             QmpCommand::QueryCpus => Ok(self.query_cpus()),
             QmpCommand::QueryCpusFast => Ok(self.query_cpus_fast()),
             QmpCommand::QueryHotpluggableCpus => Ok(self.query_hotpluggable_cpus()),
-            QmpCommand::BlockdevAdd(args) => self.hotplug().blockdev_add(&args),
-            QmpCommand::BlockdevDel { node_name } => self.hotplug().blockdev_del(&node_name),
-            QmpCommand::DeviceAdd(args) if args.driver.starts_with("virtio-blk") => {
-                self.hotplug().device_add(&args)
-            }
+            QmpCommand::BlockdevAdd(args) => self.hotplug().block.blockdev_add(&args),
+            QmpCommand::BlockdevDel { node_name } => self.hotplug().block.blockdev_del(&node_name),
+            QmpCommand::DeviceAdd(args) => self.hotplug().device_add(&args),
             QmpCommand::DeviceDel { id } => self.device_del(&id),
-            QmpCommand::QueryBlock => Ok(self.hotplug().query_block()),
+            QmpCommand::NetdevAdd(args) => self.hotplug().netdev_add(&args, fds),
+            QmpCommand::NetdevDel { id } => self.hotplug().net.netdev_del(&id),
+            QmpCommand::QueryBlock => Ok(self.hotplug().block.query_block()),
             other => Err(QmpError::not_supported(other.name())),
         }
     }

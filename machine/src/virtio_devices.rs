@@ -21,6 +21,7 @@ use virtio::{MmioTransport, VirtioDevice, MMIO_WINDOW_SIZE, NOTIFY_REG_OFFSET};
 
 use crate::error::MachineError;
 use crate::hotplug::Slot;
+use crate::net_hotplug::NetSlot;
 
 /// Offset of the virtio-mmio Status register.
 const STATUS_REG_OFFSET: u64 = 0x70;
@@ -43,6 +44,8 @@ pub struct VirtioDevices {
     cmdline: Vec<String>,
     /// Empty block devices for hotplug, in slot order.
     slots: Vec<Slot>,
+    /// Empty network devices for hotplug, in slot order.
+    net_slots: Vec<NetSlot>,
 }
 
 impl VirtioDevices {
@@ -54,11 +57,12 @@ impl VirtioDevices {
         mmio_bus: &mut Bus,
         configs: &[DeviceConfig],
         blk_slots: u8,
+        net_slots: u8,
         iothreads: &[String],
         iothread_of: &BTreeMap<String, String>,
     ) -> Result<Self, MachineError> {
         let max = (VIRTIO_IRQ_LAST - VIRTIO_IRQ_FIRST + 1) as usize;
-        let count = configs.len() + usize::from(blk_slots);
+        let count = configs.len() + usize::from(blk_slots) + usize::from(net_slots);
         if count > max {
             return Err(MachineError::TooManyDevices { count, max });
         }
@@ -79,6 +83,7 @@ impl VirtioDevices {
             transports: Vec::new(),
             cmdline: Vec::new(),
             slots: Vec::new(),
+            net_slots: Vec::new(),
         };
         for cfg in configs {
             let model = devices.model(cfg)?;
@@ -89,6 +94,18 @@ impl VirtioDevices {
             let id = format!("blk-slot{n}");
             let base = devices.place(vm, mem, mmio_bus, &id, block.clone())?;
             devices.slots.push(Slot::new(block, base));
+        }
+        for n in 0..net_slots {
+            let id = format!("net-slot{n}");
+            let net = Net::new_empty(&id, devices.event_loop.clone()).map_err(|e| {
+                MachineError::Virtio {
+                    id: id.clone(),
+                    reason: e.to_string(),
+                }
+            })?;
+            let net = Arc::new(Mutex::new(net));
+            let base = devices.place(vm, mem, mmio_bus, &id, net.clone())?;
+            devices.net_slots.push(NetSlot::new(net, base));
         }
         Ok(devices)
     }
@@ -140,9 +157,14 @@ impl VirtioDevices {
         Ok(base)
     }
 
-    /// The hotplug slots, taken once by the machine.
+    /// The block hotplug slots, taken once by the machine.
     pub fn take_slots(&mut self) -> Vec<Slot> {
         std::mem::take(&mut self.slots)
+    }
+
+    /// The network hotplug slots, taken once by the machine.
+    pub fn take_net_slots(&mut self) -> Vec<NetSlot> {
+        std::mem::take(&mut self.net_slots)
     }
 
     fn model(&self, cfg: &DeviceConfig) -> Result<Arc<Mutex<dyn VirtioDevice>>, MachineError> {

@@ -11,7 +11,9 @@
  *       parses it (size with an optional K/M/G suffix; numbers in decimal,
  *       0x hex or 0 octal)
  *   guest.virtio=<test>[,<test>...]  blk, rng, console, blk-bad, net, vsock,
- *                                    blkbench, hotplug (run in the order given)
+ *                                    blkbench, hotplug, net-hotplug (run in
+ *                                    the order given; net-hotplug is in
+ *                                    nethotplug.c)
  *   guest.blkwrite=1                 blk also writes, flushes and re-reads
  *                                    sector 1
  *   guest.vsockport=<n>              vsock: host port to connect to (1234
@@ -1749,6 +1751,8 @@ static void test_hotplug(void)
 			vdev_reset(hp_slots[i].b.dev);
 }
 
+#include "nethotplug.c"
+
 /* ---- Probe and dispatch ------------------------------------------------------ */
 
 static void virtio_probe(void)
@@ -1826,6 +1830,8 @@ static void virtio_run(void)
 			test_blkbench();
 		else if (name_is(t, len, "hotplug"))
 			test_hotplug();
+		else if (name_is(t, len, "net-hotplug"))
+			test_net_hotplug();
 		else if (len) {
 			puts_serial("virtio: unknown test ");
 			for (u32 i = 0; i < len; i++)

@@ -11,7 +11,7 @@ use super::size::{check_mem_size, parse_size, MIB};
 use super::validate::{
     check_file, check_max_vcpus, check_non_empty, parse_uuid, FileKind, MAX_VCPUS, MIN_VCPUS,
 };
-use super::{LogTarget, MachineConfig, SerialConfig, VmConfig, MAX_BLK_SLOTS};
+use super::{LogTarget, MachineConfig, SerialConfig, VmConfig, MAX_BLK_SLOTS, MAX_NET_SLOTS};
 
 /// What the command line asks the program to do.
 #[derive(Debug, Clone, PartialEq)]
@@ -33,7 +33,7 @@ Usage: altovirt [OPTIONS]
   -append CMDLINE       kernel command line; repeated pieces are joined with spaces
   -m [size=]N[K|M|G|T]  guest memory; a plain number is in MiB (default 256M, minimum 16M)
   -smp [cpus=]N[,maxcpus=M][,sockets=S,dies=D,clusters=C,cores=C,threads=T]  vCPUs, 1 to 254 (default 1)
-  -machine [type=]microvm[,dump-guest-core=on|off][,mem-share=on|off][,accel=kvm][,blk-slots=N]  machine options
+  -machine [type=]microvm[,dump-guest-core=on|off][,mem-share=on|off][,accel=kvm][,blk-slots=N][,net-slots=N]  machine options
   -name [guest=]NAME    guest name
   -uuid UUID            guest UUID (8-4-4-4-12 hexadecimal digits)
   -serial stdio|file:PATH|none|null  serial port backend (default stdio)
@@ -70,6 +70,7 @@ struct MachineFlags {
     dump_guest_core: Option<bool>,
     mem_share: Option<bool>,
     blk_slots: Option<u8>,
+    net_slots: Option<u8>,
 }
 
 /// Everything read from the command line; `None` means "not given".
@@ -257,7 +258,14 @@ fn parse_machine(value: &str) -> Result<MachineFlags, ConfigError> {
         "-machine",
         value,
         Some("type"),
-        &["type", "dump-guest-core", "mem-share", "accel", "blk-slots"],
+        &[
+            "type",
+            "dump-guest-core",
+            "mem-share",
+            "accel",
+            "blk-slots",
+            "net-slots",
+        ],
     )?;
     if let Some(kind) = list.get("type") {
         if kind != "microvm" {
@@ -285,10 +293,16 @@ fn parse_machine(value: &str) -> Result<MachineFlags, ConfigError> {
         .map(|v| parse_ranged("-machine blk-slots", v, 0, u64::from(MAX_BLK_SLOTS)))
         .transpose()?
         .map(|n| n as u8);
+    let net_slots = list
+        .get("net-slots")
+        .map(|v| parse_ranged("-machine net-slots", v, 0, u64::from(MAX_NET_SLOTS)))
+        .transpose()?
+        .map(|n| n as u8);
     Ok(MachineFlags {
         dump_guest_core: switch("dump-guest-core")?,
         mem_share: switch("mem-share")?,
         blk_slots,
+        net_slots,
     })
 }
 
@@ -358,6 +372,7 @@ fn merge(flags: Flags, file: FileConfig) -> Result<VmConfig, ConfigError> {
             .or(file.mem_share)
             .unwrap_or(defaults.mem_share),
         blk_slots: flags.machine.blk_slots.unwrap_or(defaults.blk_slots),
+        net_slots: flags.machine.net_slots.unwrap_or(defaults.net_slots),
     };
 
     let resolved = resolve_devices(

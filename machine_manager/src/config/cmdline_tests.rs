@@ -395,6 +395,7 @@ fn json_values_are_used() {
             dump_guest_core: false,
             mem_share: true,
             blk_slots: super::super::DEFAULT_BLK_SLOTS,
+            net_slots: super::super::DEFAULT_NET_SLOTS,
         }
     );
     assert_eq!(vm.serial, SerialConfig::None);
@@ -556,6 +557,21 @@ mod qmp_socket_tests {
             other => panic!("{other:?}"),
         }
     }
+}
+
+#[test]
+fn net_slots_option() {
+    let vm = run(&["-machine", "microvm,net-slots=0,blk-slots=1"]);
+    assert_eq!((vm.machine.net_slots, vm.machine.blk_slots), (0, 1));
+    let vm = run(&[]);
+    assert_eq!(vm.machine.net_slots, super::super::DEFAULT_NET_SLOTS);
+    let e = parse_cmdline(&["-machine".to_string(), "microvm,net-slots=9".to_string()])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.starts_with("-machine net-slots: 9 is out of range"),
+        "{e}"
+    );
 }
 
 #[test]

@@ -121,6 +121,9 @@ pub struct MachineConfig {
     /// Empty virtio-blk slots created at boot for QMP hotplug
     /// (`-machine microvm,blk-slots=N`).
     pub blk_slots: u8,
+    /// Empty virtio-net slots created at boot for QMP hotplug
+    /// (`-machine microvm,net-slots=N`).
+    pub net_slots: u8,
 }
 
 /// Default number of hotplug block slots (StratoVirt's microVM allows six
@@ -128,6 +131,11 @@ pub struct MachineConfig {
 pub const DEFAULT_BLK_SLOTS: u8 = 4;
 /// Most hotplug block slots (the IRQ lines are shared with every device).
 pub const MAX_BLK_SLOTS: u8 = 16;
+/// Default number of hotplug network slots (StratoVirt's microVM allows
+/// two NICs in all).
+pub const DEFAULT_NET_SLOTS: u8 = 2;
+/// Most hotplug network slots.
+pub const MAX_NET_SLOTS: u8 = 8;
 
 impl Default for MachineConfig {
     fn default() -> Self {
@@ -138,6 +146,7 @@ impl Default for MachineConfig {
             dump_guest_core: true,
             mem_share: false,
             blk_slots: DEFAULT_BLK_SLOTS,
+            net_slots: DEFAULT_NET_SLOTS,
         }
     }
 }

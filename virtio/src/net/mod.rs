@@ -9,6 +9,7 @@
 //! queue (which drops on overflow like any NIC), so the device never
 //! buffers without bound nor spins.
 
+mod hotplug;
 mod rxtx;
 mod tap;
 
@@ -21,6 +22,7 @@ use machine_manager::event_loop::EventLoop;
 use virtio_queue::Queue;
 use vmm_sys_util::eventfd::EventFd;
 
+pub use hotplug::{Unplugged, UNPLUGGED_NAME};
 pub use tap::{Tap, TapError, MAX_IFNAME_LEN, TUN_DEVICE};
 
 use crate::worker::{split_queues, QueueSet, Registrations};
@@ -90,6 +92,15 @@ pub enum NetError {
     /// [`Tap::open_named`] or [`Tap::from_fd`] with [`Net::new`]).
     #[error(transparent)]
     Tap(#[from] TapError),
+    /// A back-end is already plugged into this slot.
+    #[error("the slot already has a network back-end")]
+    SlotBusy,
+    /// No back-end is plugged into this slot.
+    #[error("the slot has no network back-end")]
+    SlotEmpty,
+    /// The placeholder back-end of an empty slot could not be created.
+    #[error("cannot create the empty-slot back-end: {0}")]
+    Backend(io::Error),
 }
 
 /// Options of a network device.
@@ -173,6 +184,8 @@ pub struct Net {
     acked_features: u64,
     event_loop: EventLoop,
     active: Option<Active>,
+    /// False for an empty hotplug slot.
+    plugged: bool,
 }
 
 impl Net {
@@ -214,6 +227,7 @@ impl Net {
             acked_features: 0,
             event_loop,
             active: None,
+            plugged: true,
         })
     }
 

@@ -145,6 +145,19 @@ impl NetWorker {
         }
     }
 
+    /// Replaces the back-end (hotplug). Returns the receive registration
+    /// of the old one for the caller to remove outside the worker lock;
+    /// the caller then calls [`NetWorker::start_reading`] again.
+    pub fn set_io(&mut self, io: Arc<dyn FrameIo>) -> Option<Token> {
+        self.io = io;
+        self.rx_token.take()
+    }
+
+    /// Tells the driver that the configuration space changed.
+    pub fn signal_config_change(&self) {
+        self.qs.interrupt.signal_config_change();
+    }
+
     /// Marks the worker stopped (device reset) and hands back the receive
     /// registration for the caller to remove outside the worker lock.
     pub fn stop(&mut self) -> Option<Token> {

@@ -549,3 +549,71 @@ fn parse_mac_accepts_only_unicast_colon_hex() {
         .to_string()
         .contains("multicast"));
 }
+
+#[test]
+fn empty_slot_gets_a_backend_then_loses_it() {
+    let mem = guest_memory();
+    let el = EventLoop::new("net-hotplug").unwrap();
+    let mut net = Net::new_empty("net-slot0", el.clone()).unwrap();
+    assert!(net.is_empty());
+    let mut cfg = [0u8; CONFIG_LEN];
+    net.read_config(0, &mut cfg);
+    assert_eq!(u16::from_le_bytes([cfg[6], cfg[7]]), 0, "link down");
+    assert!(net.features() & (1 << VIRTIO_NET_F_STATUS) != 0);
+    let (dev_end, host) = socketpair();
+    let mut r = Rig {
+        el: el.clone(),
+        net,
+        irq: Arc::new(Interrupt::new().unwrap()),
+        rx: MockSplitQueue::create(&mem, GuestAddress(0), QSIZE),
+        tx: MockSplitQueue::create(&mem, GuestAddress(0x10_0000), QSIZE),
+        rx_evt: EventFd::new(EFD_NONBLOCK).unwrap(),
+        tx_evt: EventFd::new(EFD_NONBLOCK).unwrap(),
+        host,
+    };
+    activate(&mut r, &mem);
+    // Nothing flows while empty: a transmitted frame is completed and dropped.
+    let mut data = vec![0; NET_HDR_LEN];
+    data.extend_from_slice(&frame(60, 1));
+    send_tx(&r, &mem, 0, &data, &[data.len()]);
+    assert!(wait_for(|| r.tx.used().idx().load() == 1));
+    assert!(host_recv(&r).is_none());
+    let generation = r.irq.config_generation();
+
+    let mac = [0x02, 0xaa, 0xbb, 0xcc, 0xdd, 0xee];
+    r.net
+        .attach(Arc::new(Seqpacket(dev_end)), Some(mac))
+        .unwrap();
+    assert!(!r.net.is_empty());
+    assert!(matches!(
+        r.net.attach(Arc::new(Unplugged::new().unwrap()), None),
+        Err(NetError::SlotBusy)
+    ));
+    r.net.read_config(0, &mut cfg);
+    assert_eq!(&cfg[0..6], &mac);
+    assert_eq!(u16::from_le_bytes([cfg[6], cfg[7]]), VIRTIO_NET_S_LINK_UP);
+    assert_eq!(r.irq.config_generation(), generation + 1);
+    assert_ne!(r.irq.status() & crate::VIRTIO_MMIO_INT_CONFIG, 0);
+    // Frames flow both ways through the plugged back-end.
+    send_tx(&r, &mem, 1, &data, &[data.len()]);
+    assert!(wait_for(|| r.tx.used().idx().load() == 2));
+    assert_eq!(host_recv(&r).unwrap(), frame(60, 1));
+    post_rx(&r, 0, 1526);
+    seq_send(&r.host, &frame(80, 4)).unwrap();
+    assert!(wait_for(|| r.rx.used().idx().load() == 1));
+    assert_eq!(rx_data(&mem, 0, 92).1, frame(80, 4));
+
+    let io = r.net.detach().unwrap();
+    assert_eq!(io.name(), "seqpacket");
+    // Handed back whole: the device and its worker hold no reference.
+    assert_eq!(Arc::strong_count(&io), 1);
+    assert!(matches!(r.net.detach(), Err(NetError::SlotEmpty)));
+    r.net.read_config(0, &mut cfg);
+    assert_eq!(u16::from_le_bytes([cfg[6], cfg[7]]), 0);
+    assert_eq!(r.irq.config_generation(), generation + 2);
+    // Dropping it closes it: the host end sees the peer gone.
+    drop(io);
+    let mut buf = [0u8; 16];
+    assert!(wait_for(|| matches!(seq_recv(&r.host, &mut buf), Ok(0))));
+    el.stop();
+}

@@ -1,0 +1,273 @@
+//! Network hotplug into pre-created slots: empty virtio-net devices with
+//! their link down, made at boot (`-machine microvm,net-slots=N`, default
+//! 2), as the block slots of [`crate::hotplug`].
+//!
+//! `netdev_add` opens a TAP back-end (a descriptor passed with `getfd`, or
+//! an interface by name); `device_add` plugs it into a free slot (or the
+//! one named by `addr`) with the MAC asked for, which brings the slot's
+//! link up; `device_del` takes the link down and hands the TAP back to its
+//! netdev; `netdev_del` closes it.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use qmp::{DeviceAddArgs, FdLookup, NetdevAddArgs, NetdevBackend, QmpError};
+use serde_json::{json, Value};
+use virtio::net::{parse_mac, FrameIo, Net, Tap};
+
+/// A back-end defined with `netdev_add`.
+struct Netdev {
+    /// The TAP, while no device uses it.
+    io: Option<Arc<dyn FrameIo>>,
+    /// Device id using it, if any.
+    user: Option<String>,
+}
+
+/// One pre-created network slot.
+pub struct NetSlot {
+    net: Arc<Mutex<Net>>,
+    base: u64,
+    /// Device id and netdev id, while filled.
+    device: Option<(String, String)>,
+}
+
+impl NetSlot {
+    /// A slot served by `net`, whose window starts at `base`.
+    pub fn new(net: Arc<Mutex<Net>>, base: u64) -> Self {
+        NetSlot {
+            net,
+            base,
+            device: None,
+        }
+    }
+}
+
+/// Network hotplug state: netdevs and slots.
+#[derive(Default)]
+pub struct NetHotplug {
+    netdevs: BTreeMap<String, Netdev>,
+    slots: Vec<NetSlot>,
+}
+
+fn generic(desc: impl Into<String>) -> QmpError {
+    QmpError::generic(desc)
+}
+
+/// Parses `addr` (slot index, decimal or `0x` hex).
+pub(crate) fn parse_slot_addr(addr: &str) -> Result<usize, QmpError> {
+    addr.strip_prefix("0x")
+        .map_or_else(|| addr.parse::<usize>(), |h| usize::from_str_radix(h, 16))
+        .map_err(|_| generic(format!("Invalid addr '{addr}'")))
+}
+
+impl NetHotplug {
+    /// State for `slots`, in slot order.
+    pub fn new(slots: Vec<NetSlot>) -> Self {
+        NetHotplug {
+            netdevs: BTreeMap::new(),
+            slots,
+        }
+    }
+
+    /// Whether a hot-plugged network device has this id.
+    pub fn has_device(&self, id: &str) -> bool {
+        self.slots
+            .iter()
+            .any(|s| s.device.as_ref().is_some_and(|d| d.0 == id))
+    }
+
+    /// `netdev_add`; descriptors named by `fd`/`fds` come from `getfd`.
+    pub fn netdev_add(
+        &mut self,
+        args: &NetdevAddArgs,
+        fds: &mut dyn FdLookup,
+    ) -> Result<Value, QmpError> {
+        let id = &args.id;
+        if self.netdevs.contains_key(id) {
+            return Err(generic(format!("Duplicate ID '{id}' for netdev")));
+        }
+        let NetdevBackend::Tap(tap) = &args.backend;
+        if tap.vhost == Some(true) || !tap.vhost_fd_names().is_empty() {
+            return Err(generic(format!(
+                "netdev '{id}': vhost-net is not supported; use vhost=off"
+            )));
+        }
+        if tap.queues.is_some_and(|q| q > 1) {
+            return Err(generic(format!(
+                "netdev '{id}': only one queue pair is supported (queues=1)"
+            )));
+        }
+        for (key, given) in [("script", &tap.script), ("downscript", &tap.downscript)] {
+            if given.as_deref().is_some_and(|s| s != "no") {
+                return Err(generic(format!(
+                    "netdev '{id}': {key} is not supported; configure the TAP before passing it"
+                )));
+            }
+        }
+        let names = tap.fd_names();
+        let opened = match (names.as_slice(), &tap.ifname) {
+            ([], None) => {
+                return Err(generic(format!(
+                    "netdev '{id}': one of 'fd', 'fds' or 'ifname' is required"
+                )))
+            }
+            ([_, _, ..], _) => {
+                return Err(generic(format!(
+                    "netdev '{id}': {} tap fds given; only one queue pair is supported",
+                    names.len()
+                )))
+            }
+            ([_], Some(_)) => {
+                return Err(generic(format!(
+                    "netdev '{id}': 'ifname' and 'fd'/'fds' are mutually exclusive"
+                )))
+            }
+            ([name], None) => {
+                let fd = fds.take_fd(name).ok_or_else(|| {
+                    generic(format!("File descriptor named '{name}' has not been found"))
+                })?;
+                Tap::from_fd(fd)
+            }
+            ([], Some(ifname)) => Tap::open_named(ifname),
+        }
+        .map_err(|e| generic(format!("netdev '{id}': {e}")))?;
+        log::info!("netdev '{id}' on TAP {}", opened.if_name());
+        self.netdevs.insert(
+            id.clone(),
+            Netdev {
+                io: Some(Arc::new(opened)),
+                user: None,
+            },
+        );
+        Ok(json!({}))
+    }
+
+    /// `netdev_del`: closes an unused back-end.
+    pub fn netdev_del(&mut self, id: &str) -> Result<Value, QmpError> {
+        match self.netdevs.get(id) {
+            None => Err(QmpError::device_not_found(format!(
+                "Device '{id}' not found"
+            ))),
+            Some(Netdev {
+                user: Some(dev), ..
+            }) => Err(generic(format!(
+                "netdev '{id}' is in use by device '{dev}'; device_del it first"
+            ))),
+            Some(_) => {
+                self.netdevs.remove(id);
+                Ok(json!({}))
+            }
+        }
+    }
+
+    /// `device_add` for virtio-net drivers; `id` is already checked unique.
+    pub fn device_add(&mut self, id: &str, args: &DeviceAddArgs) -> Result<Value, QmpError> {
+        if let Some(key) = args.other.keys().next() {
+            return Err(generic(format!(
+                "Property '{}.{key}' not found",
+                args.driver
+            )));
+        }
+        for (key, given) in [
+            ("drive", args.drive.is_some()),
+            ("serial", args.serial.is_some()),
+            ("logical_block_size", args.logical_block_size.is_some()),
+            ("physical_block_size", args.physical_block_size.is_some()),
+        ] {
+            if given {
+                return Err(generic(format!(
+                    "Property '{}.{key}' not found",
+                    args.driver
+                )));
+            }
+        }
+        let netdev_id = args
+            .netdev
+            .clone()
+            .ok_or_else(|| generic("Parameter 'netdev' is missing"))?;
+        let mac = args
+            .mac
+            .as_deref()
+            .map(parse_mac)
+            .transpose()
+            .map_err(|e| generic(format!("Property '{}.mac': {e}", args.driver)))?;
+        let netdev = self.netdevs.get(&netdev_id).ok_or_else(|| {
+            generic(format!(
+                "Property '{}.netdev' can't find value '{netdev_id}'",
+                args.driver
+            ))
+        })?;
+        if let Some(user) = &netdev.user {
+            return Err(generic(format!(
+                "netdev '{netdev_id}' is already in use by '{user}'"
+            )));
+        }
+        let index = match &args.addr {
+            Some(addr) => {
+                let index = parse_slot_addr(addr)?;
+                match self.slots.get(index) {
+                    None => {
+                        return Err(generic(format!(
+                            "addr {index} is out of range: this VM has {} network slots",
+                            self.slots.len()
+                        )))
+                    }
+                    Some(s) if s.device.is_some() => {
+                        return Err(generic(format!("Network slot {index} is already in use")))
+                    }
+                    Some(_) => index,
+                }
+            }
+            None => self
+                .slots
+                .iter()
+                .position(|s| s.device.is_none())
+                .ok_or_else(|| {
+                    generic(format!(
+                        "No free network slot (all {} in use)",
+                        self.slots.len()
+                    ))
+                })?,
+        };
+        let io = netdev
+            .io
+            .clone()
+            .ok_or_else(|| generic(format!("netdev '{netdev_id}' has no back-end")))?;
+        let slot = &mut self.slots[index];
+        slot.net
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .attach(io, mac)
+            .map_err(|e| generic(format!("Property '{}.mac': {e}", args.driver)))?;
+        slot.device = Some((id.to_string(), netdev_id.clone()));
+        if let Some(n) = self.netdevs.get_mut(&netdev_id) {
+            // The device holds the only other reference now.
+            n.io = None;
+            n.user = Some(id.to_string());
+        }
+        log::info!(
+            "hotplug: '{id}' ({netdev_id}) in network slot {index} at {:#x}",
+            slot.base
+        );
+        Ok(json!({}))
+    }
+
+    /// `device_del` of a network device; `None` if no slot holds `id`.
+    pub fn device_del(&mut self, id: &str) -> Option<Result<String, QmpError>> {
+        let slot = self
+            .slots
+            .iter_mut()
+            .find(|s| s.device.as_ref().is_some_and(|d| d.0 == id))?;
+        let io = match slot.net.lock().unwrap_or_else(|p| p.into_inner()).detach() {
+            Ok(io) => io,
+            Err(e) => return Some(Err(generic(e.to_string()))),
+        };
+        if let Some((_, netdev)) = slot.device.take() {
+            if let Some(n) = self.netdevs.get_mut(&netdev) {
+                n.user = None;
+                n.io = Some(io);
+            }
+        }
+        Some(Ok(format!("/machine/peripheral/{id}")))
+    }
+}
