@@ -197,7 +197,10 @@ fn sigterm(r: &mut Running) {
 /// family has `# HELP` and then `# TYPE` (once, before its samples), names
 /// and label names are valid, label values are quoted with escapes,
 /// values parse, series are unique, the text ends with a newline.
-fn parse_prometheus(t: &str) -> BTreeMap<String, Vec<(BTreeMap<String, String>, f64)>> {
+/// Samples by metric name: labels and value.
+type Exposition = BTreeMap<String, Vec<(BTreeMap<String, String>, f64)>>;
+
+fn parse_prometheus(t: &str) -> Exposition {
     fn name_ok(n: &str, colon: bool) -> bool {
         let mut c = n.chars();
         c.next()
@@ -207,7 +210,7 @@ fn parse_prometheus(t: &str) -> BTreeMap<String, Vec<(BTreeMap<String, String>, 
     assert!(t.ends_with('\n'), "no final newline");
     let mut help: BTreeMap<String, String> = BTreeMap::new();
     let mut kind: BTreeMap<String, String> = BTreeMap::new();
-    let mut out: BTreeMap<String, Vec<(BTreeMap<String, String>, f64)>> = BTreeMap::new();
+    let mut out = Exposition::new();
     let mut seen = std::collections::BTreeSet::new();
     for line in t.lines() {
         if let Some(r) = line.strip_prefix("# HELP ") {
