@@ -652,7 +652,17 @@ fn run_reports_start_failures_and_bad_ids() {
         "{err}"
     );
     assert!(o.stdout.is_empty());
-    assert!(!s.run_dir().join("fs").exists());
+    // The log the message points to is kept; the state is not.
+    let log = std::fs::read_to_string(s.run_dir().join("fs/vmm.stderr")).unwrap();
+    assert!(log.contains("vhost-user-fs-device"), "{log}");
+    assert!(!s.run_dir().join("fs/state.json").exists());
+    assert!(!s.run_dir().join("fs/qmp.socket").exists());
+    let st = shim(&[], &s.run_dir(), &["status", "--id", "fs"]);
+    assert!(
+        text(&st.stderr).contains("no sandbox fs"),
+        "{}",
+        text(&st.stderr)
+    );
     let o = shim(&[], &s.run_dir(), &["status", "--id", "../etc"]);
     assert!(
         text(&o.stderr).contains("invalid sandbox id"),

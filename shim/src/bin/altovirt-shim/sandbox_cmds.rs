@@ -196,6 +196,18 @@ pub fn run(config_file: Option<&Path>, run_dir: &Path, r: RunCmd) -> ExitCode {
     let remove_dir = || {
         let _ = std::fs::remove_dir_all(&dir);
     };
+    // After a failure the logs stay for inspection (the next run with this
+    // id replaces them); the state goes, so nothing reaches for the VM.
+    let keep_logs = || {
+        if let Ok(rd) = std::fs::read_dir(&dir) {
+            for e in rd.flatten() {
+                let n = e.file_name();
+                if !["vmm.stderr", "vmm.log", "console.log"].contains(&&*n.to_string_lossy()) {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+        }
+    };
     let mut h = Hypervisor::new(&cfg, &id, &dir);
     // No connection is held between operations: a client that never
     // reads would have its events queue up in the VMM.
@@ -213,7 +225,7 @@ pub fn run(config_file: Option<&Path>, run_dir: &Path, r: RunCmd) -> ExitCode {
         }
     }
     if let Err(e) = h.start() {
-        remove_dir();
+        keep_logs();
         return fail(CMD, e);
     }
     let state = h.sandbox_state(&cfg.file, std::process::id());
@@ -261,7 +273,9 @@ pub fn run(config_file: Option<&Path>, run_dir: &Path, r: RunCmd) -> ExitCode {
                 for l in tail.iter().rev() {
                     eprintln!("  {l}");
                 }
-                break ExitCode::FAILURE;
+                eprintln!("altovirt-shim: logs kept in {}", dir.display());
+                keep_logs();
+                return ExitCode::FAILURE;
             }
             Ok(None) => {}
             Err(e) => {
