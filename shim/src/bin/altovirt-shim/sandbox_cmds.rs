@@ -19,11 +19,19 @@ use shim::sandbox::{self, SandboxError, SandboxState};
 use shim::slots::SlotTable;
 use shim::{metrics, signals, tap};
 
+/// `eprintln!` that never panics: `run` must go on (and stop its VM) even
+/// if whoever started it closed its stderr.
+macro_rules! note {
+    ($($t:tt)*) => {{
+        let _ = writeln!(std::io::stderr(), $($t)*);
+    }};
+}
+
 /// Exit status for "not supported by this VMM".
 const EXIT_UNSUPPORTED: u8 = 3;
 
 fn fail(cmd: &str, e: impl std::fmt::Display) -> ExitCode {
-    eprintln!("altovirt-shim {cmd}: {e}");
+    note!("altovirt-shim {cmd}: {e}");
     ExitCode::FAILURE
 }
 
@@ -32,7 +40,7 @@ fn fail_driver(cmd: &str, e: DriverError) -> ExitCode {
         DriverError::Unsupported { .. } => ExitCode::from(EXIT_UNSUPPORTED),
         _ => ExitCode::FAILURE,
     };
-    eprintln!("altovirt-shim {cmd}: {e}");
+    note!("altovirt-shim {cmd}: {e}");
     code
 }
 
@@ -240,7 +248,7 @@ pub fn run(config_file: Option<&Path>, run_dir: &Path, r: RunCmd) -> ExitCode {
         let _ = writeln!(out, "{}", h.spec().qmp_socket().display());
         let _ = out.flush();
     }
-    eprintln!(
+    note!(
         "altovirt-shim: sandbox {id} running on {} (VMM pid {}, {}); state in {}",
         cfg.hypervisor.path,
         state.vmm_pid,
@@ -249,13 +257,11 @@ pub fn run(config_file: Option<&Path>, run_dir: &Path, r: RunCmd) -> ExitCode {
     );
     let code = loop {
         if let Some(sig) = signals::pending() {
-            eprintln!("altovirt-shim: signal {sig}: stopping sandbox {id}");
+            note!("altovirt-shim: signal {sig}: stopping sandbox {id}");
             break match h.stop() {
                 Ok(Some(s)) if s.code().is_some() => ExitCode::SUCCESS,
                 Ok(s) => {
-                    eprintln!(
-                        "altovirt-shim: the VMM did not exit after quit and was killed ({s:?})"
-                    );
+                    note!("altovirt-shim: the VMM did not exit after quit and was killed ({s:?})");
                     ExitCode::FAILURE
                 }
                 Err(e) => fail(CMD, e),
@@ -263,17 +269,17 @@ pub fn run(config_file: Option<&Path>, run_dir: &Path, r: RunCmd) -> ExitCode {
         }
         match h.try_wait() {
             Ok(Some(s)) if s.success() => {
-                eprintln!("altovirt-shim: sandbox {id}: the VM ended");
+                note!("altovirt-shim: sandbox {id}: the VM ended");
                 break ExitCode::SUCCESS;
             }
             Ok(Some(s)) => {
                 let log = std::fs::read_to_string(dir.join("vmm.stderr")).unwrap_or_default();
                 let tail: Vec<&str> = log.lines().rev().take(5).collect();
-                eprintln!("altovirt-shim: sandbox {id}: the VMM exited with {s}");
+                note!("altovirt-shim: sandbox {id}: the VMM exited with {s}");
                 for l in tail.iter().rev() {
-                    eprintln!("  {l}");
+                    note!("  {l}");
                 }
-                eprintln!("altovirt-shim: logs kept in {}", dir.display());
+                note!("altovirt-shim: logs kept in {}", dir.display());
                 keep_logs();
                 return ExitCode::FAILURE;
             }
