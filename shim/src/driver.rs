@@ -68,8 +68,8 @@ pub enum DriverError {
         /// The I/O error.
         source: io::Error,
     },
-    /// The operation is not supported by this VMM or flavour; the VMM was
-    /// not asked.
+    /// The operation is not supported: by the flavour (QEMU microvm has no
+    /// hotplug; the VMM is not asked), or by this VMM build (it said so).
     #[error("{what} is not supported by {flavour}")]
     Unsupported {
         /// The flavour (or VMM build).

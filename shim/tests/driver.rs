@@ -13,33 +13,15 @@ use shim::driver::{DriverError, Hypervisor, QmpMode, Timeouts};
 use shim::hotplug::{BlockDevice, DeviceKind, NetDevice, TapSource};
 use shim::slots::SlotError;
 
-fn target_debug() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    exe.parent().unwrap().parent().unwrap().to_path_buf()
-}
-
-fn altovirt() -> Option<PathBuf> {
-    let p = target_debug().join("altovirt");
-    p.is_file().then_some(p)
-}
-
-fn guest() -> Option<PathBuf> {
-    let build = target_debug().join("build");
-    std::fs::read_dir(build)
-        .ok()?
-        .filter_map(|e| e.ok())
-        .find_map(|e| {
-            let p = e.path().join("out/guest-pvh.elf");
-            (e.file_name().to_string_lossy().starts_with("altovirt-") && p.is_file()).then_some(p)
-        })
-}
+mod common;
+use common::{altovirt, guest};
 
 fn run_dir(name: &str) -> PathBuf {
     std::env::temp_dir().join(format!("shim-drv-{}-{name}", std::process::id()))
 }
 
 fn kernel() -> PathBuf {
-    guest().expect("test guest not built: run `cargo build -p altovirt` with the same target dir")
+    guest()
 }
 
 fn hv_for(flavour: Flavour, vmm: &Path) -> HypervisorConfig {

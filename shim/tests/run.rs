@@ -3,7 +3,6 @@
 //! QEMU microvm; then SIGTERM stops it cleanly (exit 0, VMM reaped, state
 //! directory removed).
 
-use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -12,25 +11,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+mod common;
+use common::{guest, parse_prometheus, target_debug, Netns};
+
 const BIN: &str = env!("CARGO_BIN_EXE_altovirt-shim");
-
-fn target_debug() -> PathBuf {
-    PathBuf::from(BIN).parent().unwrap().to_path_buf()
-}
-
-fn guest() -> PathBuf {
-    let build = target_debug().join("build");
-    std::fs::read_dir(build)
-        .ok()
-        .and_then(|rd| {
-            rd.filter_map(|e| e.ok()).find_map(|e| {
-                let p = e.path().join("out/guest-pvh.elf");
-                (e.file_name().to_string_lossy().starts_with("altovirt-") && p.is_file())
-                    .then_some(p)
-            })
-        })
-        .expect("test guest not built: run `cargo build -p altovirt` with the same target dir")
-}
 
 const QEMU: &str = "/usr/bin/qemu-system-x86_64";
 
@@ -191,94 +175,6 @@ fn sigterm(r: &mut Running) {
     let err = std::fs::read_to_string(&r.stderr).unwrap_or_default();
     assert!(status.success(), "{status:?}: {err}");
     assert!(err.contains("signal 15: stopping sandbox"), "{err}");
-}
-
-/// A parsed Prometheus text exposition, checked strictly: every sample's
-/// family has `# HELP` and then `# TYPE` (once, before its samples), names
-/// and label names are valid, label values are quoted with escapes,
-/// values parse, series are unique, the text ends with a newline.
-/// Samples by metric name: labels and value.
-type Exposition = BTreeMap<String, Vec<(BTreeMap<String, String>, f64)>>;
-
-fn parse_prometheus(t: &str) -> Exposition {
-    fn name_ok(n: &str, colon: bool) -> bool {
-        let mut c = n.chars();
-        c.next()
-            .is_some_and(|f| f.is_ascii_alphabetic() || f == '_' || (colon && f == ':'))
-            && c.all(|x| x.is_ascii_alphanumeric() || x == '_' || (colon && x == ':'))
-    }
-    assert!(t.ends_with('\n'), "no final newline");
-    let mut help: BTreeMap<String, String> = BTreeMap::new();
-    let mut kind: BTreeMap<String, String> = BTreeMap::new();
-    let mut out = Exposition::new();
-    let mut seen = std::collections::BTreeSet::new();
-    for line in t.lines() {
-        if let Some(r) = line.strip_prefix("# HELP ") {
-            let (n, h) = r.split_once(' ').unwrap_or((r, ""));
-            assert!(name_ok(n, true) && !h.is_empty(), "{line}");
-            assert!(
-                help.insert(n.into(), h.into()).is_none(),
-                "second HELP: {line}"
-            );
-            continue;
-        }
-        if let Some(r) = line.strip_prefix("# TYPE ") {
-            let (n, k) = r.split_once(' ').unwrap();
-            assert!(help.contains_key(n), "TYPE before HELP: {line}");
-            assert!(
-                ["counter", "gauge", "histogram", "summary", "untyped"].contains(&k),
-                "{line}"
-            );
-            assert!(!out.contains_key(n), "TYPE after samples: {line}");
-            assert!(
-                kind.insert(n.into(), k.into()).is_none(),
-                "second TYPE: {line}"
-            );
-            continue;
-        }
-        assert!(!line.starts_with('#') && !line.is_empty(), "{line:?}");
-        let (series, value) = line.rsplit_once(' ').unwrap();
-        let v: f64 = match value {
-            "+Inf" => f64::INFINITY,
-            "-Inf" => f64::NEG_INFINITY,
-            "NaN" => f64::NAN,
-            x => x.parse().unwrap_or_else(|_| panic!("bad value: {line}")),
-        };
-        let (name, labels) = match series.split_once('{') {
-            Some((n, rest)) => (n, rest.strip_suffix('}').expect(line)),
-            None => (series, ""),
-        };
-        assert!(name_ok(name, true), "{line}");
-        assert!(kind.contains_key(name), "sample without TYPE: {line}");
-        if kind[name] == "counter" {
-            assert!(name.ends_with("_total"), "{line}");
-        }
-        let mut map = BTreeMap::new();
-        let mut rest = labels;
-        while !rest.is_empty() {
-            let (k, after) = rest.split_once("=\"").expect(line);
-            assert!(name_ok(k, false), "{line}");
-            let mut val = String::new();
-            let mut chars = after.char_indices();
-            let end = loop {
-                match chars.next().expect(line) {
-                    (_, '\\') => match chars.next().expect(line).1 {
-                        'n' => val.push('\n'),
-                        c @ ('\\' | '"') => val.push(c),
-                        c => panic!("bad escape \\{c}: {line}"),
-                    },
-                    (i, '"') => break i,
-                    (_, c) => val.push(c),
-                }
-            };
-            assert!(map.insert(k.to_string(), val).is_none(), "{line}");
-            rest = &after[end + 1..];
-            rest = rest.strip_prefix(',').unwrap_or(rest);
-        }
-        assert!(seen.insert(series.to_string()), "duplicate series: {line}");
-        out.entry(name.into()).or_default().push((map, v));
-    }
-    out
 }
 
 fn vm_rss(pid: u32) -> f64 {
@@ -685,31 +581,6 @@ fn run_reports_start_failures_and_bad_ids() {
     );
 }
 
-/// A network namespace made for one test, deleted on drop.
-struct Netns(String);
-
-impl Netns {
-    fn create(test: &str) -> Option<Netns> {
-        let name = format!("shim{}{test}", std::process::id());
-        let ok = Command::new("ip")
-            .args(["netns", "add", &name])
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        ok.then_some(Netns(name))
-    }
-
-    fn prefix(&self) -> [&str; 4] {
-        ["ip", "netns", "exec", &self.0]
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
-}
-
 #[test]
 fn taps_at_boot_and_network_hotplug_in_a_netns() {
     let Some(ns) = Netns::create("tap") else {
@@ -838,4 +709,24 @@ fn a_vmm_orphaned_by_a_killed_run_is_stopped_by_stop() {
     ok(&shim(&[], &rd, &["stop", "--id", "orphan"]));
     assert!(!shim::sandbox::pid_alive(vmm));
     assert!(!rd.join("orphan").exists());
+}
+
+#[test]
+fn the_prometheus_checker_rejects_malformed_text() {
+    let good = "# HELP a_bytes A.\n# TYPE a_bytes gauge\na_bytes{x=\"1\\\"\"} 2\n";
+    assert_eq!(parse_prometheus(good)["a_bytes"][0].0["x"], "1\"");
+    for bad in [
+        "# HELP a A.\n# TYPE a gauge\na 1",             // no final newline
+        "# TYPE a gauge\na 1\n",                        // no HELP
+        "# HELP a A.\na 1\n",                           // no TYPE
+        "# HELP a A.\n# TYPE a gauge\na{x=1} 1\n",      // unquoted label
+        "# HELP a A.\n# TYPE a gauge\na{1x=\"1\"} 1\n", // bad label name
+        "# HELP a A.\n# TYPE a gauge\na one\n",         // bad value
+        "# HELP a A.\n# TYPE a counter\na 1\n",         // counter without _total
+        "# HELP a A.\n# TYPE a gauge\na 1\na 2\n",      // duplicate series
+        "# HELP a A.\n# TYPE a gauge\na 1\n# TYPE a gauge\n", // second TYPE
+    ] {
+        let r = std::panic::catch_unwind(|| parse_prometheus(bad));
+        assert!(r.is_err(), "accepted: {bad:?}");
+    }
 }
