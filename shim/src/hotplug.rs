@@ -82,13 +82,52 @@ pub struct Plugged {
 }
 
 /// True for the answers of a VMM that has no network hotplug: an unknown
-/// command, altovirt's "not supported yet", or no network slots.
+/// command, altovirt's "Command 'netdev_add' is not supported yet", or no
+/// network slots. (Other refusals, such as "vhost-net is not supported",
+/// are ordinary errors.)
 fn net_hotplug_missing(e: &QmpClientError) -> bool {
     match e {
         QmpClientError::Command { class, desc, .. } => {
-            class == "CommandNotFound" || desc.contains("not supported") || desc.contains("slot")
+            class == "CommandNotFound"
+                || desc.contains("is not supported yet")
+                || desc.contains("slot")
         }
         _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(class: &str, desc: &str) -> QmpClientError {
+        QmpClientError::Command {
+            command: "netdev_add".into(),
+            class: class.into(),
+            desc: desc.into(),
+        }
+    }
+
+    #[test]
+    fn which_answers_mean_no_network_hotplug() {
+        for (class, desc) in [
+            ("GenericError", "Command 'netdev_add' is not supported yet"),
+            (
+                "CommandNotFound",
+                "The command netdev_add has not been found",
+            ),
+            ("GenericError", "no network hotplug slots (net-slots=0)"),
+        ] {
+            assert!(net_hotplug_missing(&err(class, desc)), "{desc}");
+        }
+        for desc in [
+            "File descriptor named 'altovirt-shim-probe-none' has not been found",
+            "netdev 'n': vhost-net is not supported; use vhost=off",
+            "Duplicate ID 'n' for netdev",
+        ] {
+            assert!(!net_hotplug_missing(&err("GenericError", desc)), "{desc}");
+        }
+        assert!(!net_hotplug_missing(&QmpClientError::Closed));
     }
 }
 
