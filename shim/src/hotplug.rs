@@ -96,41 +96,6 @@ fn net_hotplug_missing(e: &QmpClientError) -> bool {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn err(class: &str, desc: &str) -> QmpClientError {
-        QmpClientError::Command {
-            command: "netdev_add".into(),
-            class: class.into(),
-            desc: desc.into(),
-        }
-    }
-
-    #[test]
-    fn which_answers_mean_no_network_hotplug() {
-        for (class, desc) in [
-            ("GenericError", "Command 'netdev_add' is not supported yet"),
-            (
-                "CommandNotFound",
-                "The command netdev_add has not been found",
-            ),
-            ("GenericError", "no network hotplug slots (net-slots=0)"),
-        ] {
-            assert!(net_hotplug_missing(&err(class, desc)), "{desc}");
-        }
-        for desc in [
-            "File descriptor named 'altovirt-shim-probe-none' has not been found",
-            "netdev 'n': vhost-net is not supported; use vhost=off",
-            "Duplicate ID 'n' for netdev",
-        ] {
-            assert!(!net_hotplug_missing(&err("GenericError", desc)), "{desc}");
-        }
-        assert!(!net_hotplug_missing(&QmpClientError::Closed));
-    }
-}
-
 /// Asks the VMM whether it has network hotplug, with a `netdev_add` that
 /// cannot succeed (its descriptor name was never given): a VMM without it
 /// answers `CommandNotFound`, "not supported yet" or "no slots"; one with
@@ -375,5 +340,40 @@ impl Hypervisor {
             kind: DeviceKind::Block,
             slot,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(class: &str, desc: &str) -> QmpClientError {
+        QmpClientError::Command {
+            command: "netdev_add".into(),
+            class: class.into(),
+            desc: desc.into(),
+        }
+    }
+
+    #[test]
+    fn which_answers_mean_no_network_hotplug() {
+        for (class, desc) in [
+            ("GenericError", "Command 'netdev_add' is not supported yet"),
+            (
+                "CommandNotFound",
+                "The command netdev_add has not been found",
+            ),
+            ("GenericError", "no network hotplug slots (net-slots=0)"),
+        ] {
+            assert!(net_hotplug_missing(&err(class, desc)), "{desc}");
+        }
+        for desc in [
+            "File descriptor named 'altovirt-shim-probe-none' has not been found",
+            "netdev 'n': vhost-net is not supported; use vhost=off",
+            "Duplicate ID 'n' for netdev",
+        ] {
+            assert!(!net_hotplug_missing(&err("GenericError", desc)), "{desc}");
+        }
+        assert!(!net_hotplug_missing(&QmpClientError::Closed));
     }
 }
