@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::config::{Flavour, HypervisorConfig};
+use crate::config::{Flavour, HypervisorConfig, DEFAULT_NET_SLOTS};
 
 /// File names inside a VM's run directory.
 pub mod files {
@@ -12,10 +12,40 @@ pub mod files {
     pub const QMP_SOCKET: &str = "qmp.socket";
     /// Serial console output.
     pub const CONSOLE_LOG: &str = "console.log";
+    /// virtio-console socket (`-chardev socket` of the `virtconsole`).
+    pub const CONSOLE_SOCKET: &str = "console.sock";
+    /// Hybrid vsock socket (altovirt's `vsock-device uds-path`; the name
+    /// Kata uses for Firecracker and Cloud Hypervisor).
+    pub const HYBRID_VSOCK: &str = "kata.hvsock";
+    /// vhost-user-fs socket (virtio-fs).
+    pub const VIRTIO_FS_SOCKET: &str = "vhost-fs.sock";
     /// VMM debug log (`-D`).
     pub const VMM_LOG: &str = "vmm.log";
     /// pid file.
     pub const PID_FILE: &str = "pid";
+}
+
+/// The virtio-fs mount tag Kata's agent mounts.
+pub const VIRTIO_FS_TAG: &str = "kataShared";
+
+/// A network device created at boot on a tap descriptor the VMM inherits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BootNet {
+    /// Device and netdev id (Kata uses the same for both).
+    pub id: String,
+    /// The tap descriptor (same number in the VMM).
+    pub tap_fd: i32,
+    /// Guest MAC address.
+    pub mac: String,
+}
+
+/// Devices that need descriptors or sockets made by the driver.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct BootDevices {
+    /// Taps, in order.
+    pub net: Vec<BootNet>,
+    /// `/dev/vhost-vsock` descriptor, when `vsock = "vhost"`.
+    pub vhost_vsock_fd: Option<i32>,
 }
 
 /// Everything the builders need for one VM.
@@ -29,6 +59,8 @@ pub struct VmSpec {
     pub run_dir: PathBuf,
     /// The hypervisor section.
     pub hv: HypervisorConfig,
+    /// Boot devices with descriptors.
+    pub devices: BootDevices,
 }
 
 impl VmSpec {
@@ -40,6 +72,21 @@ impl VmSpec {
     /// The console log path.
     pub fn console_log(&self) -> PathBuf {
         self.run_dir.join(files::CONSOLE_LOG)
+    }
+
+    /// The virtio-console socket path.
+    pub fn console_socket(&self) -> PathBuf {
+        self.run_dir.join(files::CONSOLE_SOCKET)
+    }
+
+    /// The hybrid vsock socket path (when `vsock = "hybrid"`).
+    pub fn hybrid_vsock(&self) -> PathBuf {
+        self.run_dir.join(files::HYBRID_VSOCK)
+    }
+
+    /// The vhost-user-fs socket path (when `shared_fs = "virtio-fs"`).
+    pub fn virtio_fs_socket(&self) -> PathBuf {
+        self.run_dir.join(files::VIRTIO_FS_SOCKET)
     }
 
     fn kernel_params(&self) -> String {
@@ -64,13 +111,10 @@ fn opt_path(p: &Path) -> String {
 
 /// A UUID-shaped string derived from `id` (stable, not random).
 pub fn uuid_for(id: &str) -> String {
-    // FNV-1a over the id, twice with different seeds, formatted as a v4-ish UUID.
-    let h = |seed: u64| {
-        id.bytes().fold(seed, |a, b| {
-            (a ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
-        })
-    };
-    let (a, b) = (h(0xcbf2_9ce4_8422_2325), h(0x8422_2325_cbf2_9ce4));
+    let (a, b) = (
+        fnv(id, 0xcbf2_9ce4_8422_2325),
+        fnv(id, 0x8422_2325_cbf2_9ce4),
+    );
     format!(
         "{:08x}-{:04x}-4{:03x}-8{:03x}-{:012x}",
         a >> 32,
@@ -79,6 +123,142 @@ pub fn uuid_for(id: &str) -> String {
         b >> 52,
         b & 0xffff_ffff_ffff
     )
+}
+
+/// FNV-1a over `id` from `seed`.
+fn fnv(id: &str, seed: u64) -> u64 {
+    id.bytes().fold(seed, |a, b| {
+        (a ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    })
+}
+
+/// A locally administered unicast MAC derived from `id` (stable).
+pub fn mac_for(id: &str) -> String {
+    let h = fnv(id, 0xcbf2_9ce4_8422_2325).to_be_bytes();
+    format!(
+        "02:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+        h[0], h[1], h[2], h[3], h[4]
+    )
+}
+
+/// How the two flavours spell the options the shared tail uses.
+struct Style {
+    /// Options of a listening `-chardev socket`.
+    server: &'static str,
+    /// `-drive` options of the read-only rootfs image, after `file=`.
+    rootfs_drive: &'static str,
+}
+
+const STRATOVIRT_STYLE: Style = Style {
+    server: "server,nowait",
+    rootfs_drive: "readonly=on,direct=off",
+};
+
+const QEMU_STYLE: Style = Style {
+    server: "server=on,wait=off",
+    rootfs_drive: "format=raw,if=none,readonly=on",
+};
+
+fn push(a: &mut Vec<String>, flag: &str, value: String) {
+    a.push(flag.into());
+    a.push(value);
+}
+
+/// The part both flavours share: initrd or rootfs image, entropy, the
+/// virtio console, vsock, taps, the serial log and the pid file.
+fn shared_tail(spec: &VmSpec, style: &Style, a: &mut Vec<String>) {
+    let hv = &spec.hv;
+    if !hv.initrd.is_empty() {
+        push(a, "-initrd", hv.initrd.clone());
+    }
+    if !hv.image.is_empty() {
+        push(
+            a,
+            "-drive",
+            format!(
+                "id=rootfs,file={},{}",
+                opt_path(Path::new(&hv.image)),
+                style.rootfs_drive
+            ),
+        );
+        push(
+            a,
+            "-device",
+            "virtio-blk-device,drive=rootfs,id=virtio-blk0".into(),
+        );
+    }
+    push(
+        a,
+        "-object",
+        format!(
+            "rng-random,id=objrng0,filename={}",
+            opt_path(Path::new(&hv.entropy_source))
+        ),
+    );
+    push(
+        a,
+        "-device",
+        "virtio-rng-device,rng=objrng0,id=virtio-rng0".into(),
+    );
+    // Kata's console: a virtio-serial controller with one virtconsole on a
+    // listening socket.
+    push(
+        a,
+        "-device",
+        "virtio-serial-device,id=virtio-serial0".into(),
+    );
+    push(
+        a,
+        "-chardev",
+        format!(
+            "socket,id=charconsole0,path={},{}",
+            opt_path(&spec.console_socket()),
+            style.server
+        ),
+    );
+    push(
+        a,
+        "-device",
+        "virtconsole,chardev=charconsole0,id=virtio-console0".into(),
+    );
+    match (hv.vsock.as_str(), spec.devices.vhost_vsock_fd) {
+        ("vhost", Some(fd)) => push(
+            a,
+            "-device",
+            format!(
+                "vhost-vsock-device,id=vsock-{},guest-cid={},vhostfd={fd}",
+                hv.guest_cid, hv.guest_cid
+            ),
+        ),
+        ("hybrid", _) => push(
+            a,
+            "-device",
+            format!(
+                "vsock-device,id=vsock0,guest-cid={},uds-path={}",
+                hv.guest_cid,
+                opt_path(&spec.hybrid_vsock())
+            ),
+        ),
+        _ => {}
+    }
+    for n in &spec.devices.net {
+        push(a, "-netdev", format!("tap,id={},fds={}", n.id, n.tap_fd));
+        push(
+            a,
+            "-device",
+            format!("virtio-net-device,netdev={0},id={0},mac={1}", n.id, n.mac),
+        );
+    }
+    push(
+        a,
+        "-serial",
+        format!("file:{}", spec.console_log().display()),
+    );
+    push(
+        a,
+        "-pidfile",
+        spec.run_dir.join(files::PID_FILE).display().to_string(),
+    );
 }
 
 /// The StratoVirt-flavour arguments (for altovirt).
@@ -104,45 +284,46 @@ pub fn stratovirt_args(spec: &VmSpec) -> Vec<String> {
         "-disable-seccomp".into(),
     ];
     let mut machine = String::from("type=microvm,dump-guest-core=off,mem-share=on");
+    machine.push_str(&format!(",blk-slots={}", hv.blk_slots));
+    // Only when it differs from altovirt's default, so that a VMM without
+    // network hotplug still accepts the default configuration.
+    if hv.net_slots != DEFAULT_NET_SLOTS {
+        machine.push_str(&format!(",net-slots={}", hv.net_slots));
+    }
     if !hv.machine_accelerators.is_empty() {
         machine.push(',');
         machine.push_str(&hv.machine_accelerators);
     }
-    a.extend(["-machine".into(), machine]);
-    if !hv.initrd.is_empty() {
-        a.extend(["-initrd".into(), hv.initrd.clone()]);
-    }
-    if !hv.image.is_empty() {
-        a.extend([
-            "-drive".into(),
+    push(&mut a, "-machine", machine);
+    shared_tail(spec, &STRATOVIRT_STYLE, &mut a);
+    if hv.shared_fs == "virtio-fs" {
+        // Kata's StratoVirt shape: the VMM listens, virtiofsd connects.
+        push(
+            &mut a,
+            "-chardev",
             format!(
-                "id=rootfs,file={},readonly=on,direct=off",
-                opt_path(Path::new(&hv.image))
+                "socket,id=virtio_fs,path={},server,nowait",
+                opt_path(&spec.virtio_fs_socket())
             ),
-            "-device".into(),
-            "virtio-blk-device,drive=rootfs,id=virtio-blk0".into(),
-        ]);
+        );
+        push(
+            &mut a,
+            "-device",
+            format!("vhost-user-fs-device,chardev=virtio_fs,tag={VIRTIO_FS_TAG},id=virtio-fs0"),
+        );
     }
-    a.extend([
-        "-object".into(),
-        format!(
-            "rng-random,id=objrng0,filename={}",
-            opt_path(Path::new(&hv.entropy_source))
-        ),
-        "-device".into(),
-        "virtio-rng-device,rng=objrng0,id=virtio-rng0".into(),
-        "-serial".into(),
-        format!("file:{}", spec.console_log().display()),
-        "-pidfile".into(),
-        spec.run_dir.join(files::PID_FILE).display().to_string(),
-    ]);
     a
 }
 
 /// The QEMU-flavour arguments (for `qemu-system-x86_64 -M microvm`).
 pub fn qemu_args(spec: &VmSpec) -> Vec<String> {
     let hv = &spec.hv;
+    let virtio_fs = hv.shared_fs == "virtio-fs";
     let mut machine = String::from("microvm,accel=kvm,acpi=off,x-option-roms=off,rtc=off");
+    if virtio_fs {
+        // vhost-user needs guest memory the daemon can map.
+        machine.push_str(",memory-backend=mem0");
+    }
     if !hv.machine_accelerators.is_empty() {
         machine.push(',');
         machine.push_str(&hv.machine_accelerators);
@@ -176,42 +357,45 @@ pub fn qemu_args(spec: &VmSpec) -> Vec<String> {
         "-append".into(),
         spec.kernel_params(),
     ];
-    if !hv.initrd.is_empty() {
-        a.extend(["-initrd".into(), hv.initrd.clone()]);
-    }
-    if !hv.image.is_empty() {
-        a.extend([
-            "-drive".into(),
+    shared_tail(spec, &QEMU_STYLE, &mut a);
+    if virtio_fs {
+        // Kata's qemu.go shape: QEMU connects to a running virtiofsd.
+        push(
+            &mut a,
+            "-object",
             format!(
-                "id=rootfs,file={},format=raw,if=none,readonly=on",
-                opt_path(Path::new(&hv.image))
+                "memory-backend-file,id=mem0,size={}M,mem-path=/dev/shm,share=on",
+                hv.default_memory
             ),
-            "-device".into(),
-            "virtio-blk-device,drive=rootfs,id=virtio-blk0".into(),
-        ]);
+        );
+        push(
+            &mut a,
+            "-chardev",
+            format!(
+                "socket,id=virtio_fs,path={}",
+                opt_path(&spec.virtio_fs_socket())
+            ),
+        );
+        push(
+            &mut a,
+            "-device",
+            format!(
+                "vhost-user-fs-device,chardev=virtio_fs,tag={VIRTIO_FS_TAG},id=virtio-fs0,queue-size=1024"
+            ),
+        );
     }
     a.extend([
-        "-object".into(),
-        format!(
-            "rng-random,id=objrng0,filename={}",
-            opt_path(Path::new(&hv.entropy_source))
-        ),
-        "-device".into(),
-        "virtio-rng-device,rng=objrng0,id=virtio-rng0".into(),
-        "-serial".into(),
-        format!("file:{}", spec.console_log().display()),
-        "-pidfile".into(),
-        spec.run_dir.join(files::PID_FILE).display().to_string(),
         "-nodefaults".into(),
         "-no-user-config".into(),
         "-nographic".into(),
         "-no-reboot".into(),
     ]);
     if hv.enable_debug {
-        a.extend([
-            "-D".into(),
+        push(
+            &mut a,
+            "-D",
             spec.run_dir.join(files::VMM_LOG).display().to_string(),
-        ]);
+        );
     }
     a
 }
@@ -240,14 +424,24 @@ mod tests {
                 default_maxvcpus: 4,
                 default_memory: 512,
                 kernel_params: "guest.exit=halt".into(),
+                vsock: "none".into(),
                 ..Default::default()
             },
+            devices: BootDevices::default(),
         }
     }
 
     fn after<'a>(a: &'a [String], flag: &str) -> &'a str {
         let i = a.iter().position(|x| x == flag).unwrap();
         &a[i + 1]
+    }
+
+    /// Every value given with `flag`, in order.
+    fn all<'a>(a: &'a [String], flag: &str) -> Vec<&'a str> {
+        a.windows(2)
+            .filter(|w| w[0] == flag)
+            .map(|w| w[1].as_str())
+            .collect()
     }
 
     #[test]
@@ -262,7 +456,7 @@ mod tests {
         );
         assert_eq!(
             after(&a, "-machine"),
-            "type=microvm,dump-guest-core=off,mem-share=on"
+            "type=microvm,dump-guest-core=off,mem-share=on,blk-slots=4"
         );
         assert_eq!(after(&a, "-initrd"), "/i");
         assert_eq!(
@@ -270,11 +464,22 @@ mod tests {
             "rng-random,id=objrng0,filename=/dev/urandom"
         );
         assert_eq!(
-            after(&a, "-device"),
-            "virtio-rng-device,rng=objrng0,id=virtio-rng0"
+            all(&a, "-device"),
+            [
+                "virtio-rng-device,rng=objrng0,id=virtio-rng0",
+                "virtio-serial-device,id=virtio-serial0",
+                "virtconsole,chardev=charconsole0,id=virtio-console0",
+            ]
+        );
+        assert_eq!(
+            all(&a, "-chardev"),
+            ["socket,id=charconsole0,path=/run/vc/abc/console.sock,server,nowait"]
         );
         assert!(after(&a, "-append").ends_with("guest.exit=halt"));
         assert!(a.contains(&"-disable-seccomp".to_string()));
+        assert_eq!(after(&a, "-serial"), "file:/run/vc/abc/console.log");
+        assert_eq!(after(&a, "-pidfile"), "/run/vc/abc/pid");
+        assert!(!a.iter().any(|x| x.contains("vhost-user-fs")));
     }
 
     #[test]
@@ -283,6 +488,7 @@ mod tests {
         s.hv.cpu_features = "-arch-capabilities".into();
         let a = qemu_args(&s);
         assert!(after(&a, "-machine").starts_with("microvm,accel=kvm"));
+        assert!(!after(&a, "-machine").contains("slots"));
         assert_eq!(after(&a, "-cpu"), "host,pmu=off,-arch-capabilities");
         assert_eq!(after(&a, "-m"), "512M");
         assert_eq!(after(&a, "-smp"), "2,maxcpus=4");
@@ -290,11 +496,104 @@ mod tests {
             after(&a, "-qmp"),
             "unix:/run/vc/abc/qmp.socket,server=on,wait=off"
         );
+        assert_eq!(
+            all(&a, "-chardev"),
+            ["socket,id=charconsole0,path=/run/vc/abc/console.sock,server=on,wait=off"]
+        );
         assert!(a.contains(&"-nodefaults".to_string()));
     }
 
     #[test]
-    fn commas_escaped_and_uuid_stable() {
+    fn both_flavours_share_the_tail() {
+        // initrd → rng → console → vsock → net → serial → pidfile, in the
+        // same words except the socket server options.
+        let mut s = spec();
+        s.hv.vsock = "vhost".into();
+        s.devices.vhost_vsock_fd = Some(7);
+        s.devices.net.push(BootNet {
+            id: "eth0".into(),
+            tap_fd: 9,
+            mac: "02:00:00:00:00:01".into(),
+        });
+        let tail = |a: Vec<String>| {
+            let i = a.iter().position(|x| x == "-initrd").unwrap();
+            let j = a.iter().position(|x| x == "-pidfile").unwrap();
+            a[i..j + 2]
+                .join(" ")
+                .replace("server=on,wait=off", "server,nowait")
+        };
+        let sv = tail(stratovirt_args(&s));
+        assert_eq!(sv, tail(qemu_args(&s)));
+        assert_eq!(
+            sv,
+            "-initrd /i -object rng-random,id=objrng0,filename=/dev/urandom \
+             -device virtio-rng-device,rng=objrng0,id=virtio-rng0 \
+             -device virtio-serial-device,id=virtio-serial0 \
+             -chardev socket,id=charconsole0,path=/run/vc/abc/console.sock,server,nowait \
+             -device virtconsole,chardev=charconsole0,id=virtio-console0 \
+             -device vhost-vsock-device,id=vsock-3,guest-cid=3,vhostfd=7 \
+             -netdev tap,id=eth0,fds=9 \
+             -device virtio-net-device,netdev=eth0,id=eth0,mac=02:00:00:00:00:01 \
+             -serial file:/run/vc/abc/console.log -pidfile /run/vc/abc/pid"
+        );
+    }
+
+    #[test]
+    fn hybrid_vsock_slots_and_rootfs_image() {
+        let mut s = spec();
+        s.hv.vsock = "hybrid".into();
+        s.hv.guest_cid = 42;
+        s.hv.blk_slots = 0;
+        s.hv.net_slots = 3;
+        s.hv.initrd.clear();
+        s.hv.image = "/img,x".into();
+        let a = stratovirt_args(&s);
+        assert_eq!(
+            after(&a, "-machine"),
+            "type=microvm,dump-guest-core=off,mem-share=on,blk-slots=0,net-slots=3"
+        );
+        assert!(all(&a, "-device")
+            .contains(&"vsock-device,id=vsock0,guest-cid=42,uds-path=/run/vc/abc/kata.hvsock"));
+        assert_eq!(
+            after(&a, "-drive"),
+            "id=rootfs,file=/img,,x,readonly=on,direct=off"
+        );
+        let q = qemu_args(&s);
+        assert_eq!(
+            after(&q, "-drive"),
+            "id=rootfs,file=/img,,x,format=raw,if=none,readonly=on"
+        );
+        // vhost without a descriptor yet (before start) adds nothing.
+        s.hv.vsock = "vhost".into();
+        assert!(!stratovirt_args(&s).iter().any(|x| x.contains("vsock")));
+    }
+
+    #[test]
+    fn virtio_fs_only_when_configured() {
+        let mut s = spec();
+        s.hv.shared_fs = "virtio-fs".into();
+        let a = stratovirt_args(&s);
+        assert_eq!(
+            all(&a, "-chardev")[1],
+            "socket,id=virtio_fs,path=/run/vc/abc/vhost-fs.sock,server,nowait"
+        );
+        assert_eq!(
+            *all(&a, "-device").last().unwrap(),
+            "vhost-user-fs-device,chardev=virtio_fs,tag=kataShared,id=virtio-fs0"
+        );
+        let q = qemu_args(&s);
+        assert!(after(&q, "-machine").contains(",memory-backend=mem0"));
+        assert!(all(&q, "-object")
+            .contains(&"memory-backend-file,id=mem0,size=512M,mem-path=/dev/shm,share=on"));
+        assert!(all(&q, "-device").contains(
+            &"vhost-user-fs-device,chardev=virtio_fs,tag=kataShared,id=virtio-fs0,queue-size=1024"
+        ));
+        s.hv.shared_fs = "none".into();
+        assert!(!qemu_args(&s).iter().any(|x| x.contains("virtio_fs")));
+    }
+
+    #[test]
+    fn commas_escaped_uuid_and_mac_stable() {
         let mut s = spec();
         s.run_dir = PathBuf::from("/run/a,b");
         assert_eq!(
@@ -304,5 +603,9 @@ mod tests {
         assert_eq!(uuid_for("x"), uuid_for("x"));
         assert_ne!(uuid_for("x"), uuid_for("y"));
         assert_eq!(uuid_for("x").len(), 36);
+        let m = mac_for("sb/eth0");
+        assert_eq!(m, mac_for("sb/eth0"));
+        assert_ne!(m, mac_for("sb/eth1"));
+        assert!(m.starts_with("02:") && m.len() == 17, "{m}");
     }
 }

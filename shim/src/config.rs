@@ -26,6 +26,15 @@ pub const CONF_ENV: &str = "KATA_CONF_FILE";
 /// Most vCPUs altovirt supports.
 pub const MAX_VCPUS: u32 = 254;
 
+/// altovirt's default number of block hotplug slots.
+pub const DEFAULT_BLK_SLOTS: u32 = 4;
+
+/// altovirt's default number of network hotplug slots.
+pub const DEFAULT_NET_SLOTS: u32 = 2;
+
+/// Most hotplug slots of one kind altovirt creates.
+pub const MAX_HOTPLUG_SLOTS: u32 = 16;
+
 /// Configuration errors.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -106,6 +115,21 @@ pub struct HypervisorConfig {
     pub disable_vhost_net: bool,
     /// Use iothreads.
     pub enable_iothreads: bool,
+    /// altovirt-shim key (not Kata's): empty hotplug block slots altovirt
+    /// creates at boot (`-machine microvm,blk-slots=N`), at most
+    /// [`MAX_HOTPLUG_SLOTS`]. Only `[hypervisor.stratovirt]` uses it.
+    pub blk_slots: u32,
+    /// altovirt-shim key (not Kata's): hotplug network slots
+    /// (`-machine microvm,net-slots=N`), at most [`MAX_HOTPLUG_SLOTS`].
+    /// Only `[hypervisor.stratovirt]` uses it.
+    pub net_slots: u32,
+    /// altovirt-shim key (not Kata's): the guest's vsock. `vhost` (Kata's:
+    /// `/dev/vhost-vsock` opened by the shim and inherited by the VMM),
+    /// `hybrid` (altovirt's userspace vsock over unix sockets), `none`.
+    /// Empty means `hybrid` for stratovirt and `none` for qemu.
+    pub vsock: String,
+    /// altovirt-shim key (not Kata's): the guest's vsock context id.
+    pub guest_cid: u32,
 }
 
 impl Default for HypervisorConfig {
@@ -125,13 +149,19 @@ impl Default for HypervisorConfig {
             memory_slots: 10,
             block_device_driver: "virtio-mmio".into(),
             disable_block_device_use: false,
-            shared_fs: "virtio-fs".into(),
+            // Kata's default is virtio-fs, which needs a virtiofsd and a
+            // VMM with vhost-user-fs (altovirt refuses it today).
+            shared_fs: "none".into(),
             virtio_fs_daemon: String::new(),
             entropy_source: "/dev/urandom".into(),
             enable_debug: false,
             valid_hypervisor_paths: Vec::new(),
             disable_vhost_net: false,
             enable_iothreads: false,
+            blk_slots: DEFAULT_BLK_SLOTS,
+            net_slots: DEFAULT_NET_SLOTS,
+            vsock: String::new(),
+            guest_cid: 3,
         }
     }
 }
@@ -238,12 +268,37 @@ pub struct Configuration {
 }
 
 /// Which VMM a hypervisor section drives.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Flavour {
     /// altovirt (StratoVirt-style command line), `[hypervisor.stratovirt]`.
     StratoVirt,
     /// `qemu-system-x86_64 -M microvm`, `[hypervisor.qemu]`.
     Qemu,
+}
+
+impl Flavour {
+    /// The `[hypervisor.NAME]` section name.
+    pub fn section(self) -> &'static str {
+        match self {
+            Flavour::StratoVirt => "stratovirt",
+            Flavour::Qemu => "qemu",
+        }
+    }
+
+    /// The flavour of a section name.
+    pub fn from_section(name: &str) -> Option<Flavour> {
+        match name {
+            "stratovirt" => Some(Flavour::StratoVirt),
+            "qemu" => Some(Flavour::Qemu),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Flavour {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.section())
+    }
 }
 
 /// A loaded, validated configuration.
@@ -287,10 +342,19 @@ pub fn find_config(
 /// Finds the file with the standard lookup order ([`CONF_ENV`],
 /// [`SYSTEM_CONFIG_PATHS`]) and loads it.
 pub fn load_default(explicit: Option<&Path>) -> Result<LoadedConfig, ConfigError> {
+    load_default_select(explicit, None)
+}
+
+/// [`load_default`], choosing the `[hypervisor.SELECT]` section when given
+/// (see [`load_select`]).
+pub fn load_default_select(
+    explicit: Option<&Path>,
+    select: Option<Flavour>,
+) -> Result<LoadedConfig, ConfigError> {
     let env = std::env::var_os(CONF_ENV).map(PathBuf::from);
     let system: Vec<PathBuf> = SYSTEM_CONFIG_PATHS.iter().map(PathBuf::from).collect();
     let file = find_config(explicit, env.as_deref(), &system)?;
-    load(&file)
+    load_select(&file, select)
 }
 
 fn read_toml(file: &Path) -> Result<toml::Table, ConfigError> {
@@ -347,8 +411,16 @@ pub fn drop_ins(file: &Path) -> Vec<PathBuf> {
     v
 }
 
-/// Loads `file` and its drop-ins, then validates.
+/// Loads `file` and its drop-ins, then validates. The file must have
+/// exactly one `[hypervisor.*]` section.
 pub fn load(file: &Path) -> Result<LoadedConfig, ConfigError> {
+    load_select(file, None)
+}
+
+/// Loads `file` and its drop-ins, then validates. With `select`, that
+/// `[hypervisor.*]` section must exist and is the one used (others are
+/// ignored, not validated); without it there must be exactly one.
+pub fn load_select(file: &Path, select: Option<Flavour>) -> Result<LoadedConfig, ConfigError> {
     let mut origin = BTreeMap::new();
     let mut merged = toml::Table::new();
     merge(&mut merged, read_toml(file)?, "", file, &mut origin);
@@ -363,7 +435,7 @@ pub fn load(file: &Path) -> Result<LoadedConfig, ConfigError> {
                 file: extra.last().cloned().unwrap_or_else(|| file.to_path_buf()),
                 reason: e.message().to_string(),
             })?;
-    crate::config_validate::validate(file, extra, config, &origin)
+    crate::config_validate::validate(file, extra, config, &origin, select)
 }
 
 #[cfg(test)]

@@ -50,7 +50,10 @@ fn defaults_are_katas() {
     assert_eq!(h.machine_type, "microvm");
     assert_eq!(h.block_device_driver, "virtio-mmio");
     assert_eq!(h.entropy_source, "/dev/urandom");
-    assert_eq!(h.shared_fs, "virtio-fs");
+    // Not Kata's virtio-fs: see docs/shim.md.
+    assert_eq!(h.shared_fs, "none");
+    assert_eq!((h.blk_slots, h.net_slots, h.guest_cid), (4, 2, 3));
+    assert_eq!(h.vsock, "hybrid");
     assert!(!h.enable_debug);
     assert_eq!(c.config.agent["kata"].dial_timeout, 45);
     assert_eq!(c.config.runtime.internetworking_model, "tcfilter");
@@ -59,6 +62,38 @@ fn defaults_are_katas() {
     let q = load(&base(&d, "qemu", "default_vcpus = -1")).unwrap();
     assert_eq!(q.flavour, Flavour::Qemu);
     assert_eq!(q.hypervisor.default_vcpus, 1);
+    assert_eq!(q.hypervisor.vsock, "none");
+}
+
+#[test]
+fn hypervisor_selection() {
+    let d = dir("select");
+    let p = d.0.display().to_string();
+    let f = d.0.join("configuration.toml");
+    fs::write(
+        &f,
+        format!(
+            "[hypervisor.stratovirt]\npath = \"{p}/vmm\"\nkernel = \"{p}/vmlinux\"\n\
+             [hypervisor.qemu]\npath = \"/nonexistent/qemu\"\n"
+        ),
+    )
+    .unwrap();
+    // Two sections: one must be chosen; the other is not validated.
+    assert_eq!(invalid(load(&f)).1, "hypervisor");
+    let c = load_select(&f, Some(Flavour::StratoVirt)).unwrap();
+    assert_eq!(
+        (c.flavour, c.hypervisor_name.as_str()),
+        (Flavour::StratoVirt, "stratovirt")
+    );
+    assert_eq!(c.config.hypervisor.len(), 1);
+    assert_eq!(
+        invalid(load_select(&f, Some(Flavour::Qemu))).1,
+        "hypervisor.qemu.path"
+    );
+    let only = base(&d, "qemu", "");
+    let (_, key, reason) = invalid(load_select(&only, Some(Flavour::StratoVirt)));
+    assert_eq!(key, "hypervisor.stratovirt");
+    assert!(reason.contains("no [hypervisor.stratovirt]"), "{reason}");
 }
 
 #[test]
@@ -121,6 +156,12 @@ fn validation_errors_name_key_and_file() {
             "block_device_driver",
         ),
         ("shared_fs = \"nfs\"", "shared_fs"),
+        ("shared_fs = \"virtio-9p\"", "shared_fs"),
+        ("blk_slots = 17", "blk_slots"),
+        ("net_slots = 99", "net_slots"),
+        ("vsock = \"hybrid\"", "vsock"),
+        ("vsock = \"tcp\"", "vsock"),
+        ("guest_cid = 2", "guest_cid"),
         ("entropy_source = \"urandom\"", "entropy_source"),
         ("valid_hypervisor_paths = [\"/usr/bin/*\"]", "path"),
     ];
@@ -206,4 +247,7 @@ fn shipped_example_parses() {
     let c: Configuration = toml::from_str(text).unwrap();
     assert!(c.hypervisor.contains_key("stratovirt"));
     assert!(c.agent.contains_key("kata"));
+    let h = &c.hypervisor["stratovirt"];
+    assert_eq!(h.shared_fs, "none");
+    assert_eq!((h.blk_slots, h.net_slots), (4, 2));
 }

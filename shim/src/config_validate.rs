@@ -3,7 +3,9 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use crate::config::{ConfigError, Configuration, Flavour, LoadedConfig, MAX_VCPUS};
+use crate::config::{
+    ConfigError, Configuration, Flavour, LoadedConfig, MAX_HOTPLUG_SLOTS, MAX_VCPUS,
+};
 
 /// Matches `name` against a glob `pat` with `*` and `?`.
 pub fn glob_match(pat: &str, name: &str) -> bool {
@@ -39,6 +41,7 @@ pub(crate) fn validate(
     drop_ins: Vec<PathBuf>,
     mut config: Configuration,
     origin: &BTreeMap<String, PathBuf>,
+    select: Option<Flavour>,
 ) -> Result<LoadedConfig, ConfigError> {
     let err = |key: String, reason: String| ConfigError::Invalid {
         file: origin
@@ -48,6 +51,18 @@ pub(crate) fn validate(
         key,
         reason,
     };
+    if let Some(want) = select {
+        let name = want.section();
+        let Some(h) = config.hypervisor.remove(name) else {
+            let names: Vec<&String> = config.hypervisor.keys().collect();
+            return Err(err(
+                format!("hypervisor.{name}"),
+                format!("no [hypervisor.{name}] section (found {names:?})"),
+            ));
+        };
+        config.hypervisor.clear();
+        config.hypervisor.insert(name.to_string(), h);
+    }
     if config.hypervisor.len() != 1 {
         let names: Vec<&String> = config.hypervisor.keys().collect();
         return Err(err(
@@ -59,15 +74,11 @@ pub(crate) fn validate(
         return Err(err("hypervisor".into(), "no hypervisor section".into()));
     };
     let k = |f: &str| format!("hypervisor.{name}.{f}");
-    let flavour = match name.as_str() {
-        "stratovirt" => Flavour::StratoVirt,
-        "qemu" => Flavour::Qemu,
-        _ => {
-            return Err(err(
-                format!("hypervisor.{name}"),
-                "unknown hypervisor; use stratovirt (altovirt) or qemu".into(),
-            ))
-        }
+    let Some(flavour) = Flavour::from_section(&name) else {
+        return Err(err(
+            format!("hypervisor.{name}"),
+            "unknown hypervisor; use stratovirt (altovirt) or qemu".into(),
+        ));
     };
     if !h.path.starts_with('/') {
         return Err(err(
@@ -151,13 +162,56 @@ pub(crate) fn validate(
             ),
         ));
     }
-    if !matches!(
-        h.shared_fs.as_str(),
-        "virtio-fs" | "virtio-9p" | "none" | ""
-    ) {
+    match h.shared_fs.as_str() {
+        "virtio-fs" | "none" => {}
+        "" => h.shared_fs = "none".into(),
+        "virtio-9p" => {
+            return Err(err(
+                k("shared_fs"),
+                "virtio-9p is not supported on microvm by altovirt-shim; use virtio-fs or none"
+                    .into(),
+            ))
+        }
+        other => {
+            return Err(err(
+                k("shared_fs"),
+                format!("{other:?} is not virtio-fs, virtio-9p or none"),
+            ))
+        }
+    }
+    for (key, v) in [("blk_slots", h.blk_slots), ("net_slots", h.net_slots)] {
+        if v > MAX_HOTPLUG_SLOTS {
+            return Err(err(
+                k(key),
+                format!("{v} exceeds the {MAX_HOTPLUG_SLOTS} slots altovirt supports"),
+            ));
+        }
+    }
+    if h.vsock.is_empty() {
+        h.vsock = match flavour {
+            Flavour::StratoVirt => "hybrid".into(),
+            Flavour::Qemu => "none".into(),
+        };
+    }
+    match (h.vsock.as_str(), flavour) {
+        ("vhost" | "none", _) | ("hybrid", Flavour::StratoVirt) => {}
+        ("hybrid", Flavour::Qemu) => {
+            return Err(err(
+                k("vsock"),
+                "QEMU has no hybrid (userspace) vsock; use vhost or none".into(),
+            ))
+        }
+        (other, _) => {
+            return Err(err(
+                k("vsock"),
+                format!("{other:?} is not vhost, hybrid or none"),
+            ))
+        }
+    }
+    if !(3..u32::MAX).contains(&h.guest_cid) {
         return Err(err(
-            k("shared_fs"),
-            format!("{:?} is not virtio-fs, virtio-9p or none", h.shared_fs),
+            k("guest_cid"),
+            format!("{} is reserved; use 3 or more", h.guest_cid),
         ));
     }
     if !h.entropy_source.starts_with('/') {

@@ -3,13 +3,19 @@
 //! Lifecycle: [`Hypervisor::new`] (from a loaded configuration) →
 //! [`Hypervisor::start`] (launch, wait for the socket with 50 ms retries,
 //! greeting, negotiation) → [`Hypervisor::pause`] / [`Hypervisor::resume`]
-//! → [`Hypervisor::thread_ids`] → [`Hypervisor::stop`] (quit, wait, SIGKILL
-//! after a timeout, reap, remove the sockets). Both flavours share all of
-//! this; only the command line differs.
+//! → hotplug (see [`crate::hotplug`]) → [`Hypervisor::thread_ids`] →
+//! [`Hypervisor::stop`] (quit, wait, SIGKILL after a timeout, reap, remove
+//! the sockets). Both flavours share all of this; only the command line
+//! differs.
+//!
+//! A VMM started by another process (`altovirt-shim run`) is driven with
+//! [`Hypervisor::attach`] from its saved [`SandboxState`].
 
 use std::collections::BTreeMap;
 use std::fs;
 use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::thread;
@@ -17,9 +23,11 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::cmdline::{build_args, files, uuid_for, VmSpec};
+use crate::cmdline::{build_args, files, mac_for, uuid_for, BootDevices, BootNet, VmSpec};
 use crate::config::{Flavour, HypervisorConfig, LoadedConfig};
 use crate::qmp_client::{QmpClient, QmpClientError};
+use crate::sandbox::SandboxState;
+use crate::slots::{SlotError, SlotTable};
 
 /// Driver errors.
 #[derive(Debug, thiserror::Error)]
@@ -41,13 +49,40 @@ pub enum DriverError {
         source: io::Error,
     },
     /// The VMM exited while starting.
-    #[error("the VMM exited during start-up ({status}); see {log}")]
+    #[error("the VMM exited during start-up ({status}): {last_error} (see {log})")]
     EarlyExit {
         /// Its exit status.
         status: ExitStatus,
         /// Where its output went.
         log: PathBuf,
+        /// The last line it printed.
+        last_error: String,
     },
+    /// A host device the configuration needs could not be opened.
+    #[error("cannot open {path} (needed by {what}): {source}")]
+    HostDevice {
+        /// The device node.
+        path: String,
+        /// The configuration that needs it.
+        what: String,
+        /// The I/O error.
+        source: io::Error,
+    },
+    /// The operation is not supported: by the flavour (QEMU microvm has no
+    /// hotplug; the VMM is not asked), or by this VMM build (it said so).
+    #[error("{what} is not supported by {flavour}")]
+    Unsupported {
+        /// The flavour (or VMM build).
+        flavour: String,
+        /// The operation.
+        what: String,
+    },
+    /// A hotplug slot problem (full, out of range, unknown device...).
+    #[error(transparent)]
+    Slot(#[from] SlotError),
+    /// The operation is only possible before `start`.
+    #[error("{0} must be configured before start")]
+    Started(&'static str),
     /// The operation needs a running VM.
     #[error("the VM is not running")]
     NotRunning,
@@ -89,6 +124,9 @@ pub struct Timeouts {
     pub command: Duration,
     /// Waiting for the VMM to exit after `quit` before SIGKILL.
     pub stop: Duration,
+    /// Each event wait (`DEVICE_DELETED` after `device_del`: Kata's own
+    /// wait has no limit, ours does).
+    pub event: Duration,
 }
 
 impl Default for Timeouts {
@@ -97,15 +135,19 @@ impl Default for Timeouts {
             start: Duration::from_secs(10),
             command: Duration::from_secs(5),
             stop: Duration::from_secs(5),
+            event: Duration::from_secs(5),
         }
     }
 }
 
 /// What the driver supports.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct Capabilities {
-    /// Block device hotplug (not yet).
+    /// Block device hotplug (altovirt, into `blk_slots`).
     pub block_device_hotplug: bool,
+    /// Network device hotplug (altovirt, into `net_slots`; the VMM build
+    /// must support it too, see [`Hypervisor::net_hotplug_supported`]).
+    pub net_device_hotplug: bool,
     /// Multiple queues.
     pub multi_queue: bool,
     /// Shared filesystem.
@@ -118,12 +160,18 @@ pub type VcpuThreadIds = BTreeMap<u32, i32>;
 /// A VM driven through its VMM's QMP socket.
 #[derive(Debug)]
 pub struct Hypervisor {
-    flavour: Flavour,
-    spec: VmSpec,
+    pub(crate) flavour: Flavour,
+    pub(crate) spec: VmSpec,
     mode: QmpMode,
-    timeouts: Timeouts,
+    pub(crate) timeouts: Timeouts,
     child: Option<Child>,
+    /// The pid of a VMM another process started (see [`Hypervisor::attach`]).
+    attached: Option<u32>,
     qmp: Option<QmpClient>,
+    /// Descriptors the VMM inherits (taps, vhost-vsock), kept until stop.
+    inherited: Vec<OwnedFd>,
+    pub(crate) blk: SlotTable,
+    pub(crate) net: SlotTable,
 }
 
 impl Hypervisor {
@@ -140,6 +188,10 @@ impl Hypervisor {
         id: &str,
         run_dir: &Path,
     ) -> Self {
+        let (nb, nn) = match flavour {
+            Flavour::StratoVirt => (hv.blk_slots as usize, hv.net_slots as usize),
+            Flavour::Qemu => (0, 0),
+        };
         Hypervisor {
             flavour,
             spec: VmSpec {
@@ -147,12 +199,82 @@ impl Hypervisor {
                 uuid: uuid_for(id),
                 run_dir: run_dir.to_path_buf(),
                 hv,
+                devices: BootDevices::default(),
             },
             mode: QmpMode::Persistent,
             timeouts: Timeouts::default(),
             child: None,
+            attached: None,
             qmp: None,
+            inherited: Vec::new(),
+            blk: SlotTable::new("blk", nb),
+            net: SlotTable::new("net", nn),
         }
+    }
+
+    /// A driver for a VMM started by another process, from its saved
+    /// state. It reconnects for every operation, as Kata does.
+    pub fn attach(state: &SandboxState) -> Self {
+        let mut h = Self::with_hypervisor(
+            state.flavour,
+            state.hypervisor.clone(),
+            &state.id,
+            &state.run_dir,
+        );
+        h.mode = QmpMode::ReconnectPerOperation;
+        h.attached = Some(state.vmm_pid);
+        h.blk = state.blk_slots.clone().with_kind("blk");
+        h.net = state.net_slots.clone().with_kind("net");
+        h
+    }
+
+    /// The state another process needs to [`attach`](Self::attach).
+    pub fn sandbox_state(&self, config_file: &Path, shim_pid: u32) -> SandboxState {
+        SandboxState {
+            id: self.spec.id.clone(),
+            flavour: self.flavour,
+            hypervisor: self.spec.hv.clone(),
+            config_file: config_file.to_path_buf(),
+            run_dir: self.spec.run_dir.clone(),
+            qmp_socket: self.spec.qmp_socket(),
+            vmm_pid: self.pids().first().copied().unwrap_or(0),
+            shim_pid,
+            blk_slots: self.blk.clone(),
+            net_slots: self.net.clone(),
+        }
+    }
+
+    /// The block slot table.
+    pub fn block_slots(&self) -> &SlotTable {
+        &self.blk
+    }
+
+    /// The network slot table.
+    pub fn net_slots(&self) -> &SlotTable {
+        &self.net
+    }
+
+    /// Adds a network device on `tap` (an open tap descriptor the VMM
+    /// inherits), created at boot: `-netdev tap,id=ID,fds=N -device
+    /// virtio-net-device,netdev=ID,id=ID,mac=MAC`. `mac` defaults to one
+    /// derived from the sandbox and device ids.
+    pub fn add_boot_net(
+        &mut self,
+        id: &str,
+        tap: OwnedFd,
+        mac: Option<&str>,
+    ) -> Result<(), DriverError> {
+        if self.child.is_some() || self.attached.is_some() {
+            return Err(DriverError::Started("a boot network device"));
+        }
+        let mac = mac.map_or_else(|| mac_for(&format!("{}/{id}", self.spec.id)), String::from);
+        self.spec.devices.net.push(BootNet {
+            id: id.into(),
+            tap_fd: tap.as_raw_fd(),
+            mac,
+        });
+        self.inherited.push(tap);
+        Ok(())
     }
 
     /// Sets the QMP mode.
@@ -191,19 +313,58 @@ impl Hypervisor {
             source,
         };
         fs::create_dir_all(dir).map_err(rd)?;
-        let _ = fs::remove_file(self.spec.qmp_socket());
+        for f in [
+            self.spec.qmp_socket(),
+            self.spec.console_socket(),
+            self.spec.hybrid_vsock(),
+            self.spec.virtio_fs_socket(),
+        ] {
+            let _ = fs::remove_file(f);
+        }
+        if self.spec.hv.vsock == "vhost" && self.spec.devices.vhost_vsock_fd.is_none() {
+            // As Kata does: the shim opens /dev/vhost-vsock and the VMM
+            // inherits the descriptor (vhostfd=N).
+            let f = fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open("/dev/vhost-vsock")
+                .map_err(|source| DriverError::HostDevice {
+                    path: "/dev/vhost-vsock".into(),
+                    what: "vsock = \"vhost\"".into(),
+                    source,
+                })?;
+            let fd = OwnedFd::from(f);
+            self.spec.devices.vhost_vsock_fd = Some(fd.as_raw_fd());
+            self.inherited.push(fd);
+        }
         let out = fs::File::create(dir.join("vmm.stderr")).map_err(rd)?;
         let err = out.try_clone().map_err(rd)?;
-        let child = Command::new(&self.spec.hv.path)
-            .args(self.args())
+        let keep: Vec<i32> = self.inherited.iter().map(AsRawFd::as_raw_fd).collect();
+        let mut cmd = Command::new(&self.spec.hv.path);
+        cmd.args(self.args())
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)
-            .spawn()
-            .map_err(|source| DriverError::Spawn {
-                path: self.spec.hv.path.clone(),
-                source,
-            })?;
+            // Its own process group: a terminal's ^C reaches the shim,
+            // which stops the VM cleanly, not the VMM directly.
+            .process_group(0);
+        // SAFETY: the closure only calls fcntl, which is async-signal-safe,
+        // on descriptors this process owns.
+        unsafe {
+            cmd.pre_exec(move || {
+                for &fd in &keep {
+                    let flags = libc::fcntl(fd, libc::F_GETFD);
+                    if flags < 0 || libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
+                        return Err(io::Error::last_os_error());
+                    }
+                }
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().map_err(|source| DriverError::Spawn {
+            path: self.spec.hv.path.clone(),
+            source,
+        })?;
         log::info!("started {} pid {}", self.spec.hv.path, child.id());
         self.child = Some(child);
         match self.wait_ready() {
@@ -223,9 +384,19 @@ impl Hypervisor {
             if let Some(c) = self.child.as_mut() {
                 if let Some(status) = c.try_wait().map_err(DriverError::Wait)? {
                     self.child = None;
+                    let log = self.spec.run_dir.join("vmm.stderr");
+                    let text = fs::read_to_string(&log).unwrap_or_default();
+                    let last_error = text
+                        .lines()
+                        .rev()
+                        .find(|l| !l.trim().is_empty())
+                        .unwrap_or("no output")
+                        .trim()
+                        .to_string();
                     return Err(DriverError::EarlyExit {
                         status,
-                        log: self.spec.run_dir.join("vmm.stderr"),
+                        log,
+                        last_error,
                     });
                 }
             }
@@ -253,23 +424,51 @@ impl Hypervisor {
         }
     }
 
+    /// True while the VMM is ours and running, or attached.
+    pub fn is_running(&self) -> bool {
+        self.child.is_some() || self.attached.is_some()
+    }
+
+    /// Notices a VMM that exited on its own: reaps it, cleans up and
+    /// returns its status (None while it runs, or if it is not ours).
+    pub fn try_wait(&mut self) -> Result<Option<ExitStatus>, DriverError> {
+        let Some(c) = self.child.as_mut() else {
+            return Ok(None);
+        };
+        match c.try_wait().map_err(DriverError::Wait)? {
+            Some(s) => {
+                self.child = None;
+                self.qmp = None;
+                self.cleanup();
+                Ok(Some(s))
+            }
+            None => Ok(None),
+        }
+    }
+
     /// Runs `f` with a QMP connection (the persistent one, or a new one).
-    fn with_qmp<T>(
+    /// A command or event error is returned as is; the caller maps it.
+    pub(crate) fn with_qmp_raw<T>(
+        &mut self,
+        f: impl FnOnce(&mut QmpClient, &Timeouts) -> Result<T, DriverError>,
+    ) -> Result<T, DriverError> {
+        if !self.is_running() {
+            return Err(DriverError::NotRunning);
+        }
+        let t = self.timeouts;
+        if let Some(c) = self.qmp.as_mut() {
+            return f(c, &t);
+        }
+        let mut c = QmpClient::connect(&self.spec.qmp_socket(), t.command, t.command)?;
+        f(&mut c, &t)
+    }
+
+    /// Runs `f` with a QMP connection (the persistent one, or a new one).
+    pub(crate) fn with_qmp<T>(
         &mut self,
         f: impl FnOnce(&mut QmpClient) -> Result<T, QmpClientError>,
     ) -> Result<T, DriverError> {
-        if self.child.is_none() {
-            return Err(DriverError::NotRunning);
-        }
-        if let Some(c) = self.qmp.as_mut() {
-            return Ok(f(c)?);
-        }
-        let mut c = QmpClient::connect(
-            &self.spec.qmp_socket(),
-            self.timeouts.command,
-            self.timeouts.command,
-        )?;
-        Ok(f(&mut c)?)
+        self.with_qmp_raw(|c, _| Ok(f(c)?))
     }
 
     /// Runs one QMP command.
@@ -337,24 +536,37 @@ impl Hypervisor {
         self.status().map(|_| ())
     }
 
-    /// What this driver supports in this slice.
+    /// What this driver supports with this flavour and configuration.
+    /// QEMU microvm has no hotplug at all; altovirt hotplugs into the slots
+    /// it creates at boot. Shared filesystems need vhost-user-fs, which
+    /// altovirt does not have yet.
     pub fn capabilities(&self) -> Capabilities {
+        let alto = self.flavour == Flavour::StratoVirt;
         Capabilities {
-            block_device_hotplug: false,
+            block_device_hotplug: alto && !self.blk.is_empty(),
+            net_device_hotplug: alto && !self.net.is_empty(),
             multi_queue: false,
-            fs_sharing: false,
+            fs_sharing: !alto && self.spec.hv.shared_fs == "virtio-fs",
         }
     }
 
     /// The VMM's pid (empty when not running).
     pub fn pids(&self) -> Vec<u32> {
-        self.child.iter().map(Child::id).collect()
+        self.child
+            .iter()
+            .map(Child::id)
+            .chain(self.attached)
+            .collect()
     }
 
     /// Stops the VM: `quit`, wait up to the stop timeout, SIGKILL, reap,
     /// remove the socket and pid file. Returns the exit status (None if it
     /// was not running).
     pub fn stop(&mut self) -> Result<Option<ExitStatus>, DriverError> {
+        if let Some(pid) = self.attached {
+            self.stop_attached(pid);
+            return Ok(None);
+        }
         if self.child.is_none() {
             return Ok(None);
         }
@@ -381,6 +593,24 @@ impl Hypervisor {
         Ok(status)
     }
 
+    /// Stops a VMM this process did not start: `quit`, wait for it to go
+    /// (its parent reaps it), SIGKILL after the stop timeout.
+    fn stop_attached(&mut self, pid: u32) {
+        if let Err(e) = self.qmp_execute("quit", None) {
+            log::warn!("quit failed ({e}); the VMM will be killed");
+        }
+        self.attached = None;
+        let deadline = Instant::now() + self.timeouts.stop;
+        while crate::sandbox::pid_alive(pid) {
+            if Instant::now() >= deadline {
+                // SAFETY: kill has no memory-safety preconditions.
+                unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+                break;
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     fn kill_and_reap(&mut self) -> Option<ExitStatus> {
         self.qmp = None;
         let mut c = self.child.take()?;
@@ -390,10 +620,19 @@ impl Hypervisor {
         s
     }
 
-    fn cleanup(&self) {
-        for f in [files::QMP_SOCKET, files::PID_FILE] {
+    fn cleanup(&mut self) {
+        for f in [
+            files::QMP_SOCKET,
+            files::PID_FILE,
+            files::CONSOLE_SOCKET,
+            files::HYBRID_VSOCK,
+            files::VIRTIO_FS_SOCKET,
+        ] {
             let _ = fs::remove_file(self.spec.run_dir.join(f));
         }
+        // The descriptors were for this VMM only.
+        self.inherited.clear();
+        self.spec.devices = BootDevices::default();
     }
 }
 

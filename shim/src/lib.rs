@@ -5,7 +5,12 @@
 //! - [`cmdline`]: the StratoVirt-flavour (altovirt) and QEMU-flavour
 //!   command-line builders;
 //! - [`driver`]: the [`driver::Hypervisor`] lifecycle (start, pause, resume,
-//!   thread ids, stop);
+//!   thread ids, stop, attach to a VMM another process started);
+//! - [`hotplug`]: block and network hotplug into altovirt's slots;
+//! - [`slots`]: the slot tables;
+//! - [`sandbox`]: per-sandbox state shared by `altovirt-shim` commands;
+//! - [`metrics`]: Prometheus text metrics of a sandbox;
+//! - [`tap`], [`signals`]: taps by name, and the stop signals of `run`;
 //! - [`host`]: host checks and facts for `altovirt-shim check` / `env`.
 //!
 //! See `docs/shim.md`.
@@ -19,3 +24,9 @@ pub use config_validate::glob_match;
 pub mod cmdline;
 pub mod driver;
 pub mod host;
+pub mod hotplug;
+pub mod metrics;
+pub mod sandbox;
+pub mod signals;
+pub mod slots;
+pub mod tap;

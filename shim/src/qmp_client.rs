@@ -239,9 +239,25 @@ impl QmpClient {
         name: &str,
         timeout: Duration,
     ) -> Result<QmpEvent, QmpClientError> {
+        self.wait_event_matching(name, |_| true, timeout)
+    }
+
+    /// Waits up to `timeout` for an event `name` whose `data` satisfies
+    /// `pred` (e.g. `DEVICE_DELETED` of one device). Other events stay
+    /// queued.
+    pub fn wait_event_matching(
+        &mut self,
+        name: &str,
+        pred: impl Fn(&Value) -> bool,
+        timeout: Duration,
+    ) -> Result<QmpEvent, QmpClientError> {
         let deadline = Instant::now() + timeout;
         loop {
-            if let Some(pos) = self.events.iter().position(|e| e.name == name) {
+            if let Some(pos) = self
+                .events
+                .iter()
+                .position(|e| e.name == name && pred(&e.data))
+            {
                 if let Some(ev) = self.events.remove(pos) {
                     return Ok(ev);
                 }

@@ -1,5 +1,10 @@
-//! `altovirt-shim`: host checks (`check`) and the effective configuration
-//! with host facts (`env`).
+//! `altovirt-shim`: host checks (`check`), the effective configuration
+//! with host facts (`env`), and sandbox VMs: `run` boots one and stays in
+//! the foreground; `status`, `hotplug`, `metrics` and `stop` reach it from
+//! other processes through its state in `RUN_DIR/ID/`.
+
+#[path = "altovirt-shim/sandbox_cmds.rs"]
+mod sandbox_cmds;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -17,6 +22,9 @@ struct Cli {
     /// /usr/share/defaults/altovirt/configuration.toml)
     #[argh(option)]
     config: Option<PathBuf>,
+    /// where sandbox directories live (default /run/altovirt-shim)
+    #[argh(option, default = "PathBuf::from(shim::sandbox::DEFAULT_RUN_DIR)")]
+    run_dir: PathBuf,
     #[argh(subcommand)]
     cmd: Sub,
 }
@@ -26,6 +34,11 @@ struct Cli {
 enum Sub {
     Check(CheckCmd),
     Env(EnvCmd),
+    Run(sandbox_cmds::RunCmd),
+    Status(sandbox_cmds::StatusCmd),
+    Hotplug(sandbox_cmds::HotplugCmd),
+    Metrics(sandbox_cmds::MetricsCmd),
+    Stop(sandbox_cmds::StopCmd),
 }
 
 /// Check that this host can run microVMs.
@@ -167,8 +180,14 @@ fn env(cli_config: Option<&Path>, e: EnvCmd) -> ExitCode {
 
 fn main() -> ExitCode {
     let cli: Cli = argh::from_env();
+    let rd = cli.run_dir.as_path();
     match cli.cmd {
         Sub::Check(c) => check(c),
         Sub::Env(e) => env(cli.config.as_deref(), e),
+        Sub::Run(r) => sandbox_cmds::run(cli.config.as_deref(), rd, r),
+        Sub::Status(s) => sandbox_cmds::status(rd, s),
+        Sub::Hotplug(h) => sandbox_cmds::hotplug(rd, h),
+        Sub::Metrics(m) => sandbox_cmds::metrics(rd, m),
+        Sub::Stop(s) => sandbox_cmds::stop(rd, s),
     }
 }
