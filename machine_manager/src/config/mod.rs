@@ -121,6 +121,9 @@ pub struct MachineConfig {
     /// Empty virtio-blk slots created at boot for QMP hotplug
     /// (`-machine microvm,blk-slots=N`).
     pub blk_slots: u8,
+    /// Describe the machine to the guest with ACPI tables
+    /// (`-machine microvm,acpi=on|off`).
+    pub acpi: bool,
 }
 
 /// Default number of hotplug block slots (StratoVirt's microVM allows six
@@ -138,6 +141,7 @@ impl Default for MachineConfig {
             dump_guest_core: true,
             mem_share: false,
             blk_slots: DEFAULT_BLK_SLOTS,
+            acpi: true,
         }
     }
 }
