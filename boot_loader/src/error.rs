@@ -65,6 +65,9 @@ pub enum BootError {
         /// The memory error.
         source: vm_memory::GuestMemoryError,
     },
+    /// The ACPI tables could not be built or written.
+    #[error("failed to write ACPI tables: {0}")]
+    Acpi(#[from] crate::acpi::AcpiError),
     /// Too many CPUs for the MP table.
     #[error("failed to write MP table: {0} CPUs is more than the 254 it can describe")]
     TooManyCpus(u8),

@@ -3,7 +3,9 @@
 //! Everything the VMM writes for the guest lives below 1 MiB, except the
 //! kernel (loaded at 1 MiB or its ELF addresses) and the initrd (placed as
 //! high as the kernel allows). `0x1000..0x6000` is left free so a guest can
-//! put an AP start-up trampoline there.
+//! put an AP start-up trampoline there. The ACPI tables (when enabled) live
+//! in the legacy BIOS area [`ACPI_START`]`..`[`ACPI_END`], which the e820
+//! map reports as reserved.
 
 /// GDT used at entry (4 descriptors: null, code, data, TSS).
 pub const BOOT_GDT_START: u64 = 0x500;
@@ -37,6 +39,12 @@ pub const ELF_CMDLINE_MAX: usize = 2048;
 /// Extended BIOS data area: the MP table goes here, and RAM reported to the
 /// guest below 1 MiB stops here.
 pub const EBDA_START: u64 = 0x9fc00;
+/// Start of the legacy BIOS area, reserved in the e820 map: the ACPI RSDP
+/// sits here (16-byte aligned, where a guest that scans for it looks) and
+/// the other ACPI tables follow it.
+pub const ACPI_START: u64 = 0xe_0000;
+/// End (exclusive) of the legacy BIOS area and of the ACPI tables.
+pub const ACPI_END: u64 = 0x10_0000;
 /// Where high memory (and the kernel) starts.
 pub const HIGH_MEMORY_START: u64 = 0x10_0000;
 /// IOAPIC MMIO base.

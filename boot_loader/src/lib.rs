@@ -2,11 +2,12 @@
 //!
 //! [`load_boot_source`] runs the whole sequence: load the kernel image
 //! (bzImage, ELF with a 64-bit entry, or ELF with a PVH note), check and
-//! write the command line, place the initrd, write the boot parameters
-//! (Linux zero page or PVH start info, both with the e820 map), the MP
-//! table, the GDT and the identity page tables. Every step's error names
-//! the step.
+//! write the command line, place the initrd, write the ACPI tables (unless
+//! ACPI is off), the boot parameters (Linux zero page or PVH start info,
+//! both with the e820 map and the RSDP address), the MP table, the GDT and
+//! the identity page tables. Every step's error names the step.
 
+pub mod acpi;
 pub mod error;
 pub mod kernel;
 pub mod layout;
@@ -19,6 +20,7 @@ use std::io::{Read, Seek};
 use address_space::GuestMemoryMmap;
 use vm_memory::{GuestAddress, ReadVolatile};
 
+pub use acpi::{AcpiError, AcpiLayout, MmioDeviceDesc};
 pub use error::BootError;
 pub use kernel::{EntryMode, LoadedKernel};
 
@@ -68,6 +70,8 @@ pub struct BootSource<'a, K: Read + ReadVolatile + Seek> {
     pub cmdline: &'a str,
     /// Number of vCPUs to list in the MP table.
     pub nr_cpus: u8,
+    /// What the ACPI tables describe; `None` writes no ACPI tables.
+    pub acpi: Option<&'a AcpiLayout>,
 }
 
 /// An initrd that can be copied into guest memory.
@@ -108,12 +112,16 @@ pub fn load_boot_source<K: Read + ReadVolatile + Seek>(
         Some(initrd) => Some(params::load_initrd(mem, &kernel, initrd)?),
         None => None,
     };
+    let rsdp = match source.acpi {
+        Some(layout) => Some(acpi::write_tables(mem, layout)?.0),
+        None => None,
+    };
     let protocol = match kernel.entry_mode {
         EntryMode::Long64 => BootProtocol::Linux64 {
-            zero_page: params::write_zero_page(mem, &kernel, source.cmdline, initrd)?,
+            zero_page: params::write_zero_page(mem, &kernel, source.cmdline, initrd, rsdp)?,
         },
         EntryMode::Pvh32 => BootProtocol::Pvh {
-            start_info: params::write_pvh_start_info(mem, initrd)?,
+            start_info: params::write_pvh_start_info(mem, initrd, rsdp)?,
         },
     };
     mptable::write_mptable(mem, source.nr_cpus)?;

@@ -1,6 +1,8 @@
 //! Intel MultiProcessor Specification 1.4 table: lists every vCPU's local
-//! APIC, the IOAPIC and the ISA interrupt routing, so a guest (Linux, or a
-//! test guest) can find and start the application processors.
+//! APIC, the IOAPIC and the interrupt routing of all 24 IOAPIC pins, so a
+//! guest without ACPI (Linux with `acpi=off`, or a test guest) can find and
+//! start the application processors and route the virtio IRQs, which go up
+//! to pin 23.
 
 use address_space::GuestMemoryMmap;
 use vm_memory::{Bytes, GuestAddress};
@@ -23,6 +25,11 @@ const INT_TYPE_NMI: u8 = 1;
 const INT_TYPE_EXTINT: u8 = 3;
 /// Legacy ISA interrupts routed through the IOAPIC.
 const ISA_IRQS: u8 = 16;
+/// Pins of the IOAPIC (KVM's has 24).
+const IOAPIC_PINS: u8 = 24;
+/// I/O interrupt flags: polarity active high (bits 0-1 = 01), trigger edge
+/// (bits 2-3 = 01). The virtio devices pulse their pin through an irqfd.
+const IRQ_EDGE_HIGH: u16 = 0x0005;
 /// Most CPUs an MP table can hold here (APIC ids 0..=253; 254 is the IOAPIC).
 pub const MAX_CPUS: u8 = 254;
 
@@ -30,9 +37,15 @@ fn checksum(bytes: &[u8]) -> u8 {
     bytes.iter().fold(0u8, |acc, b| acc.wrapping_sub(*b))
 }
 
+/// The IOAPIC's id: the first one after the local APICs `0..nr_cpus` (the
+/// MADT uses the same).
+pub fn ioapic_id(nr_cpus: u8) -> u8 {
+    nr_cpus
+}
+
 /// Builds the configuration table (header and entries), to sit at `table_addr`.
 fn build_config_table(nr_cpus: u8) -> Vec<u8> {
-    let ioapic_id = nr_cpus;
+    let ioapic_id = ioapic_id(nr_cpus);
     let mut entries: Vec<u8> = Vec::new();
     let mut count: u16 = 0;
     for cpu in 0..nr_cpus {
@@ -50,10 +63,16 @@ fn build_config_table(nr_cpus: u8) -> Vec<u8> {
     entries.extend_from_slice(&[ENTRY_IOAPIC, ioapic_id, IOAPIC_VERSION, 1]);
     entries.extend_from_slice(&(IOAPIC_START as u32).to_le_bytes());
     count += 1;
-    for irq in 0..ISA_IRQS {
+    for irq in 0..IOAPIC_PINS {
         // ISA IRQ 0 (the PIT) is wired to IOAPIC pin 2, as KVM routes GSI 0.
         let pin = if irq == 0 { 2 } else { irq };
-        entries.extend_from_slice(&[ENTRY_IOINT, INT_TYPE_INT, 0, 0, 0, irq, ioapic_id, pin]);
+        // ISA IRQs conform to the bus (flags 0: edge, active high). Pins
+        // 16-23 have no ISA IRQ of their own; they are listed on the same
+        // bus with the flags spelled out, so the guest sets up IRQ n on
+        // pin n, as `virtio_mmio.device=...:n` expects.
+        let flags = if irq < ISA_IRQS { 0 } else { IRQ_EDGE_HIGH };
+        let [f0, f1] = flags.to_le_bytes();
+        entries.extend_from_slice(&[ENTRY_IOINT, INT_TYPE_INT, f0, f1, 0, irq, ioapic_id, pin]);
         count += 1;
     }
     for (lint, kind) in [(0u8, INT_TYPE_EXTINT), (1u8, INT_TYPE_NMI)] {
@@ -144,6 +163,39 @@ mod tests {
         }
         assert_eq!(cpus, vec![0, 1, 2]);
         assert_eq!(bsp, 1);
+    }
+
+    /// (source IRQ, destination pin, flags) of every I/O interrupt entry.
+    fn io_interrupts(nr_cpus: u8) -> Vec<(u8, u8, u16)> {
+        let table = build_config_table(nr_cpus);
+        let (mut off, mut out) = (44, vec![]);
+        while off < table.len() {
+            match table[off] {
+                0 => off += 20,
+                ENTRY_IOINT => {
+                    assert_eq!(table[off + 4], 0, "source bus is ISA");
+                    assert_eq!(table[off + 6], ioapic_id(nr_cpus));
+                    let flags = u16::from_le_bytes([table[off + 2], table[off + 3]]);
+                    out.push((table[off + 5], table[off + 7], flags));
+                    off += 8
+                }
+                _ => off += 8,
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn every_ioapic_pin_is_routed_and_high_pins_are_edge_high() {
+        let ints = io_interrupts(2);
+        assert_eq!(ints.len(), 24);
+        assert_eq!(ints[0], (0, 2, 0), "PIT on pin 2");
+        for irq in 1..16u8 {
+            assert_eq!(ints[irq as usize], (irq, irq, 0));
+        }
+        for pin in 16..24u8 {
+            assert_eq!(ints[pin as usize], (pin, pin, 0x0005));
+        }
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! Boot parameter blocks: the command line, the initrd, the e820 map, and
-//! either the Linux zero page or the PVH start info that points at them.
+//! either the Linux zero page or the PVH start info that points at them
+//! (and at the ACPI RSDP, when there are ACPI tables).
 
 use address_space::memory::low_ram_end;
 use address_space::GuestMemoryMmap;
@@ -48,7 +49,9 @@ fn write<T: ByteValued>(
         .map_err(|source| BootError::GuestWrite { what, source })
 }
 
-/// The memory map given to the guest: (start, size, type).
+/// The memory map given to the guest: (start, size, type). Below 1 MiB:
+/// RAM up to the EBDA, the EBDA (MP table) reserved, and the BIOS area
+/// (ACPI tables) reserved; the VGA hole in between is not listed.
 pub fn e820_map(mem: &GuestMemoryMmap) -> Vec<(u64, u64, u32)> {
     let mut map = Vec::new();
     for region in mem.iter() {
@@ -57,6 +60,7 @@ pub fn e820_map(mem: &GuestMemoryMmap) -> Vec<(u64, u64, u32)> {
         if start == 0 {
             map.push((0, EBDA_START.min(end), E820_RAM));
             map.push((EBDA_START, 0xa0000 - EBDA_START, E820_RESERVED));
+            map.push((ACPI_START, ACPI_END - ACPI_START, E820_RESERVED));
             if end > HIGH_MEMORY_START {
                 map.push((HIGH_MEMORY_START, end - HIGH_MEMORY_START, E820_RAM));
             }
@@ -112,12 +116,15 @@ pub fn load_initrd(
     }
 }
 
-/// Writes the Linux zero page and returns its address.
+/// Writes the Linux zero page and returns its address. `rsdp` goes to
+/// `acpi_rsdp_addr` (offset 0x70, a zero-page field for every protocol
+/// version; kernels from 5.0 on read it, older ones scan the BIOS area).
 pub fn write_zero_page(
     mem: &GuestMemoryMmap,
     kernel: &LoadedKernel,
     cmdline: &str,
     initrd: Option<(u64, u64)>,
+    rsdp: Option<u64>,
 ) -> Result<u64, BootError> {
     let mut params = boot_params::default();
     params.hdr = kernel.setup_header.unwrap_or_else(|| setup_header {
@@ -145,21 +152,24 @@ pub fn write_zero_page(
         };
     }
     params.e820_entries = map.len().min(E820_MAX) as u8;
+    params.acpi_rsdp_addr = rsdp.unwrap_or(0);
     write(mem, params, ZERO_PAGE_START, "zero page (boot_params)")?;
     Ok(ZERO_PAGE_START)
 }
 
 /// Writes the PVH start info, module list and memory map; returns the
-/// start info's address.
+/// start info's address. `rsdp` goes to `rsdp_paddr`.
 pub fn write_pvh_start_info(
     mem: &GuestMemoryMmap,
     initrd: Option<(u64, u64)>,
+    rsdp: Option<u64>,
 ) -> Result<u64, BootError> {
     let map = e820_map(mem);
     let mut info = hvm_start_info {
         magic: XEN_HVM_START_MAGIC,
         version: 1,
         cmdline_paddr: CMDLINE_START,
+        rsdp_paddr: rsdp.unwrap_or(0),
         memmap_paddr: PVH_MEMMAP_START,
         memmap_entries: map.len() as u32,
         ..Default::default()
@@ -225,6 +235,7 @@ mod tests {
             vec![
                 (0, EBDA_START, E820_RAM),
                 (EBDA_START, 0xa0000 - EBDA_START, E820_RESERVED),
+                (ACPI_START, ACPI_END - ACPI_START, E820_RESERVED),
                 (HIGH_MEMORY_START, (64 << 20) - HIGH_MEMORY_START, E820_RAM)
             ]
         );
@@ -278,23 +289,44 @@ mod tests {
             &kernel(0x200000, 0),
             "console=ttyS0",
             Some((0x300000, 0x300010)),
+            None,
         )
         .unwrap();
         let p: boot_params = mem.read_obj(GuestAddress(ZERO_PAGE_START)).unwrap();
         assert_eq!({ p.hdr.cmd_line_ptr }, CMDLINE_START as u32);
         assert_eq!({ p.hdr.ramdisk_image }, 0x300000);
         assert_eq!({ p.hdr.ramdisk_size }, 0x10);
-        assert_eq!(p.e820_entries, 3);
+        assert_eq!(p.e820_entries, 4);
         assert_eq!({ p.hdr.type_of_loader }, 0xff);
+        assert_eq!({ p.acpi_rsdp_addr }, 0);
+    }
+
+    #[test]
+    fn zero_page_and_pvh_start_info_carry_the_rsdp() {
+        let mem = create_guest_memory(64 << 20, MemoryOptions::default()).unwrap();
+        write_zero_page(&mem, &kernel(0x200000, 0), "", None, Some(ACPI_START)).unwrap();
+        let p: boot_params = mem.read_obj(GuestAddress(ZERO_PAGE_START)).unwrap();
+        assert_eq!({ p.acpi_rsdp_addr }, ACPI_START);
+        // Offset 0x70 of the zero page, as the boot protocol documents it.
+        let raw: u64 = mem.read_obj(GuestAddress(ZERO_PAGE_START + 0x70)).unwrap();
+        assert_eq!(raw, ACPI_START);
+        write_pvh_start_info(&mem, None, Some(ACPI_START)).unwrap();
+        let info: StartInfo = mem.read_obj(GuestAddress(PVH_INFO_START)).unwrap();
+        assert_eq!(info.0.rsdp_paddr, ACPI_START);
+        let raw: u64 = mem.read_obj(GuestAddress(PVH_INFO_START + 0x20)).unwrap();
+        assert_eq!(raw, ACPI_START);
+        write_pvh_start_info(&mem, None, None).unwrap();
+        let info: StartInfo = mem.read_obj(GuestAddress(PVH_INFO_START)).unwrap();
+        assert_eq!(info.0.rsdp_paddr, 0);
     }
 
     #[test]
     fn pvh_start_info_has_magic_memmap_and_module() {
         let mem = create_guest_memory(64 << 20, MemoryOptions::default()).unwrap();
-        write_pvh_start_info(&mem, Some((0x300000, 0x300100))).unwrap();
+        write_pvh_start_info(&mem, Some((0x300000, 0x300100)), None).unwrap();
         let info: StartInfo = mem.read_obj(GuestAddress(PVH_INFO_START)).unwrap();
         assert_eq!(info.0.magic, XEN_HVM_START_MAGIC);
-        assert_eq!(info.0.memmap_entries, 3);
+        assert_eq!(info.0.memmap_entries, 4);
         assert_eq!(info.0.nr_modules, 1);
         let m: ModEntry = mem.read_obj(GuestAddress(PVH_MODLIST_START)).unwrap();
         assert_eq!((m.0.paddr, m.0.size), (0x300000, 0x100));

@@ -7,7 +7,7 @@ use std::io::Cursor;
 use std::path::PathBuf;
 
 use address_space::GuestMemoryMmap;
-use boot_loader::{load_boot_source, BootInfo, BootSource, InitrdSource};
+use boot_loader::{load_boot_source, AcpiLayout, BootInfo, BootSource, InitrdSource};
 use kvm_bindings::{kvm_irqchip, kvm_pit_state2};
 use kvm_ioctls::VmFd;
 
@@ -32,10 +32,13 @@ pub struct GuestImage {
     pub cmdline: String,
     /// vCPUs listed in the MP table.
     pub nr_cpus: u8,
+    /// What the ACPI tables describe; `None` with `-machine acpi=off`.
+    pub acpi: Option<AcpiLayout>,
 }
 
 impl GuestImage {
-    /// Loads the kernel, command line and initrd and writes the boot tables.
+    /// Loads the kernel, command line and initrd and writes the boot tables
+    /// (the ACPI tables too, so a reset restores them).
     pub fn load(&self, mem: &GuestMemoryMmap) -> Result<BootInfo, MachineError> {
         let mut initrd_file = match &self.initrd {
             Some(path) => Some(File::open(path).map_err(|source| MachineError::InitrdOpen {
@@ -45,7 +48,7 @@ impl GuestImage {
             None => None,
         };
         let initrd = initrd_file.as_mut().map(|f| f as &mut dyn InitrdSource);
-        let (cmdline, nr_cpus) = (self.cmdline.as_str(), self.nr_cpus);
+        let (cmdline, nr_cpus, acpi) = (self.cmdline.as_str(), self.nr_cpus, self.acpi.as_ref());
         let info = match &self.kernel {
             KernelSource::File(path) => {
                 let mut file = File::open(path).map_err(|source| MachineError::KernelOpen {
@@ -59,6 +62,7 @@ impl GuestImage {
                         initrd,
                         cmdline,
                         nr_cpus,
+                        acpi,
                     },
                 )?
             }
@@ -69,6 +73,7 @@ impl GuestImage {
                     initrd,
                     cmdline,
                     nr_cpus,
+                    acpi,
                 },
             )?,
         };

@@ -3,7 +3,8 @@
 //!
 //! [`MicroVm::build`] reads top to bottom as the recipe: check KVM, create
 //! the VM and its interrupt controllers, map guest RAM, load the kernel and
-//! boot structures, attach the legacy devices, create the vCPUs.
+//! boot structures (ACPI tables included), attach the legacy devices,
+//! create the vCPUs.
 
 pub mod control;
 pub mod error;
@@ -22,11 +23,11 @@ use std::time::Instant;
 
 use address_space::memory::{create_guest_memory, register_with_kvm};
 use address_space::{Bus, GuestMemoryMmap, MemoryOptions};
-use boot_loader::BootInfo;
+use boot_loader::{AcpiLayout, BootInfo};
 use cpu::{Vcpu, VcpuControl, VcpuEvent, VcpuHandle, VcpuRunState};
 use kvm_bindings::{kvm_pit_config, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::{Kvm, VmFd};
-use machine_manager::config::VmConfig;
+use machine_manager::config::{SerialConfig, VmConfig};
 
 pub use control::{ControlRequest, LifecycleListener, NoListener, VmShared, VmStatus};
 pub use error::MachineError;
@@ -115,11 +116,20 @@ impl MicroVm {
             ),
             net: NetHotplug::new(virtio.take_net_slots()),
         }));
+        // ACPI tables (written with the boot structures; skipped with
+        // -machine acpi=off) describe the CPUs, COM1 and every window.
+        let acpi = cfg.machine.acpi.then(|| AcpiLayout {
+            vcpus: cfg.machine.nr_vcpus,
+            virtio_mmio: virtio.mmio_windows(),
+            com1: cfg.serial != SerialConfig::None,
+        });
+        let tokens = device_tokens(&virtio, acpi.is_some(), &cfg.boot.cmdline);
         let image = GuestImage {
             kernel,
             initrd: cfg.boot.initrd.clone(),
-            cmdline: kernel_cmdline(&cfg.boot.cmdline, virtio.cmdline_tokens()),
+            cmdline: kernel_cmdline(&cfg.boot.cmdline, tokens),
             nr_cpus: cfg.machine.nr_vcpus,
+            acpi,
         };
         let boot = image.load(&mem)?;
         log::info!(
@@ -394,6 +404,20 @@ fn shutdown_cause(reason: &ExitReason) -> Option<(bool, &'static str)> {
         ExitReason::HostSignal(_) => Some((false, "host-signal")),
         ExitReason::Quit => Some((false, "host-qmp-quit")),
         ExitReason::Error(_) => None,
+    }
+}
+
+/// The `virtio_mmio.device=` tokens, when the guest will not read the ACPI
+/// tables (there are none, or its command line says `acpi=off`, as Kata's
+/// does). A guest that uses ACPI finds the devices in the DSDT, as with
+/// QEMU's microvm; listing them on the command line too would register
+/// each device twice, and under hardware-reduced ACPI the guest's IRQ
+/// numbers are not the GSIs the tokens name.
+fn device_tokens<'a>(virtio: &'a VirtioDevices, acpi_tables: bool, user: &str) -> &'a [String] {
+    if acpi_tables && !boot_loader::acpi::cmdline_disables_acpi(user) {
+        &[]
+    } else {
+        virtio.cmdline_tokens()
     }
 }
 

@@ -9,6 +9,7 @@ use std::os::fd::{FromRawFd, OwnedFd};
 use std::sync::{Arc, Mutex};
 
 use address_space::{Bus, BusDevice, GuestMemoryMmap};
+use boot_loader::MmioDeviceDesc;
 use kvm_ioctls::{IoEventAddress, VmFd};
 use machine_manager::config::{ChardevBackend, DeviceConfig, NetBackend};
 use machine_manager::event_loop::EventLoop;
@@ -32,6 +33,14 @@ pub const VIRTIO_MMIO_BASE: u64 = 0xd000_0000;
 pub const VIRTIO_IRQ_FIRST: u32 = 5;
 /// Last IRQ line (the IOAPIC has 24 pins).
 pub const VIRTIO_IRQ_LAST: u32 = 23;
+
+/// Window base and IRQ line of slot `slot`.
+fn slot_window(slot: usize) -> (u64, u32) {
+    (
+        VIRTIO_MMIO_BASE + slot as u64 * MMIO_WINDOW_SIZE,
+        VIRTIO_IRQ_FIRST + slot as u32,
+    )
+}
 
 /// The virtio devices of a VM and their event loop.
 pub struct VirtioDevices {
@@ -119,9 +128,7 @@ impl VirtioDevices {
         id: &str,
         model: Arc<Mutex<dyn VirtioDevice>>,
     ) -> Result<u64, MachineError> {
-        let slot = self.transports.len();
-        let base = VIRTIO_MMIO_BASE + slot as u64 * MMIO_WINDOW_SIZE;
-        let irq = VIRTIO_IRQ_FIRST + slot as u32;
+        let (base, irq) = slot_window(self.transports.len());
         let transport =
             MmioTransport::new(mem.clone(), model).map_err(|source| MachineError::Virtio {
                 id: id.to_string(),
@@ -255,6 +262,20 @@ impl VirtioDevices {
                 ))
             }
         })
+    }
+
+    /// Every window (base, size, IRQ) in slot order, for the ACPI DSDT.
+    pub fn mmio_windows(&self) -> Vec<MmioDeviceDesc> {
+        (0..self.transports.len())
+            .map(|slot| {
+                let (base, gsi) = slot_window(slot);
+                MmioDeviceDesc {
+                    base,
+                    size: MMIO_WINDOW_SIZE,
+                    gsi,
+                }
+            })
+            .collect()
     }
 
     /// `virtio_mmio.device=` tokens for the kernel command line.

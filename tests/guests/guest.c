@@ -10,9 +10,11 @@
  *   e820: 0x<start, 16 hex> 0x<end exclusive, 16 hex> <type>   (per entry)
  *   mem: <bytes of type-1 RAM>
  *   initrd: addr=0x<hex> size=<decimal> sum=0x<FNV-1a 32, 8 hex>  (if any)
+ *   acpi: ...   (only with guest.acpi=check; see acpi.c)
  *   cpus: mptable=<enabled processors in the MP table> started=<running>
  *   virtio: ..., blk: ..., rng: ..., console: ..., blk-bad: ..., net: ...
- *       (only with virtio_mmio.device= or guest.virtio= words; see virtio.c)
+ *       (with virtio_mmio.device= or guest.virtio= words, or virtio-mmio
+ *       devices in the ACPI DSDT; see virtio.c and acpi.c)
  *   boot-complete
  * then 123 goes to the boot-complete port 0x3F0 and the action chosen by
  * guest.exit= (reset, triplefault, halt, spin) runs.
@@ -463,6 +465,10 @@ static void __attribute__((noreturn)) do_exit(enum exit_action action)
 
 #include "virtio.c"
 
+/* ---- ACPI tables (guest.acpi=check; virtio devices from the DSDT) ---------- */
+
+#include "acpi.c"
+
 /* ---- Main ------------------------------------------------------------------ */
 
 static const char *const boot_names[] = { "elf64", "pvh", "bzimage" };
@@ -518,6 +524,7 @@ void __attribute__((noreturn)) guest_main(u32 kind, u64 boot_block)
 	/* Read the exit action before the AP trampoline overwrites low memory. */
 	enum exit_action action = parse_exit_action(info.cmdline);
 	virtio_parse_cmdline(info.cmdline);
+	acpi_run(kind, boot_block, info.cmdline);
 
 	mp_parse();
 	u32 started = 1;

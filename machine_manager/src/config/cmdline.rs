@@ -33,7 +33,7 @@ Usage: altovirt [OPTIONS]
   -append CMDLINE       kernel command line; repeated pieces are joined with spaces
   -m [size=]N[K|M|G|T]  guest memory; a plain number is in MiB (default 256M, minimum 16M)
   -smp [cpus=]N[,maxcpus=M][,sockets=S,dies=D,clusters=C,cores=C,threads=T]  vCPUs, 1 to 254 (default 1)
-  -machine [type=]microvm[,dump-guest-core=on|off][,mem-share=on|off][,accel=kvm][,blk-slots=N][,net-slots=N]  machine options
+  -machine [type=]microvm[,dump-guest-core=on|off][,mem-share=on|off][,accel=kvm][,blk-slots=N][,net-slots=N][,acpi=on|off]  machine options
   -name [guest=]NAME    guest name
   -uuid UUID            guest UUID (8-4-4-4-12 hexadecimal digits)
   -serial stdio|file:PATH|none|null  serial port backend (default stdio)
@@ -71,6 +71,7 @@ struct MachineFlags {
     mem_share: Option<bool>,
     blk_slots: Option<u8>,
     net_slots: Option<u8>,
+    acpi: Option<bool>,
 }
 
 /// Everything read from the command line; `None` means "not given".
@@ -265,6 +266,7 @@ fn parse_machine(value: &str) -> Result<MachineFlags, ConfigError> {
             "accel",
             "blk-slots",
             "net-slots",
+            "acpi",
         ],
     )?;
     if let Some(kind) = list.get("type") {
@@ -303,6 +305,7 @@ fn parse_machine(value: &str) -> Result<MachineFlags, ConfigError> {
         mem_share: switch("mem-share")?,
         blk_slots,
         net_slots,
+        acpi: switch("acpi")?,
     })
 }
 
@@ -373,6 +376,7 @@ fn merge(flags: Flags, file: FileConfig) -> Result<VmConfig, ConfigError> {
             .unwrap_or(defaults.mem_share),
         blk_slots: flags.machine.blk_slots.unwrap_or(defaults.blk_slots),
         net_slots: flags.machine.net_slots.unwrap_or(defaults.net_slots),
+        acpi: flags.machine.acpi.or(file.acpi).unwrap_or(defaults.acpi),
     };
 
     let resolved = resolve_devices(

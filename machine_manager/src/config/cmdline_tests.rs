@@ -396,6 +396,7 @@ fn json_values_are_used() {
             mem_share: true,
             blk_slots: super::super::DEFAULT_BLK_SLOTS,
             net_slots: super::super::DEFAULT_NET_SLOTS,
+            acpi: true,
         }
     );
     assert_eq!(vm.serial, SerialConfig::None);
@@ -586,5 +587,27 @@ fn blk_slots_option() {
     assert!(
         e.starts_with("-machine blk-slots: 99 is out of range"),
         "{e}"
+    );
+}
+
+#[test]
+fn acpi_option_and_json_field() {
+    assert!(run(&[]).machine.acpi);
+    assert!(!run(&["-machine", "microvm,acpi=off"]).machine.acpi);
+    assert!(
+        run(&["-machine", "type=microvm,acpi=on,blk-slots=1"])
+            .machine
+            .acpi
+    );
+    let e = fail(&["-machine", "microvm,acpi=maybe"]);
+    assert!(e.starts_with("-machine acpi"), "{e}");
+    let dir = TempDir::new("cmd-acpi");
+    let cfg = dir.file("vm.json", br#"{"machine-config": {"acpi": false}}"#);
+    assert!(!run(&["-config", &s(&cfg)]).machine.acpi);
+    // A -machine switch replaces the file's value.
+    assert!(
+        run(&["-config", &s(&cfg), "-machine", "microvm,acpi=on"])
+            .machine
+            .acpi
     );
 }

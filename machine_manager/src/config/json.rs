@@ -27,6 +27,7 @@ pub(crate) struct FileConfig {
     pub(crate) vcpus: Option<(u8, u8)>,
     pub(crate) dump_guest_core: Option<bool>,
     pub(crate) mem_share: Option<bool>,
+    pub(crate) acpi: Option<bool>,
     pub(crate) serial: Option<SerialConfig>,
     pub(crate) drives: Vec<DriveConfig>,
     pub(crate) nets: Vec<NetConfig>,
@@ -139,6 +140,7 @@ fn machine_config(cfg: &mut FileConfig, obj: &Obj) -> Result<(), ConfigError> {
         "mem_size",
         "dump_guest_core",
         "mem-share",
+        "acpi",
     ])?;
     if let Some(name) = obj.opt_str("name")? {
         check_non_empty(&obj.child("name"), name)?;
@@ -166,6 +168,7 @@ fn machine_config(cfg: &mut FileConfig, obj: &Obj) -> Result<(), ConfigError> {
     }
     cfg.dump_guest_core = obj.opt_bool("dump_guest_core")?;
     cfg.mem_share = obj.opt_bool("mem-share")?;
+    cfg.acpi = obj.opt_bool("acpi")?;
     Ok(())
 }
 

@@ -448,3 +448,14 @@ fn serial_section() {
     let cfg = parse_json("/p", r#"{"serial": {}}"#).unwrap();
     assert_eq!(cfg.serial, Some(SerialConfig::Stdio));
 }
+
+#[test]
+fn machine_config_acpi_is_a_boolean() {
+    let cfg = parse_json("/p", r#"{"machine-config": {"acpi": false}}"#).unwrap();
+    assert_eq!(cfg.acpi, Some(false));
+    assert_eq!(parse_json("/p", "{}").unwrap().acpi, None);
+    assert_eq!(
+        err(r#"{"machine-config": {"acpi": "off"}}"#),
+        "machine-config.acpi: expected a boolean"
+    );
+}

@@ -124,6 +124,9 @@ pub struct MachineConfig {
     /// Empty virtio-net slots created at boot for QMP hotplug
     /// (`-machine microvm,net-slots=N`).
     pub net_slots: u8,
+    /// Describe the machine to the guest with ACPI tables
+    /// (`-machine microvm,acpi=on|off`).
+    pub acpi: bool,
 }
 
 /// Default number of hotplug block slots (StratoVirt's microVM allows six
@@ -147,6 +150,7 @@ impl Default for MachineConfig {
             mem_share: false,
             blk_slots: DEFAULT_BLK_SLOTS,
             net_slots: DEFAULT_NET_SLOTS,
+            acpi: true,
         }
     }
 }

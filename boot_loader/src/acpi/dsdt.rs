@@ -1,0 +1,100 @@
+//! The DSDT's AML, built with the `acpi_tables` AML builders:
+//!
+//! ```text
+//! Scope (\_SB) {
+//!     Device (COM1) {                       // only with a serial port
+//!         Name (_HID, EisaId ("PNP0501"))
+//!         Name (_UID, 1)
+//!         Name (_CRS, ResourceTemplate () {
+//!             IO (Decode16, 0x3F8, 0x3F8, 0, 8)
+//!             Interrupt (ResourceConsumer, Edge, ActiveHigh, Exclusive) { 4 }
+//!         })
+//!     }
+//!     Device (V000) {                       // one per virtio-mmio window
+//!         Name (_HID, "LNRO0005")
+//!         Name (_UID, 0)
+//!         Name (_CCA, One)
+//!         Name (_CRS, ResourceTemplate () {
+//!             Memory32Fixed (ReadWrite, base, size)
+//!             Interrupt (ResourceConsumer, Edge, ActiveHigh, Exclusive) { gsi }
+//!         })
+//!     }
+//!     ...
+//! }
+//! ```
+//!
+//! Interrupts are edge-triggered, active high: the devices signal through
+//! KVM irqfds, which pulse the IOAPIC input. A hardware-reduced ACPI guest
+//! sets up no legacy ISA IRQs of its own, so COM1 is described here too or
+//! its IRQ 4 would not be routed.
+
+use acpi_tables::aml::{
+    self, Device, EISAName, Interrupt, Memory32Fixed, Name, ResourceTemplate, Scope, IO,
+};
+use acpi_tables::Aml;
+
+use super::{AcpiLayout, MmioDeviceDesc};
+
+/// The ACPI hardware id Linux's virtio_mmio driver matches.
+pub const VIRTIO_MMIO_HID: &str = "LNRO0005";
+/// COM1's I/O ports and IRQ.
+const COM1_PORT: u16 = 0x3f8;
+const COM1_PORT_LEN: u8 = 8;
+const COM1_GSI: u32 = 4;
+
+fn bytes_of(aml: &dyn Aml) -> Vec<u8> {
+    let mut out = Vec::new();
+    aml.to_aml_bytes(&mut out);
+    out
+}
+
+/// An edge-triggered, active-high, exclusive interrupt consumed by the device.
+fn edge_interrupt(gsi: u32) -> Interrupt {
+    Interrupt::new(true, true, false, false, gsi)
+}
+
+pub(super) fn com1() -> Vec<u8> {
+    let io = IO::new(COM1_PORT, COM1_PORT, 0, COM1_PORT_LEN);
+    let irq = edge_interrupt(COM1_GSI);
+    let crs = ResourceTemplate::new(vec![&io, &irq]);
+    let hid = EISAName::new("PNP0501");
+    bytes_of(&Device::new(
+        "COM1".into(),
+        vec![
+            &Name::new("_HID".into(), &hid),
+            &Name::new("_UID".into(), &aml::ONE),
+            &Name::new("_CRS".into(), &crs),
+        ],
+    ))
+}
+
+/// `Device (Vnnn)` for the window with index `index` (also its `_UID`).
+pub(super) fn virtio_device(index: usize, d: &MmioDeviceDesc) -> Vec<u8> {
+    // The caller checked that the window lies below 4 GiB.
+    let mem = Memory32Fixed::new(true, d.base as u32, d.size as u32);
+    let irq = edge_interrupt(d.gsi);
+    let crs = ResourceTemplate::new(vec![&mem, &irq]);
+    let uid = index as u32;
+    let name = format!("V{index:03}");
+    bytes_of(&Device::new(
+        name.as_str().into(),
+        vec![
+            &Name::new("_HID".into(), &VIRTIO_MMIO_HID),
+            &Name::new("_UID".into(), &uid),
+            &Name::new("_CCA".into(), &aml::ONE),
+            &Name::new("_CRS".into(), &crs),
+        ],
+    ))
+}
+
+/// The DSDT's definition block (the AML after the table header).
+pub fn dsdt_aml(layout: &AcpiLayout) -> Vec<u8> {
+    let mut children = Vec::new();
+    if layout.com1 {
+        children.extend(com1());
+    }
+    for (i, d) in layout.virtio_mmio.iter().enumerate() {
+        children.extend(virtio_device(i, d));
+    }
+    Scope::raw("\\_SB_".into(), children)
+}
