@@ -36,7 +36,7 @@ fn devices_args(drive: &str) -> Vec<String> {
         "-smp",
         "2",
         "-machine",
-        "microvm,blk-slots=1",
+        "microvm,blk-slots=1,net-slots=0",
         "-object",
         "rng-random,id=rng0,filename=/dev/urandom",
         "-device",
@@ -120,7 +120,7 @@ fn acpi_off_leaves_no_tables_and_puts_the_devices_on_the_command_line() {
                   virtio_mmio.device=4K@0xd0002000:7";
     for kernel in [GUEST_ELF64, GUEST_PVH, GUEST_BZIMAGE] {
         let mut args = devices_args(&drive);
-        args[3] = "microvm,blk-slots=1,acpi=off".into();
+        args[3] = "microvm,blk-slots=1,net-slots=0,acpi=off".into();
         args.extend([
             "-append".into(),
             "guest.acpi=check guest.virtio=rng,blk".into(),
@@ -155,7 +155,7 @@ fn acpi_off_on_the_kernel_command_line_keeps_the_tables_and_adds_the_tokens() {
         GUEST_ELF64,
         &[
             "-machine",
-            "microvm,blk-slots=2",
+            "microvm,blk-slots=2,net-slots=0",
             "-append",
             "acpi=off guest.acpi=check",
         ],
@@ -184,7 +184,7 @@ fn the_tables_list_every_vcpu_and_the_serial_port() {
             "-smp",
             "4",
             "-machine",
-            "microvm,blk-slots=0",
+            "microvm,blk-slots=0,net-slots=0",
             "-append",
             "guest.acpi=check",
         ],
