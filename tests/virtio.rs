@@ -55,10 +55,18 @@ fn block_round_trip_reaches_the_host_file() {
         );
         assert_eq!(out.code(), 0, "{out:?}");
         let virtio = out.lines("virtio: ");
-        // The command-line device comes first; the four default hotplug
-        // slots (empty virtio-blk devices) follow it.
-        let expected: Vec<String> = (0..5u64)
-            .map(|i| format!("base={:#x} irq={} id=2", 0xd000_0000u64 + i * 0x1000, 5 + i))
+        // The command-line device comes first; the four default block
+        // hotplug slots (empty virtio-blk devices) follow it, then the two
+        // network slots (virtio-net with the link down).
+        let expected: Vec<String> = (0..7u64)
+            .map(|i| {
+                let id = if i < 5 { 2 } else { 1 };
+                format!(
+                    "base={:#x} irq={} id={id}",
+                    0xd000_0000u64 + i * 0x1000,
+                    5 + i
+                )
+            })
             .collect();
         assert_eq!(virtio, expected, "{}", out.stdout);
         let blk = out.lines("blk: ");
@@ -210,8 +218,8 @@ fn rng_delivers_entropy_and_json_config_wires_devices() {
     assert_eq!(out.code(), 0, "{out:?}");
     assert_eq!(
         out.lines("virtio: ").len(),
-        2 + 4,
-        "two devices and four hotplug slots: {}",
+        2 + 4 + 2,
+        "two devices, four block and two network hotplug slots: {}",
         out.stdout
     );
     assert!(out
