@@ -147,6 +147,7 @@ fn run(cfg: &VmConfig, start: Instant) -> Result<ExitCode, Failure> {
         ExitReason::Reset => log::info!("guest reset: exiting"),
         ExitReason::Shutdown(why) => log::warn!("guest shut down ({why}): exiting"),
         ExitReason::Halted => log::info!("all vCPUs halted: exiting"),
+        ExitReason::PowerOff => log::info!("guest powered off: exiting"),
         ExitReason::HostSignal(sig) => log::info!("terminating on signal {sig}"),
         ExitReason::Quit => log::info!("quit requested: exiting"),
         ExitReason::Error(e) => return Err((EXIT_FAILURE, format!("guest stopped: {e}"))),

@@ -201,3 +201,37 @@ fn the_tables_list_every_vcpu_and_the_serial_port() {
     );
     assert_eq!(out.lines("cpus: "), vec!["mptable=4 started=4".to_string()]);
 }
+
+#[test]
+fn guest_powers_off_through_the_acpi_sleep_control_register() {
+    if !kvm_usable("acpi_poweroff") {
+        return;
+    }
+    let out = boot(GUEST_PVH, &["-D", "-append", "guest.exit=poweroff"]);
+    assert_eq!(out.code(), 0, "{out:?}");
+    assert!(
+        !out.stdout.contains("no ACPI sleep control register"),
+        "{}",
+        out.stdout
+    );
+    assert!(out.stderr.contains("guest powered off"), "{}", out.stderr);
+    // Without tables the guest finds no register: it resets instead.
+    let out = boot(
+        GUEST_PVH,
+        &[
+            "-D",
+            "-machine",
+            "microvm,acpi=off",
+            "-append",
+            "guest.exit=poweroff",
+        ],
+    );
+    assert_eq!(out.code(), 0, "{out:?}");
+    assert!(
+        out.stdout
+            .contains("poweroff: no ACPI sleep control register"),
+        "{}",
+        out.stdout
+    );
+    assert!(out.stderr.contains("guest reset"), "{}", out.stderr);
+}

@@ -5,6 +5,7 @@
 //! - [`boot_complete::BootCompletePort`]: a port the guest writes to when it
 //!   has booted, so boot time can be measured without parsing the console.
 
+pub mod acpi_sleep;
 pub mod boot_complete;
 pub mod i8042;
 pub mod serial;
@@ -21,6 +22,9 @@ pub const I8042_PORT: u64 = 0x60;
 pub const I8042_PORT_LEN: u64 = 5;
 /// The boot-complete port.
 pub const BOOT_COMPLETE_PORT: u64 = 0x3f0;
+/// I/O port of the ACPI sleep control and status registers (the FADT of
+/// `boot_loader::acpi` points at it).
+pub const ACPI_SLEEP_PORT: u64 = 0x600;
 /// Byte the guest writes to [`BOOT_COMPLETE_PORT`] to signal boot completion
 /// (the same convention as Firecracker's boot timer).
 pub const BOOT_COMPLETE_MAGIC: u8 = 123;

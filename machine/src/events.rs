@@ -6,6 +6,7 @@ use std::sync::mpsc::{self, Receiver, Sender};
 use cpu::{VcpuEvent, VcpuEventSink};
 
 use crate::control::ControlCall;
+use devices::acpi_sleep::PowerOffNotifier;
 use devices::i8042::ResetNotifier;
 
 /// An event for the VM's control loop.
@@ -15,6 +16,8 @@ pub enum VmEvent {
     Vcpu(u8, VcpuEvent),
     /// The guest reset the machine through the i8042.
     GuestReset,
+    /// The guest powered off through the ACPI sleep control register.
+    GuestPowerOff,
     /// The host delivered a terminating signal.
     HostSignal(i32),
     /// A lifecycle request from the control plane.
@@ -47,5 +50,11 @@ impl VcpuEventSink for EventSender {
 impl ResetNotifier for EventSender {
     fn reset(&self) {
         self.send(VmEvent::GuestReset);
+    }
+}
+
+impl PowerOffNotifier for EventSender {
+    fn power_off(&self) {
+        self.send(VmEvent::GuestPowerOff);
     }
 }

@@ -52,6 +52,8 @@ pub enum ExitReason {
     Shutdown(&'static str),
     /// Every vCPU halted for good.
     Halted,
+    /// The guest powered off (ACPI S5).
+    PowerOff,
     /// The host asked the VM to stop (signal number).
     HostSignal(i32),
     /// The control plane asked the VM to quit.
@@ -122,6 +124,7 @@ impl MicroVm {
             vcpus: cfg.machine.nr_vcpus,
             virtio_mmio: virtio.mmio_windows(),
             com1: cfg.serial != SerialConfig::None,
+            sleep_port: Some(devices::ACPI_SLEEP_PORT as u16),
         });
         let tokens = device_tokens(&virtio, acpi.is_some(), &cfg.boot.cmdline);
         let image = GuestImage {
@@ -255,6 +258,7 @@ impl MicroVm {
                 VmEvent::GuestReset | VmEvent::Vcpu(_, VcpuEvent::Reset) => {
                     break ExitReason::Reset
                 }
+                VmEvent::GuestPowerOff => break ExitReason::PowerOff,
                 VmEvent::Vcpu(id, VcpuEvent::Shutdown(why)) => {
                     log::warn!("guest shutdown reported by vCPU {id}: {why}");
                     break ExitReason::Shutdown(why);
@@ -400,7 +404,9 @@ fn shutdown_cause(reason: &ExitReason) -> Option<(bool, &'static str)> {
         ExitReason::Reset => Some((true, "guest-reset")),
         ExitReason::Shutdown("guest crash") => Some((true, "guest-panic")),
         ExitReason::Shutdown("triple fault") => Some((true, "guest-reset")),
-        ExitReason::Shutdown(_) | ExitReason::Halted => Some((true, "guest-shutdown")),
+        ExitReason::Shutdown(_) | ExitReason::Halted | ExitReason::PowerOff => {
+            Some((true, "guest-shutdown"))
+        }
         ExitReason::HostSignal(_) => Some((false, "host-signal")),
         ExitReason::Quit => Some((false, "host-qmp-quit")),
         ExitReason::Error(_) => None,

@@ -40,6 +40,7 @@
 #define SIG_DSDT 0x54445344		/* "DSDT" */
 #define SEG_HID 0x4449485f		/* "_HID" */
 #define SEG_CRS 0x5352435f		/* "_CRS" */
+#define SEG_S5 0x5f35535f		/* "_S5_" */
 #define EISAID_PNP0501 0x0105d041	/* 16550 UART */
 
 struct acpi_dev {
@@ -56,6 +57,7 @@ static struct {
 	const char *error;
 	u32 tables;		/* tables whose signature, length and checksum were checked */
 	int hw_reduced;
+	int s5;			/* a \_S5 package at the root */
 	u32 cpus, ioapics, uarts;
 	u32 n_lnro;
 	struct acpi_dev lnro[ACPI_MAX_DEVS];
@@ -283,6 +285,15 @@ static void aml_terms(struct aml *a, struct acpi_dev *dev, int depth)
 				if (dev && seg == SEG_HID && token_is(s, a->p - s, "LNRO0005"))
 					dev->lnro = 1;
 				a->p++;
+			} else if (kind == 0x12) {
+				/* Package (\_S5): skipped whole */
+				a->p++;
+				u64 end = aml_pkg_end(a);
+				if (!end)
+					return;
+				if (!dev && seg == SEG_S5)
+					acpi.s5 = 1;
+				a->p = end;
 			} else if (kind == 0x11) {
 				a->p++;
 				u64 end = aml_pkg_end(a);
@@ -330,6 +341,9 @@ static void acpi_walk(u64 rsdp)
 			dsdt = len >= 148 ? rd64(t + 140) : 0;
 			if (!dsdt)
 				dsdt = rd32(t + 40);
+			/* SLEEP_CONTROL_REG: a GAS at 244, address at 248. */
+			if (len >= 256 && rd8(t + 244) == 1)
+				acpi_sleep_port = (u16)rd64(t + 248);
 		} else if (rd32(t) == SIG_APIC) {
 			acpi_madt(t, len);
 		}
@@ -343,6 +357,9 @@ static void acpi_walk(u64 rsdp)
 		return;
 	struct aml a = { dsdt + 36, dsdt + len };
 	aml_terms(&a, 0, 0);
+	/* Like Linux: powering off needs the register and \_S5 both. */
+	if (!acpi.s5)
+		acpi_sleep_port = 0;
 }
 
 static void acpi_print(void)

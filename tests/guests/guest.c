@@ -17,7 +17,7 @@
  *       devices in the ACPI DSDT; see virtio.c and acpi.c)
  *   boot-complete
  * then 123 goes to the boot-complete port 0x3F0 and the action chosen by
- * guest.exit= (reset, triplefault, halt, spin) runs.
+ * guest.exit= (reset, triplefault, halt, spin, poweroff) runs.
  *
  * The host is slow (~1 us per guest instruction), so nothing here loops
  * over much memory.
@@ -229,7 +229,7 @@ static void parse_start_info(u64 si)
 
 /* ---- Command line ---------------------------------------------------------- */
 
-enum exit_action { EXIT_RESET, EXIT_TRIPLEFAULT, EXIT_HALT, EXIT_SPIN };
+enum exit_action { EXIT_RESET, EXIT_TRIPLEFAULT, EXIT_HALT, EXIT_SPIN, EXIT_POWEROFF };
 
 static int is_space(u8 c)
 {
@@ -276,6 +276,8 @@ static enum exit_action parse_exit_action(u64 cmdline)
 			action = EXIT_HALT;
 		else if (token_is(val, vlen, "spin"))
 			action = EXIT_SPIN;
+		else if (token_is(val, vlen, "poweroff"))
+			action = EXIT_POWEROFF;
 		else
 			action = EXIT_RESET;
 	}
@@ -427,6 +429,12 @@ static u32 start_aps(void)
 #define I8042_COMMAND 0x64
 #define I8042_RESET 0xfe
 
+/* FADT sleep control register (system I/O), found by acpi.c; 0 if none. */
+static u16 acpi_sleep_port;
+/* Sleep control register: SLP_TYP (bits 2-4) for S5, and SLP_EN. */
+#define SLP_TYP_S5 5
+#define SLP_EN 0x20
+
 static void __attribute__((noreturn)) halt_forever(void)
 {
 	for (;;)
@@ -455,6 +463,14 @@ static void __attribute__((noreturn)) do_exit(enum exit_action action)
 		for (;;)
 			cpu_pause();
 	case EXIT_RESET:
+		outb(I8042_COMMAND, I8042_RESET);
+		break;
+	case EXIT_POWEROFF:
+		/* ACPI S5 through the FADT's sleep control register, as Linux does. */
+		if (acpi_sleep_port)
+			outb(acpi_sleep_port, (SLP_TYP_S5 << 2) | SLP_EN);
+		/* Still running: no register (or it did nothing). Reset instead. */
+		puts_serial("poweroff: no ACPI sleep control register\n");
 		outb(I8042_COMMAND, I8042_RESET);
 		break;
 	}

@@ -29,7 +29,7 @@
 //! its IRQ 4 would not be routed.
 
 use acpi_tables::aml::{
-    self, Device, EISAName, Interrupt, Memory32Fixed, Name, ResourceTemplate, Scope, IO,
+    self, Device, EISAName, Interrupt, Memory32Fixed, Name, Package, ResourceTemplate, Scope, IO,
 };
 use acpi_tables::Aml;
 
@@ -87,6 +87,20 @@ pub(super) fn virtio_device(index: usize, d: &MmioDeviceDesc) -> Vec<u8> {
     ))
 }
 
+/// SLP_TYP of S5 in `\_S5` (what the guest writes to the sleep control
+/// register to power off).
+pub const S5_SLP_TYP: u8 = 5;
+
+/// `Name (\_S5, Package () { 5, 5, 0, 0 })`: SLP_TYPa, SLP_TYPb, reserved.
+pub(super) fn s5() -> Vec<u8> {
+    let typ = S5_SLP_TYP;
+    let zero = 0u8;
+    bytes_of(&Name::new(
+        "_S5_".into(),
+        &Package::new(vec![&typ, &typ, &zero, &zero]),
+    ))
+}
+
 /// The DSDT's definition block (the AML after the table header).
 pub fn dsdt_aml(layout: &AcpiLayout) -> Vec<u8> {
     let mut children = Vec::new();
@@ -96,5 +110,9 @@ pub fn dsdt_aml(layout: &AcpiLayout) -> Vec<u8> {
     for (i, d) in layout.virtio_mmio.iter().enumerate() {
         children.extend(virtio_device(i, d));
     }
-    Scope::raw("\\_SB_".into(), children)
+    let mut aml = Scope::raw("\\_SB_".into(), children);
+    if layout.sleep_port.is_some() {
+        aml.extend(s5());
+    }
+    aml
 }

@@ -51,6 +51,10 @@ pub struct AcpiLayout {
     /// A 16550 UART at COM1 (0x3f8, IRQ 4) is present: describe it, since a
     /// hardware-reduced ACPI guest has no legacy IRQ routing without it.
     pub com1: bool,
+    /// I/O port of the sleep control/status registers, if the platform has
+    /// them: the FADT points at it and the DSDT gets `\_S5`, so the guest
+    /// can power off.
+    pub sleep_port: Option<u16>,
 }
 
 /// The ACPI tables could not be built or written.
@@ -173,7 +177,7 @@ pub fn build_tables(layout: &AcpiLayout) -> Result<(AcpiAddresses, PlacedTables)
     let out = vec![
         (dsdt, dsdt_bytes),
         (madt, madt_bytes),
-        (fadt, tables::fadt(dsdt)),
+        (fadt, tables::fadt(dsdt, layout.sleep_port)),
         (xsdt, tables::xsdt(&[fadt, madt])),
         (rsdp, tables::rsdp(xsdt)),
     ];

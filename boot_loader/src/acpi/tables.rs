@@ -1,6 +1,7 @@
 //! The fixed tables: RSDP, XSDT, FADT, MADT, and the DSDT's header.
 
 use acpi_tables::fadt::{FADTBuilder, Flags, FADT};
+use acpi_tables::gas::{AccessSize, AddressSpace, GAS};
 use acpi_tables::rsdp::Rsdp;
 use acpi_tables::xsdt::XSDT;
 use acpi_tables::Aml;
@@ -48,14 +49,26 @@ const IAPC_BOOT_ARCH: u16 = (1 << 2) | (1 << 3) | (1 << 5);
 /// FADT for a hardware-reduced platform (no PM timer, SCI, GPE or fixed
 /// feature registers; no FACS) with the DSDT at `dsdt`. The power and sleep
 /// buttons are flagged as control-method devices, i.e. there is no fixed
-/// one for the guest to look for.
-pub(crate) fn fadt(dsdt: u64) -> Vec<u8> {
+/// one for the guest to look for. With `sleep_port`, the sleep control
+/// and status registers are that one-byte I/O port.
+pub(crate) fn fadt(dsdt: u64, sleep_port: Option<u16>) -> Vec<u8> {
     let mut builder = FADTBuilder::new(OEM_ID, *b"AVFACP  ", OEM_REVISION)
         .dsdt_64(dsdt)
         .flag(Flags::HwReducedAcpi)
         .flag(Flags::PwrButton)
         .flag(Flags::SlpButton);
     builder.iapc_boot_arch = IAPC_BOOT_ARCH.into();
+    if let Some(port) = sleep_port {
+        let reg = GAS::new(
+            AddressSpace::SystemIo,
+            8,
+            0,
+            AccessSize::ByteAccess,
+            u64::from(port),
+        );
+        builder.sleep_control_reg = reg;
+        builder.sleep_status_reg = reg;
+    }
     let fadt: FADT = builder.finalize();
     let bytes = bytes_of(&fadt);
     debug_assert_eq!(bytes.len(), FADT_LEN);

@@ -35,6 +35,7 @@ fn layout(vcpus: u8, devices: u32, com1: bool) -> AcpiLayout {
         vcpus,
         virtio_mmio: virtio(devices),
         com1,
+        sleep_port: None,
     }
 }
 
@@ -555,4 +556,28 @@ fn acpi_off_on_the_kernel_command_line_is_recognised() {
     assert!(!cmdline_disables_acpi("console=ttyS0"));
     assert!(!cmdline_disables_acpi("noacpi=off xacpi=off"));
     assert!(!cmdline_disables_acpi("acpi=noirq"));
+}
+
+#[test]
+fn sleep_registers_and_s5_let_the_guest_power_off() {
+    let mut l = layout(1, 1, false);
+    l.sleep_port = Some(0x600);
+    let (_, f) = written(&l);
+    // SLEEP_CONTROL_REG (offset 244) and SLEEP_STATUS_REG (256): system I/O,
+    // 8 bits, offset 0, byte access, port 0x600.
+    for off in [244, 256] {
+        assert_eq!(&f.fadt[off..off + 4], &[1, 8, 0, 1], "GAS at {off}");
+        assert_eq!(u64_at(&f.fadt, off + 4), 0x600, "GAS address at {off}");
+    }
+    // After \_SB_: Name (_S5_, Package (4) { 5, 5, Zero, Zero }).
+    let body = &f.dsdt[36..];
+    let s5: &[u8] = &[
+        0x08, b'_', b'S', b'5', b'_', 0x12, 0x08, 0x04, 0x0a, 0x05, 0x0a, 0x05, 0x00, 0x00,
+    ];
+    assert!(body.ends_with(s5), "{body:02x?}");
+    // Without the port: no registers and no \_S5, so no poweroff method.
+    let (_, f) = written(&layout(1, 1, false));
+    assert_eq!(u64_at(&f.fadt, 248), 0);
+    assert_eq!(u64_at(&f.fadt, 260), 0);
+    assert!(!f.dsdt.windows(4).any(|w| w == b"_S5_"));
 }
