@@ -58,7 +58,7 @@ def build():
 def altovirt_cmd(binary, guest, mem, exit_action, serial, disk=None, extra_append=""):
     # No hotplug slots: QEMU's microvm has none, and the guest would probe them.
     cmd = [binary, "-kernel", guest, "-m", str(mem), "-smp", "1",
-           "-machine", "microvm,blk-slots=0",
+           "-machine", "microvm,blk-slots=0,net-slots=0",
            "-serial", serial, "-append", f"guest.exit={exit_action} {extra_append}".strip()]
     if disk:
         cmd += ["-drive", f"id=d0,file={disk},readonly=on", "-device", "virtio-blk-device,drive=d0"]
