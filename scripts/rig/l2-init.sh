@@ -12,9 +12,8 @@ mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev 2>/dev/null
 echo "L2-UPTIME $(cut -d' ' -f1 /proc/uptime)"
-# Boot-complete: write 123 to I/O port 0x3f0 through /dev/port.
-printf '\173' | dd of=/dev/port bs=1 seek=1008 count=1 2>/dev/null &&
-    echo "L2-BOOTCOMPLETE sent" || echo "L2-BOOTCOMPLETE failed"
+# Boot-complete: write 123 to I/O port 0x3f0.
+if outb 0x3f0 123; then echo "L2-BOOTCOMPLETE sent"; else echo "L2-BOOTCOMPLETE failed"; fi
 echo "L2-CMDLINE $(cat /proc/cmdline)"
 echo "L2-MEMTOTAL-KB $(sed -n 's/^MemTotal: *\([0-9]*\) kB/\1/p' /proc/meminfo)"
 echo "L2-NPROC $(nproc)"

@@ -33,9 +33,15 @@ if [ "${RIG_KEEP:-0}" != 1 ]; then trap 'rm -rf "$work"' EXIT; else log "work di
 
 bb="$cache/busybox/bin/busybox"
 
-# L2 initramfs: busybox, /init, and the virtio modules (loaded when present).
+# The boot-complete helper (this kernel has no /dev/port): a static binary.
+command -v rustc >/dev/null || { echo "rig: rustc not found (needed for tests/rig/outb.rs)" >&2; exit 3; }
+rustc -O -C target-feature=+crt-static -C strip=symbols \
+    "$here/../../tests/rig/outb.rs" -o "$work/outb"
+
+# L2 initramfs: busybox, /init, outb, and the virtio modules.
 {
     echo "file /bin/busybox $bb 0755"
+    echo "file /bin/outb $work/outb 0755"
     echo "file /init $here/l2-init.sh 0755"
     echo "nod /dev/console c 5 1 0600"
     for m in virtio_ring virtio virtio_mmio virtio_blk failover net_failover virtio_net virtio-rng; do
@@ -79,7 +85,7 @@ libs() {
     {
         libs "$altovirt"
         libs "$(command -v socat)"
-        [ "$with_qemu" = 1 ] && libs "$(command -v qemu-system-x86_64)"
+        if [ "$with_qemu" = 1 ]; then libs "$(command -v qemu-system-x86_64)"; fi
     } | sort -u | while read -r lib; do
         # Keep the path ldd reports (the loader's path is baked into binaries).
         echo "file $lib $(readlink -f "$lib") 0755"
