@@ -19,6 +19,10 @@ use std::time::{Duration, Instant};
 
 /// The scenarios the shared rig run executes (see scripts/rig/l1-init.sh).
 const SCENARIOS: &[&str] = &["boot", "reboot", "stopcont"];
+/// Kernel (b) scenarios, added when scripts/rig/build-kernel-b.sh has
+/// already built that kernel (building it takes minutes, so the suite never
+/// does).
+const KERNEL_B_SCENARIOS: &[&str] = &["b_devices", "b_rootdisk"];
 /// Upper bound for one whole rig run (L1 boot plus every scenario).
 const RIG_TIMEOUT: Duration = Duration::from_secs(540);
 
@@ -200,11 +204,30 @@ fn run_rig(scenarios: &[&str]) -> Result<RigRun, String> {
     Ok(run)
 }
 
-/// The shared run of [`SCENARIOS`], started by whichever test comes first.
-/// A write-once cache: the rig takes minutes, so the tests share one run.
+/// Whether kernel (b) is built and cached.
+fn kernel_b_cached() -> bool {
+    Command::new(repo_root().join("scripts/rig/build-kernel-b.sh"))
+        .arg("--if-cached")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// The shared run of [`SCENARIOS`] (and [`KERNEL_B_SCENARIOS`] when that
+/// kernel is cached), started by whichever test comes first. A write-once
+/// cache: the rig takes a while, so the tests share one run.
 fn shared_rig() -> Option<&'static RigRun> {
     static RUN: OnceLock<Result<RigRun, String>> = OnceLock::new();
-    match RUN.get_or_init(|| run_rig(SCENARIOS)) {
+    let run = RUN.get_or_init(|| {
+        let mut list = SCENARIOS.to_vec();
+        if kernel_b_cached() {
+            list.extend_from_slice(KERNEL_B_SCENARIOS);
+        }
+        run_rig(&list)
+    });
+    match run {
         Ok(run) => Some(run),
         Err(why) => {
             assert!(
@@ -429,6 +452,109 @@ fn rig_qmp_stop_cont_keeps_the_guest_alive() {
     assert!(
         shutdown.len() == 1 && shutdown[0].contains("\"reason\":\"host-qmp-quit\""),
         "SHUTDOWN events after quit: {shutdown:?}\n{ctx}"
+    );
+}
+
+/// Scenario `name` of kernel (b), or `None` (with a printed reason) when
+/// that kernel is not cached and the scenario did not run.
+fn kernel_b_scenario<'a>(run: &'a RigRun, name: &str) -> Option<&'a Scenario> {
+    let ran = run
+        .scenarios
+        .get(name)
+        .is_some_and(|sc| sc.get("skipped").is_none());
+    if !ran {
+        eprintln!(
+            "SKIP {name}: kernel (b) is not built; run scripts/rig/build-kernel-b.sh (about 3 min) to enable it"
+        );
+        return None;
+    }
+    Some(scenario(run, name))
+}
+
+#[test]
+fn rig_kernel_b_boots_with_two_cpus_and_signals_boot_complete() {
+    let Some(run) = shared_rig() else { return };
+    let Some(sc) = kernel_b_scenario(run, "b_devices") else {
+        return;
+    };
+    report_timing("kernel (b)", sc);
+    let ctx = sc.context();
+    // Kernel (b) reads altovirt's MP table, so -smp 2 means two CPUs.
+    assert_eq!(sc.guest("NPROC"), Some("2"), "nproc with -smp 2:\n{ctx}");
+    assert_eq!(sc.guest("ONLINE"), Some("0-1"), "online CPUs:\n{ctx}");
+    assert_eq!(sc.guest("BOOTCOMPLETE"), Some("sent"), "outb 0x3f0:\n{ctx}");
+    assert!(
+        sc.get("boot-complete-us").is_some(),
+        "altovirt did not log the boot-complete write:\n{ctx}"
+    );
+    assert_eq!(exit_status(sc), Some(0), "altovirt exit status:\n{ctx}");
+    let events = shutdown_events(sc);
+    assert!(
+        events.len() == 1 && events[0].contains("\"reason\":\"guest-reset\""),
+        "SHUTDOWN events: {events:?}\n{ctx}"
+    );
+}
+
+#[test]
+fn rig_kernel_b_virtio_rng_feeds_hwrng() {
+    let Some(run) = shared_rig() else { return };
+    let Some(sc) = kernel_b_scenario(run, "b_devices") else {
+        return;
+    };
+    let ctx = sc.context();
+    let current = sc.guest("RNG-CURRENT").unwrap_or("");
+    assert!(
+        current.starts_with("virtio_rng"),
+        "hw_random's current source is {current:?}, not virtio_rng:\n{ctx}"
+    );
+    let bytes = sc.guest("RNG-BYTES").unwrap_or("");
+    assert!(
+        bytes.len() == 32 && bytes.chars().all(|c| c.is_ascii_hexdigit()),
+        "16 bytes from /dev/hwrng, as hex: {bytes:?}\n{ctx}"
+    );
+    assert_ne!(bytes, "0".repeat(32), "/dev/hwrng gave zeros:\n{ctx}");
+}
+
+#[test]
+fn rig_kernel_b_virtio_net_ping_crosses_the_tap() {
+    let Some(run) = shared_rig() else { return };
+    let Some(sc) = kernel_b_scenario(run, "b_devices") else {
+        return;
+    };
+    let ctx = sc.context();
+    assert_eq!(
+        sc.get("tap"),
+        Some("up"),
+        "L1 could not configure the tap altovirt opened:\n{ctx}"
+    );
+    assert_eq!(
+        sc.guest("PING"),
+        Some("ok"),
+        "L2 (10.0.2.2, virtio-net) could not ping L1 (10.0.2.1, tap):\n{ctx}"
+    );
+}
+
+#[test]
+fn rig_kernel_b_root_disk_write_is_read_back_after_exit() {
+    let Some(run) = shared_rig() else { return };
+    let Some(sc) = kernel_b_scenario(run, "b_rootdisk") else {
+        return;
+    };
+    let ctx = sc.context();
+    let root = sc.guest("ROOT").unwrap_or("");
+    assert!(
+        root.ends_with(" ext4"),
+        "L2's root file system is {root:?}, not the ext4 virtio-blk disk:\n{ctx}"
+    );
+    let wrote = sc
+        .guest("WROTE")
+        .unwrap_or_else(|| panic!("L2 did not write /hello.txt:\n{ctx}"));
+    assert_eq!(exit_status(sc), Some(0), "altovirt exit status:\n{ctx}");
+    // Read from the image with debugfs in L1 after altovirt exited.
+    assert_eq!(
+        sc.get("disk-file").map(str::trim),
+        Some(wrote),
+        "/hello.txt in the image after exit:\n{ctx}"
     );
 }
 

@@ -66,7 +66,7 @@ mkdir -p "$dir/modules"
 moddir="$dir/kernel/lib/modules/$ver/kernel"
 for m in irqbypass kvm kvm-amd virtio virtio_ring virtio_mmio virtio_blk \
     virtio_net net_failover failover virtio-rng virtio_console vmw_vsock_virtio_transport \
-    vmw_vsock_virtio_transport_common vsock; do
+    vmw_vsock_virtio_transport_common vsock tun; do
     f="$(find "$moddir" \( -name "$m.ko" -o -name "$m.ko.xz" -o -name "$m.ko.zst" \) | head -n1)"
     if [ -z "$f" ]; then
         log "note: module $m not found as a file (built in?)"

@@ -67,8 +67,14 @@ start() {
     shift 2
     rm -f /tmp/$sc.*
     T0=$(now_cs)
-    altovirt -kernel $L2K -initrd $L2I -m 256 -smp 2 \
-        -append "$BASEARGS $QUIET rig.mode=$mode rig.scenario=$sc" \
+    # Per-scenario overrides: SC_KERNEL, SC_INITRD (none: "-"), SC_ARGS, SC_QUIET.
+    k=${SC_KERNEL:-$L2K}
+    i=${SC_INITRD:-$L2I}
+    [ "$i" = - ] && i=
+    q=quiet
+    [ "${SC_QUIET:-1}" = 0 ] && q=
+    altovirt -kernel $k ${i:+-initrd $i} -m 256 -smp 2 \
+        -append "$BASEARGS $q ${SC_ARGS:-} rig.mode=$mode rig.scenario=$sc" \
         -serial file:/tmp/$sc.serial -qmp unix:/tmp/$sc.qmp,server,nowait \
         -D /tmp/$sc.log "$@" </dev/null >/tmp/$sc.stdout 2>/tmp/$sc.stderr &
     VMM=$!
@@ -106,9 +112,10 @@ finish() {
 
 # Every scenario but "boot" runs the guest with "quiet": boot keeps the whole
 # kernel log for diagnosis, the others measure a realistic boot.
-QUIET=quiet
 sc_boot() { # boots, prints what the guest sees, reboots
-    QUIET= start boot report
+    SC_QUIET=0
+    start boot report
+    SC_QUIET=
     listen /tmp/boot.qmp /tmp/boot.events
     finish boot 120
 }
@@ -154,9 +161,45 @@ sc_qemu_boot() {
     qemu-system-x86_64 -M microvm -accel kvm -cpu host -m 256 -smp 2 \
         -nodefaults -no-user-config -nographic -no-reboot -bios /rig/qemu/bios-microvm.bin \
         -kernel $L2K -initrd $L2I -serial file:/tmp/$sc.serial \
-        -append "${BASEARGS% acpi=off} $QUIET rig.mode=report rig.scenario=$sc" </dev/null >/tmp/$sc.stdout 2>/tmp/$sc.stderr &
+        -append "${BASEARGS% acpi=off} quiet rig.mode=report rig.scenario=$sc" </dev/null >/tmp/$sc.stdout 2>/tmp/$sc.stderr &
     VMM=$!
     finish $sc 120
+}
+
+# Kernel (b) (scripts/rig/build-kernel-b.sh): virtio-mmio devices from the
+# command line, so disk, net and rng work without ACPI; MP tables give SMP.
+L2B=/rig/l2/bzImage-b
+sc_b_devices() { # -smp 2, virtio-rng and virtio-net over a tap to L1
+    sc=b_devices
+    if [ ! -f $L2B ]; then say $sc skipped no-kernel-b; return; fi
+    insmod /rig/modules/tun.ko 2>/dev/null
+    cat >/tmp/cfg-$sc.json <<JSON
+{"net": [{"iface_id": "net0", "host_dev_name": "rigtap0"}],
+ "rng": {"random_file": "/dev/urandom"}}
+JSON
+    SC_KERNEL=$L2B SC_QUIET=${RIG_B_QUIET:-1}
+    start $sc devices -config /tmp/cfg-$sc.json
+    SC_KERNEL=
+    listen /tmp/$sc.qmp /tmp/$sc.events
+    # altovirt creates the tap; L1 addresses it.
+    i=0
+    while [ ! -e /sys/class/net/rigtap0 ] && [ $i -lt 100 ]; do i=$((i + 1)); sleep 0.1; done
+    ip addr add 10.0.2.1/24 dev rigtap0 && ip link set rigtap0 up && say $sc tap up
+    finish $sc 40
+}
+sc_b_rootdisk() { # root file system on virtio-blk; the file L2 writes is read back after exit
+    sc=b_rootdisk
+    if [ ! -f $L2B ]; then say $sc skipped no-kernel-b; return; fi
+    cp /rig/l2/rootfs.ext4 /tmp/img-$sc.ext4
+    cat >/tmp/cfg-$sc.json <<JSON
+{"drive": [{"drive_id": "root", "path_on_host": "/tmp/img-$sc.ext4"}]}
+JSON
+    SC_KERNEL=$L2B SC_INITRD=- SC_QUIET=${RIG_B_QUIET:-1} SC_ARGS="root=/dev/vda rw rootfstype=ext4 init=/init"
+    start $sc disk -config /tmp/cfg-$sc.json -machine microvm,blk-slots=0
+    SC_KERNEL= SC_INITRD= SC_ARGS= SC_QUIET=
+    listen /tmp/$sc.qmp /tmp/$sc.events
+    finish $sc 40
+    say $sc disk-file "$(debugfs -R 'cat /hello.txt' /tmp/img-$sc.ext4 2>/dev/null)"
 }
 
 scenarios=

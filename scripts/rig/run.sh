@@ -59,6 +59,27 @@ else
     cp "$altovirt" "$work/altovirt"
 fi
 
+# Kernel (b) scenarios: the kernel only if already built (or RIG_BUILD_KERNEL_B=1),
+# and a root file system image made with mkfs.ext4 -d (no mounting).
+kernel_b=
+with_b=0
+for s in "${scenarios[@]}"; do case "$s" in b_*) with_b=1 ;; esac; done
+if [ "$with_b" = 1 ]; then
+    if [ "${RIG_BUILD_KERNEL_B:-0}" = 1 ]; then
+        kernel_b="$("$here/build-kernel-b.sh")"
+    else
+        kernel_b="$("$here/build-kernel-b.sh" --if-cached || true)"
+    fi
+    [ -n "$kernel_b" ] || log "kernel (b) is not built: its scenarios will report skipped (scripts/rig/build-kernel-b.sh builds it)"
+    command -v mkfs.ext4 >/dev/null || apt-get install -y -qq e2fsprogs >&2
+    root="$work/rootfs"
+    mkdir -p "$root"/{bin,dev,proc,sys,tmp,mnt,lib/modules}
+    cp "$bb" "$work/outb" "$root/bin/"
+    cp "$here/l2-init.sh" "$root/init"
+    chmod 0755 "$root/init" "$root/bin/busybox" "$root/bin/outb"
+    mkfs.ext4 -q -F -L rigroot -d "$root" "$work/rootfs.ext4" 32M >&2
+fi
+
 # QEMU goes into L1 only for the scenarios that compare with it.
 with_qemu=0
 for s in "${scenarios[@]}"; do case "$s" in qemu*) with_qemu=1 ;; esac; done
@@ -78,6 +99,12 @@ libs() {
     done
     echo "file /rig/l2/vmlinuz $cache/vmlinuz 0644"
     echo "file /rig/l2/initrd.cpio $work/l2-initrd.cpio 0644"
+    if [ -n "$kernel_b" ]; then
+        echo "file /rig/l2/bzImage-b $kernel_b 0644"
+        echo "file /rig/l2/rootfs.ext4 $work/rootfs.ext4 0644"
+        echo "file /rig/modules/tun.ko $cache/modules/tun.ko 0644"
+        echo "file /bin/debugfs $(command -v debugfs) 0755"
+    fi
     if [ "$with_qemu" = 1 ]; then
         echo "file /bin/qemu-system-x86_64 $(command -v qemu-system-x86_64) 0755"
         echo "file /rig/qemu/bios-microvm.bin $(readlink -f /usr/share/qemu/bios-microvm.bin) 0644"
@@ -85,6 +112,7 @@ libs() {
     {
         libs "$altovirt"
         libs "$(command -v socat)"
+        if [ -n "$kernel_b" ]; then libs "$(command -v debugfs)"; fi
         if [ "$with_qemu" = 1 ]; then libs "$(command -v qemu-system-x86_64)"; fi
     } | sort -u | while read -r lib; do
         # Keep the path ldd reports (the loader's path is baked into binaries).
