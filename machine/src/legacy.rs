@@ -1,5 +1,6 @@
 //! Wires the legacy devices onto the port-I/O bus and their interrupts to
-//! KVM: COM1 (IRQ 4 through an irqfd), the i8042, the boot-complete port.
+//! KVM: COM1 (IRQ 4 through an irqfd), the i8042, the CMOS RTC, the
+//! boot-complete port.
 
 use std::fs::OpenOptions;
 use std::io::Write;
@@ -8,10 +9,12 @@ use std::time::Instant;
 
 use address_space::Bus;
 use devices::boot_complete::BootCompletePort;
+use devices::cmos_rtc::CmosRtc;
 use devices::i8042::I8042;
 use devices::serial::{spawn_input_thread, SerialDevice};
 use devices::{
-    DeviceError, BOOT_COMPLETE_PORT, COM1_IRQ, COM1_PORT, COM1_PORT_LEN, I8042_PORT, I8042_PORT_LEN,
+    DeviceError, BOOT_COMPLETE_PORT, CMOS_RTC_PORT, CMOS_RTC_PORT_LEN, COM1_IRQ, COM1_PORT,
+    COM1_PORT_LEN, I8042_PORT, I8042_PORT_LEN,
 };
 use kvm_ioctls::VmFd;
 use machine_manager::config::SerialConfig;
@@ -63,6 +66,13 @@ impl LegacyDevices {
                 Arc::new(Mutex::new(I8042::new(Box::new(events)))),
             )
             .map_err(bus_err("i8042"))?;
+        io_bus
+            .insert(
+                CMOS_RTC_PORT,
+                CMOS_RTC_PORT_LEN,
+                Arc::new(Mutex::new(CmosRtc::new())),
+            )
+            .map_err(bus_err("CMOS RTC"))?;
         let boot_complete = Arc::new(Mutex::new(BootCompletePort::new(start)));
         io_bus
             .insert(BOOT_COMPLETE_PORT, 1, boot_complete.clone())
