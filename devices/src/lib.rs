@@ -2,11 +2,13 @@
 //! the port-I/O bus:
 //! - [`serial::SerialDevice`]: 16550A UART (COM1 at 0x3F8, IRQ 4), from vm-superio;
 //! - [`i8042::I8042`]: keyboard controller, only for the CPU-reset command;
+//! - [`cmos_rtc::CmosRtc`]: CMOS real-time clock at 0x70/0x71, without interrupts;
 //! - [`boot_complete::BootCompletePort`]: a port the guest writes to when it
 //!   has booted, so boot time can be measured without parsing the console.
 
 pub mod acpi_sleep;
 pub mod boot_complete;
+pub mod cmos_rtc;
 pub mod i8042;
 pub mod serial;
 
@@ -20,6 +22,10 @@ pub const COM1_IRQ: u32 = 4;
 pub const I8042_PORT: u64 = 0x60;
 /// Ports covered by the i8042.
 pub const I8042_PORT_LEN: u64 = 5;
+/// Index port of the CMOS RTC (the data port is +1).
+pub const CMOS_RTC_PORT: u64 = 0x70;
+/// Ports covered by the CMOS RTC.
+pub const CMOS_RTC_PORT_LEN: u64 = 2;
 /// The boot-complete port.
 pub const BOOT_COMPLETE_PORT: u64 = 0x3f0;
 /// I/O port of the ACPI sleep control and status registers (the FADT of

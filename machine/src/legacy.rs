@@ -1,6 +1,6 @@
 //! Wires the legacy devices onto the port-I/O bus and their interrupts to
-//! KVM: COM1 (IRQ 4 through an irqfd), the i8042, the boot-complete port,
-//! the ACPI sleep registers.
+//! KVM: COM1 (IRQ 4 through an irqfd), the i8042, the CMOS RTC, the
+//! boot-complete port, the ACPI sleep registers.
 
 use std::fs::OpenOptions;
 use std::io::Write;
@@ -10,11 +10,12 @@ use std::time::Instant;
 use address_space::Bus;
 use devices::acpi_sleep::AcpiSleep;
 use devices::boot_complete::BootCompletePort;
+use devices::cmos_rtc::CmosRtc;
 use devices::i8042::I8042;
 use devices::serial::{spawn_input_thread, SerialDevice};
 use devices::{
-    DeviceError, ACPI_SLEEP_PORT, BOOT_COMPLETE_PORT, COM1_IRQ, COM1_PORT, COM1_PORT_LEN,
-    I8042_PORT, I8042_PORT_LEN,
+    DeviceError, ACPI_SLEEP_PORT, BOOT_COMPLETE_PORT, CMOS_RTC_PORT, CMOS_RTC_PORT_LEN, COM1_IRQ,
+    COM1_PORT, COM1_PORT_LEN, I8042_PORT, I8042_PORT_LEN,
 };
 use kvm_ioctls::VmFd;
 use machine_manager::config::SerialConfig;
@@ -73,6 +74,13 @@ impl LegacyDevices {
                 Arc::new(Mutex::new(AcpiSleep::new(Box::new(events.clone())))),
             )
             .map_err(bus_err("ACPI sleep registers"))?;
+        io_bus
+            .insert(
+                CMOS_RTC_PORT,
+                CMOS_RTC_PORT_LEN,
+                Arc::new(Mutex::new(CmosRtc::new())),
+            )
+            .map_err(bus_err("CMOS RTC"))?;
         let boot_complete = Arc::new(Mutex::new(BootCompletePort::new(start)));
         io_bus
             .insert(BOOT_COMPLETE_PORT, 1, boot_complete.clone())

@@ -80,14 +80,14 @@ const MADT_REVISION: u8 = 5;
 const PCAT_COMPAT: u32 = 1;
 const MADT_LOCAL_APIC: u8 = 0;
 const MADT_IO_APIC: u8 = 1;
-const MADT_INT_SRC_OVERRIDE: u8 = 2;
 const MADT_LOCAL_APIC_NMI: u8 = 4;
 const LOCAL_APIC_ENABLED: u32 = 1;
 
 /// MADT: one enabled local APIC per vCPU (APIC id = ACPI processor UID =
-/// vCPU index), the IOAPIC (same id as in the MP table, GSIs 0-23), ISA
-/// IRQ 0 (the PIT) overridden to GSI 2 as KVM wires it, and LINT1 as NMI
-/// on every processor.
+/// vCPU index), the IOAPIC (same id as in the MP table, GSIs 0-23), and
+/// LINT1 as NMI on every processor. No interrupt source override: KVM's
+/// default routing sends ISA IRQ n (the PIT's 0 included) to GSI n, which
+/// is what a guest assumes without one.
 pub(crate) fn madt(layout: &AcpiLayout) -> Vec<u8> {
     let mut body = Vec::new();
     body.extend_from_slice(&(APIC_START as u32).to_le_bytes());
@@ -99,12 +99,7 @@ pub(crate) fn madt(layout: &AcpiLayout) -> Vec<u8> {
     body.extend_from_slice(&[MADT_IO_APIC, 12, ioapic_id(layout.vcpus), 0]);
     body.extend_from_slice(&(IOAPIC_START as u32).to_le_bytes());
     body.extend_from_slice(&0u32.to_le_bytes()); // GSI base
-                                                 // Bus 0 (ISA), source IRQ 0 → GSI 2; flags 0: conforms to the bus
-                                                 // (edge, active high).
-    body.extend_from_slice(&[MADT_INT_SRC_OVERRIDE, 10, 0, 0]);
-    body.extend_from_slice(&2u32.to_le_bytes());
-    body.extend_from_slice(&0u16.to_le_bytes());
-    // Every processor (UID 0xff), flags 0 (conforming), LINT1.
+                                                 // Every processor (UID 0xff), flags 0 (conforming), LINT1.
     body.extend_from_slice(&[MADT_LOCAL_APIC_NMI, 6, 0xff, 0, 0, 1]);
     table(*b"APIC", MADT_REVISION, *b"AVMADT  ", &body)
 }

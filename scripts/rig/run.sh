@@ -1,0 +1,133 @@
+#!/usr/bin/env bash
+# Runs the nested KVM-in-TCG rig: QEMU (TCG, nested SVM) boots L1, a Debian
+# cloud kernel whose initramfs loads KVM and runs the given altovirt binary
+# once per scenario against an L2 Debian cloud kernel with a busybox
+# initramfs. L1's console goes to stdout; result lines start with "RIG ".
+#
+#   scripts/rig/run.sh ALTOVIRT_BINARY [SCENARIO...]
+#
+# Scenarios (default: all): boot reboot stopcont poweroff
+# Environment: RIG_CACHE (cache root, see fetch.sh), RIG_TIMEOUT (seconds for
+# the whole QEMU run, default 600), RIG_KEEP=1 keeps the work directory.
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+log() { echo "rig: $*" >&2; }
+
+[ $# -ge 1 ] || { echo "usage: $0 ALTOVIRT_BINARY [SCENARIO...]" >&2; exit 2; }
+altovirt="$1"
+shift
+[ -x "$altovirt" ] || { echo "rig: ALTOVIRT_BINARY $altovirt is not an executable file" >&2; exit 2; }
+scenarios=("$@")
+[ ${#scenarios[@]} -gt 0 ] || scenarios=(boot reboot stopcont poweroff)
+
+command -v qemu-system-x86_64 >/dev/null || { echo "rig: qemu-system-x86_64 not found (apt-get install qemu-system-x86)" >&2; exit 3; }
+if ! command -v socat >/dev/null; then
+    log "installing socat (L1's QMP client)"
+    apt-get install -y -qq socat >&2
+fi
+
+cache="$("$here/fetch.sh")"
+work="$(mktemp -d "${TMPDIR:-/tmp}/altovirt-rig.XXXXXX")"
+if [ "${RIG_KEEP:-0}" != 1 ]; then trap 'rm -rf "$work"' EXIT; else log "work dir: $work"; fi
+
+bb="$cache/busybox/bin/busybox"
+
+# The boot-complete helper (this kernel has no /dev/port): a static binary.
+command -v rustc >/dev/null || { echo "rig: rustc not found (needed for tests/rig/outb.rs)" >&2; exit 3; }
+rustc -O -C target-feature=+crt-static -C strip=symbols \
+    "$here/../../tests/rig/outb.rs" -o "$work/outb"
+
+# L2 initramfs: busybox, /init, outb, and the virtio modules.
+{
+    echo "file /bin/busybox $bb 0755"
+    echo "file /bin/outb $work/outb 0755"
+    echo "file /init $here/l2-init.sh 0755"
+    echo "nod /dev/console c 5 1 0600"
+    for m in virtio_ring virtio virtio_mmio virtio_blk failover net_failover virtio_net virtio-rng; do
+        [ -f "$cache/modules/$m.ko" ] && echo "file /lib/modules/$m.ko $cache/modules/$m.ko 0644"
+    done
+} >"$work/l2.manifest"
+# The initramfs loader wants the modules in dependency order; the loop above
+# lists them so.
+python3 "$here/mkcpio.py" "$work/l2-initrd.cpio" <"$work/l2.manifest"
+
+# altovirt without debug info: smaller initramfs, faster L1 boot.
+if command -v objcopy >/dev/null; then
+    objcopy --strip-debug "$altovirt" "$work/altovirt"
+else
+    cp "$altovirt" "$work/altovirt"
+fi
+
+# Kernel (b) scenarios: the kernel only if already built (or RIG_BUILD_KERNEL_B=1),
+# and a root file system image made with mkfs.ext4 -d (no mounting).
+kernel_b=
+with_b=0
+for s in "${scenarios[@]}"; do case "$s" in b_*) with_b=1 ;; esac; done
+if [ "$with_b" = 1 ]; then
+    if [ "${RIG_BUILD_KERNEL_B:-0}" = 1 ]; then
+        kernel_b="$("$here/build-kernel-b.sh")"
+    else
+        kernel_b="$("$here/build-kernel-b.sh" --if-cached || true)"
+    fi
+    [ -n "$kernel_b" ] || log "kernel (b) is not built: its scenarios will report skipped (scripts/rig/build-kernel-b.sh builds it)"
+    command -v mkfs.ext4 >/dev/null || apt-get install -y -qq e2fsprogs >&2
+    root="$work/rootfs"
+    mkdir -p "$root"/{bin,dev,proc,sys,tmp,mnt,lib/modules}
+    cp "$bb" "$work/outb" "$root/bin/"
+    cp "$here/l2-init.sh" "$root/init"
+    chmod 0755 "$root/init" "$root/bin/busybox" "$root/bin/outb"
+    mkfs.ext4 -q -F -L rigroot -d "$root" "$work/rootfs.ext4" 32M >&2
+fi
+
+# QEMU goes into L1 only for the scenarios that compare with it.
+with_qemu=0
+for s in "${scenarios[@]}"; do case "$s" in qemu*) with_qemu=1 ;; esac; done
+
+# Shared libraries of the dynamic executables copied into L1.
+libs() {
+    ldd "$1" 2>/dev/null | sed -n 's/.*=> \(\/[^ ]*\).*/\1/p; s/^[[:space:]]*\(\/[^ ]*\) .*/\1/p'
+}
+{
+    echo "file /bin/busybox $bb 0755"
+    echo "file /init $here/l1-init.sh 0755"
+    echo "nod /dev/console c 5 1 0600"
+    echo "file /bin/altovirt $work/altovirt 0755"
+    echo "file /bin/socat $(command -v socat) 0755"
+    for m in irqbypass kvm kvm-amd; do
+        echo "file /rig/modules/$m.ko $cache/modules/$m.ko 0644"
+    done
+    echo "file /rig/l2/vmlinuz $cache/vmlinuz 0644"
+    echo "file /rig/l2/initrd.cpio $work/l2-initrd.cpio 0644"
+    if [ -n "$kernel_b" ]; then
+        echo "file /rig/l2/bzImage-b $kernel_b 0644"
+        echo "file /rig/l2/rootfs.ext4 $work/rootfs.ext4 0644"
+        echo "file /rig/modules/tun.ko $cache/modules/tun.ko 0644"
+        echo "file /bin/debugfs $(command -v debugfs) 0755"
+    fi
+    if [ "$with_qemu" = 1 ]; then
+        echo "file /bin/qemu-system-x86_64 $(command -v qemu-system-x86_64) 0755"
+        echo "file /rig/qemu/bios-microvm.bin $(readlink -f /usr/share/qemu/bios-microvm.bin) 0644"
+    fi
+    {
+        libs "$altovirt"
+        libs "$(command -v socat)"
+        if [ -n "$kernel_b" ]; then libs "$(command -v debugfs)"; fi
+        if [ "$with_qemu" = 1 ]; then libs "$(command -v qemu-system-x86_64)"; fi
+    } | sort -u | while read -r lib; do
+        # Keep the path ldd reports (the loader's path is baked into binaries).
+        echo "file $lib $(readlink -f "$lib") 0755"
+    done
+} >"$work/l1.manifest"
+python3 "$here/mkcpio.py" "$work/l1-initrd.cpio" <"$work/l1.manifest"
+
+IFS=,
+sc="${scenarios[*]}"
+unset IFS
+log "booting L1 (scenarios: $sc)"
+# L1's console is the only output on stdout.
+timeout --foreground -k 5 "${RIG_TIMEOUT:-600}" qemu-system-x86_64 \
+    -M microvm -accel tcg -cpu qemu64,+svm,+npt -m 1024 \
+    -nodefaults -no-user-config -nographic -no-reboot -serial stdio \
+    -kernel "$cache/vmlinuz" -initrd "$work/l1-initrd.cpio" \
+    -append "console=ttyS0 quiet panic=-1 rig.scenarios=$sc" </dev/null
