@@ -8,7 +8,9 @@ need_apt=()
 command -v gcc >/dev/null 2>&1 || need_apt+=(gcc)
 command -v ld >/dev/null 2>&1 || need_apt+=(binutils)
 command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)   # network namespaces for the virtio-net tests
-command -v qemu-system-x86_64 >/dev/null 2>&1 || need_apt+=(qemu-system-x86)   # the shim drives real QEMU too
+command -v qemu-system-x86_64 >/dev/null 2>&1 || need_apt+=(qemu-system-x86)   # the shim drives real QEMU too; the rig's L1
+command -v socat >/dev/null 2>&1 || need_apt+=(socat)   # the rig's QMP client inside L1
+command -v mkfs.ext4 >/dev/null 2>&1 || need_apt+=(e2fsprogs)   # the rig's ext4 root disk (mkfs.ext4 -d, debugfs)
 if [ ${#need_apt[@]} -gt 0 ]; then
     echo "installing: ${need_apt[*]}"
     apt-get update -qq && apt-get install -y -qq "${need_apt[@]}"
@@ -25,4 +27,10 @@ if [ ! -r /dev/kvm ] || [ ! -w /dev/kvm ]; then
 fi
 
 cargo fmt --all -- --check
+
+# The rig's kernel (b), a minimal microVM kernel built from Debian's
+# linux-source package (about 3 minutes the first time on 2 cores; cached
+# under ~/.cache/altovirt-rig afterwards). See docs/rig.md.
+./scripts/rig/build-kernel-b.sh >/dev/null
+
 cargo test --workspace "$@"
