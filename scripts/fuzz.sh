@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Short libFuzzer run of the QMP input target (qmp/fuzz). Usage:
+# Short libFuzzer runs of the QMP input target (qmp/fuzz) and of the
+# configuration parsers (machine_manager/fuzz), SECONDS each. Usage:
 #   scripts/fuzz.sh [SECONDS]      (default 30)
 # Installs cargo-fuzz from crates.io if missing; RUSTC_BOOTSTRAP=1 lets the
 # stable toolchain build with the sanitizer flags cargo-fuzz needs.
@@ -12,7 +13,12 @@ if ! command -v cargo-fuzz >/dev/null 2>&1; then
 fi
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
-cd qmp/fuzz
-RUSTC_BOOTSTRAP=1 cargo fuzz run qmp_input "$work" corpus/qmp_input -- \
-    -max_total_time="$seconds" -max_len=8192 2>&1 | tail -n 5
-echo "fuzz: qmp_input ran ${seconds}s without a crash"
+root="$(pwd)"
+run() { # DIR TARGET MAX_LEN
+    mkdir -p "$work/$2"
+    (cd "$root/$1" && RUSTC_BOOTSTRAP=1 cargo fuzz run "$2" "$work/$2" "corpus/$2" -- \
+        -max_total_time="$seconds" -max_len="$3" 2>&1 | tail -n 5)
+    echo "fuzz: $2 ran ${seconds}s without a crash"
+}
+run qmp/fuzz qmp_input 8192
+run machine_manager/fuzz config_input 4096

@@ -8,7 +8,9 @@ use std::sync::Arc;
 
 use machine::qmp_bridge::{QmpEvents, VmQmpHandler};
 use machine::{ExitReason, KernelSource, MicroVm, VmEvent};
-use machine_manager::config::{parse_cmdline, Command, LogTarget, SerialConfig, VmConfig, USAGE};
+use machine_manager::config::{
+    parse_cmdline, single_line, Command, LogTarget, SerialConfig, VmConfig, USAGE,
+};
 use machine_manager::logger;
 use machine_manager::process::{
     block_terminating_signals, daemonize, spawn_signal_thread, PidFile, TerminalGuard,
@@ -38,7 +40,7 @@ fn main() -> ExitCode {
     }
     match parse_cmdline(&args) {
         Err(e) => {
-            eprintln!("altovirt: {e}");
+            eprintln!("altovirt: {}", single_line(&e.to_string()));
             ExitCode::from(EXIT_USAGE)
         }
         Ok(Command::Help) => {
@@ -56,7 +58,7 @@ fn main() -> ExitCode {
                 if matches!(cfg.log, LogTarget::File(_)) {
                     log::error!("{msg}");
                 }
-                eprintln!("altovirt: {msg}");
+                eprintln!("altovirt: {}", single_line(&msg));
                 ExitCode::from(code)
             }
         },

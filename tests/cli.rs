@@ -306,3 +306,13 @@ fn devices_not_built_yet_are_refused_clearly() {
         "not supported yet",
     );
 }
+
+#[test]
+fn errors_quoting_control_characters_stay_on_one_line() {
+    // Found by the config fuzz target: a stray argument with newlines.
+    assert_usage_error(
+        &["-m", "64", "stray\nargument"],
+        "unexpected argument 'stray\\nargument'",
+    );
+    assert_usage_error(&["-kernel", "/no/such\n\tkernel"], "/no/such\\n\\tkernel");
+}

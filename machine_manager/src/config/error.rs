@@ -373,3 +373,30 @@ mod tests {
         }
     }
 }
+
+/// `msg` on one line: control characters (a newline inside a quoted path,
+/// say) are written as escapes, so every error stays a single line however
+/// odd the input it quotes.
+pub fn single_line(msg: &str) -> String {
+    let mut out = String::with_capacity(msg.len());
+    for c in msg.chars() {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod single_line_tests {
+    use super::*;
+
+    #[test]
+    fn control_characters_are_escaped() {
+        assert_eq!(single_line("a\nb\tc\u{7f}é"), "a\\nb\\tc\\u{7f}é");
+        let e = ConfigError::UnexpectedArgument("x\ny".into());
+        assert!(!single_line(&e.to_string()).contains('\n'));
+    }
+}

@@ -9,6 +9,7 @@
 mod cmdline;
 mod devices;
 mod error;
+pub mod fuzzing;
 mod json;
 mod options;
 mod size;
@@ -18,7 +19,7 @@ use std::path::PathBuf;
 
 pub use cmdline::{parse_cmdline, Command, USAGE};
 pub use devices::{ChardevBackend, DeviceConfig, NetBackend};
-pub use error::ConfigError;
+pub use error::{single_line, ConfigError};
 pub use size::{MIN_MEM_SIZE, PAGE_SIZE};
 pub use validate::{MAX_IFNAME_LEN, MAX_VCPUS, MIN_VCPUS};
 
