@@ -1,7 +1,9 @@
 //! Legacy devices of the microVM, each a [`address_space::BusDevice`] on
 //! the port-I/O bus:
 //! - [`serial::SerialDevice`]: 16550A UART (COM1 at 0x3F8, IRQ 4), from vm-superio;
-//! - [`i8042::I8042`]: keyboard controller, only for the CPU-reset command;
+//! - [`i8042::I8042`]: keyboard controller (IRQ 1): the reset command and the
+//!   probe replies a Linux guest waits for, with a keyboard that never types;
+//! - [`acpi_sleep::AcpiSleep`]: the ACPI sleep control/status port (S5 = off);
 //! - [`cmos_rtc::CmosRtc`]: CMOS real-time clock at 0x70/0x71, without interrupts;
 //! - [`boot_complete::BootCompletePort`]: a port the guest writes to when it
 //!   has booted, so boot time can be measured without parsing the console.
@@ -22,6 +24,8 @@ pub const COM1_IRQ: u32 = 4;
 pub const I8042_PORT: u64 = 0x60;
 /// Ports covered by the i8042.
 pub const I8042_PORT_LEN: u64 = 5;
+/// IRQ line of the i8042's keyboard.
+pub const I8042_IRQ: u32 = 1;
 /// Index port of the CMOS RTC (the data port is +1).
 pub const CMOS_RTC_PORT: u64 = 0x70;
 /// Ports covered by the CMOS RTC.

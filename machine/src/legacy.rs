@@ -15,10 +15,11 @@ use devices::i8042::I8042;
 use devices::serial::{spawn_input_thread, SerialDevice};
 use devices::{
     DeviceError, ACPI_SLEEP_PORT, BOOT_COMPLETE_PORT, CMOS_RTC_PORT, CMOS_RTC_PORT_LEN, COM1_IRQ,
-    COM1_PORT, COM1_PORT_LEN, I8042_PORT, I8042_PORT_LEN,
+    COM1_PORT, COM1_PORT_LEN, I8042_IRQ, I8042_PORT, I8042_PORT_LEN,
 };
 use kvm_ioctls::VmFd;
 use machine_manager::config::SerialConfig;
+use vmm_sys_util::eventfd::EventFd;
 
 use crate::error::MachineError;
 use crate::events::EventSender;
@@ -60,11 +61,24 @@ impl LegacyDevices {
             }
             None => None,
         };
+        // The keyboard's IRQ 1, through an irqfd like COM1's.
+        let kbd_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(|source| MachineError::Kvm {
+            what: "eventfd for IRQ 1 (i8042)",
+            source: source.into(),
+        })?;
+        vm.register_irqfd(&kbd_irq, I8042_IRQ)
+            .map_err(|source| MachineError::Kvm {
+                what: "KVM_IRQFD (i8042)",
+                source,
+            })?;
         io_bus
             .insert(
                 I8042_PORT,
                 I8042_PORT_LEN,
-                Arc::new(Mutex::new(I8042::new(Box::new(events.clone())))),
+                Arc::new(Mutex::new(I8042::new(
+                    Box::new(events.clone()),
+                    Some(kbd_irq),
+                ))),
             )
             .map_err(bus_err("i8042"))?;
         io_bus
