@@ -23,6 +23,7 @@ pub mod net;
 pub mod rng;
 #[cfg(test)]
 mod test_utils;
+pub mod vhost_user;
 pub mod vsock;
 mod worker;
 
