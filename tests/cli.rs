@@ -303,7 +303,8 @@ fn devices_not_built_yet_are_refused_clearly() {
             "-device",
             "vhost-user-fs-device,chardev=fs,tag=kataShared,id=virtio-fs0",
         ],
-        "not supported yet",
+        // Without -machine mem-share=on no backend could map guest RAM.
+        "device 'virtio-fs0': guest RAM at 0x0 is not shareable",
     );
 }
 

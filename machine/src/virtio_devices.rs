@@ -15,6 +15,7 @@ use machine_manager::config::{ChardevBackend, DeviceConfig, NetBackend};
 use machine_manager::event_loop::EventLoop;
 use virtio::block::{Block, BlockConfig};
 use virtio::console::{Console, ConsoleBackend, FileBackend, UnixSocketBackend};
+use virtio::fs::{FsConfig, VhostUserFs};
 use virtio::net::{parse_mac, Net, NetConfig, Tap};
 use virtio::rng::Rng;
 use virtio::vsock::{VhostVsock, VhostVsockDevice, Vsock, VsockConfig};
@@ -95,7 +96,7 @@ impl VirtioDevices {
             net_slots: Vec::new(),
         };
         for cfg in configs {
-            let model = devices.model(cfg)?;
+            let model = devices.model(cfg, mem)?;
             devices.place(vm, mem, mmio_bus, cfg.id(), model)?;
         }
         for n in 0..blk_slots {
@@ -174,7 +175,11 @@ impl VirtioDevices {
         std::mem::take(&mut self.net_slots)
     }
 
-    fn model(&self, cfg: &DeviceConfig) -> Result<Arc<Mutex<dyn VirtioDevice>>, MachineError> {
+    fn model(
+        &self,
+        cfg: &DeviceConfig,
+        mem: &GuestMemoryMmap,
+    ) -> Result<Arc<Mutex<dyn VirtioDevice>>, MachineError> {
         let err = |reason: String| MachineError::Virtio {
             id: cfg.id().to_string(),
             reason,
@@ -242,6 +247,23 @@ impl VirtioDevices {
                     VhostVsock::open(u64::from(*guest_cid), fd).map_err(|e| err(e.to_string()))?;
                 Arc::new(Mutex::new(VhostVsockDevice::new(vhost, el)))
             }
+            DeviceConfig::VhostUserFs {
+                socket,
+                tag,
+                num_request_queues,
+                queue_size,
+                ..
+            } => {
+                let config = FsConfig {
+                    tag: tag.clone(),
+                    socket: socket.clone(),
+                    num_request_queues: *num_request_queues,
+                    queue_size: *queue_size,
+                };
+                Arc::new(Mutex::new(
+                    VhostUserFs::new(cfg.id(), &config, mem, el).map_err(|e| err(e.to_string()))?,
+                ))
+            }
             DeviceConfig::Console { backend, .. } => {
                 let backend: Box<dyn ConsoleBackend> = match backend {
                     ChardevBackend::Socket(path) => {
@@ -250,7 +272,7 @@ impl VirtioDevices {
                     ChardevBackend::File(path) => {
                         Box::new(FileBackend::create(path).map_err(|e| err(e.to_string()))?)
                     }
-                    ChardevBackend::Stdio => {
+                    ChardevBackend::SocketClient(_) | ChardevBackend::Stdio => {
                         return Err(MachineError::Unsupported(format!(
                             "virtconsole '{}' on chardev stdio (use a socket or file chardev)",
                             cfg.id()

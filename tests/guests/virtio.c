@@ -11,9 +11,9 @@
  *       parses it (size with an optional K/M/G suffix; numbers in decimal,
  *       0x hex or 0 octal)
  *   guest.virtio=<test>[,<test>...]  blk, rng, console, blk-bad, net, vsock,
- *                                    blkbench, hotplug, net-hotplug (run in
- *                                    the order given; net-hotplug is in
- *                                    nethotplug.c)
+ *                                    blkbench, hotplug, net-hotplug, fs (run
+ *                                    in the order given; net-hotplug is in
+ *                                    nethotplug.c, fs in virtiofs.c)
  *   guest.blkwrite=1                 blk also writes, flushes and re-reads
  *                                    sector 1
  *   guest.vsockport=<n>              vsock: host port to connect to (1234
@@ -449,12 +449,12 @@ struct vq {
 
 /*
  * One ring per queue any test uses: blk 0 (blk, blk-bad, blkbench), rng 0,
- * console 0 and 1, net 0 and 1, vsock 0, 1 and 2; hotplug has one blk
+ * console 0 and 1, net 0 and 1, vsock 0, 1 and 2, fs 0 and 1; hotplug has one blk
  * queue 0 per slot (RING_HP + slot index).
  */
 enum {
 	RING_BLK, RING_RNG, RING_CON_RX, RING_CON_TX, RING_NET_RX, RING_NET_TX,
-	RING_VS_RX, RING_VS_TX, RING_VS_EV, RING_HP,
+	RING_VS_RX, RING_VS_TX, RING_VS_EV, RING_FS_HIPRIO, RING_FS_REQ, RING_HP,
 	N_RINGS = RING_HP + MAX_VIRTIO_DEVS
 };
 static struct vq_ring rings[N_RINGS];
@@ -1752,6 +1752,7 @@ static void test_hotplug(void)
 }
 
 #include "nethotplug.c"
+#include "virtiofs.c"
 
 /* ---- Probe and dispatch ------------------------------------------------------ */
 
@@ -1832,6 +1833,8 @@ static void virtio_run(void)
 			test_hotplug();
 		else if (name_is(t, len, "net-hotplug"))
 			test_net_hotplug();
+		else if (name_is(t, len, "fs"))
+			test_fs();
 		else if (len) {
 			puts_serial("virtio: unknown test ");
 			for (u32 i = 0; i < len; i++)

@@ -6,7 +6,8 @@
 //!   queues on a [`machine_manager::event_loop::EventLoop`] thread, never on
 //!   vCPU threads.
 //! - Devices: [`block::Block`] (virtio-blk), [`rng::Rng`] (virtio-rng) and
-//!   [`console::Console`] (virtio-console, single port).
+//!   [`console::Console`] (virtio-console, single port), [`fs::VhostUserFs`]
+//!   (virtio-fs through a vhost-user backend, see [`vhost_user`]).
 //!
 //! Everything the guest writes (registers, rings, descriptors) is treated
 //! as hostile: a misbehaving driver gets an error status or a device in the
@@ -17,12 +18,14 @@
 pub mod block;
 mod chain;
 pub mod console;
+pub mod fs;
 mod interrupt;
 pub mod mmio;
 pub mod net;
 pub mod rng;
 #[cfg(test)]
 mod test_utils;
+pub mod vhost_user;
 pub mod vsock;
 mod worker;
 

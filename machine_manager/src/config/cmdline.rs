@@ -50,10 +50,12 @@ Usage: altovirt [OPTIONS]
   -S                    do not start the vCPUs until QMP 'cont'
   -drive id=ID,file=PATH[,readonly=on|off][,direct=on|off][,format=raw]  a block back-end
   -object rng-random,id=ID,filename=PATH  an entropy back-end (also: iothread,id=ID)
-  -chardev socket,id=ID,path=PATH,server,nowait | stdio,id=ID | file,id=ID,path=PATH
+  -chardev socket,id=ID,path=PATH[,server,nowait] | stdio,id=ID | file,id=ID,path=PATH
   -device virtio-blk-device,drive=ID[,id=DEV][,serial=S]
   -device virtio-rng-device,rng=ID[,id=DEV]
   -device virtio-serial-device[,id=DEV] -device virtconsole,chardev=ID[,id=DEV]
+  -device vhost-user-fs-device,chardev=ID,tag=TAG[,id=DEV][,num-request-queues=N][,queue-size=N]
+                        virtio-fs; connects to the chardev's socket (needs mem-share=on)
   -netdev tap,id=ID,ifname=NAME|fd=N  a tap back-end (fd: inherited descriptor)
   -device virtio-net-device,netdev=ID[,id=DEV][,mac=MAC]
   -device vhost-vsock-device,id=DEV,guest-cid=N[,vhostfd=FD]  kernel vsock (needs /dev/vhost-vsock)

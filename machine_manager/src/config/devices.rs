@@ -30,6 +30,9 @@ pub enum NetBackend {
 pub enum ChardevBackend {
     /// A listening unix socket (`-chardev socket,path=P,server,nowait`).
     Socket(PathBuf),
+    /// A unix socket to connect to (`-chardev socket,path=P` without
+    /// `server`); only vhost-user devices accept it.
+    SocketClient(PathBuf),
     /// The VMM's stdin/stdout.
     Stdio,
     /// Output appended to a file.
@@ -83,6 +86,22 @@ pub enum DeviceConfig {
         /// connections to port N go to `<uds_path>_N`.
         uds_path: PathBuf,
     },
+    /// virtio-fs served by a vhost-user backend (e.g. virtiofsd).
+    VhostUserFs {
+        /// Device id.
+        id: String,
+        /// The `-chardev` id.
+        chardev: String,
+        /// The backend's listening socket (the chardev's path; altovirt
+        /// connects to it whether or not the chardev says `server`).
+        socket: PathBuf,
+        /// Mount tag (1 to 36 bytes).
+        tag: String,
+        /// Request queues (besides the high-priority queue).
+        num_request_queues: u16,
+        /// Size of every queue.
+        queue_size: u16,
+    },
     /// virtio-console (virtio-serial with one virtconsole port).
     Console {
         /// Device id (of the virtconsole).
@@ -101,6 +120,7 @@ impl DeviceConfig {
             | DeviceConfig::Net { id, .. }
             | DeviceConfig::VhostVsock { id, .. }
             | DeviceConfig::HybridVsock { id, .. }
+            | DeviceConfig::VhostUserFs { id, .. }
             | DeviceConfig::Console { id, .. } => id,
         }
     }
@@ -230,16 +250,14 @@ fn parse_chardev(value: &str) -> Result<(String, ChardevBackend), ConfigError> {
     let id = required(&list, at, "id")?.to_string();
     let backend = match list.get("backend").unwrap_or_default() {
         "socket" => {
+            let path = PathBuf::from(required(&list, at, "path")?);
             if !switch(&list, at, "server", false)? {
-                return Err(invalid(
-                    at,
-                    "socket chardevs must be servers (add server,nowait)",
-                ));
-            }
-            if switch(&list, at, "wait", true)? {
+                ChardevBackend::SocketClient(path)
+            } else if switch(&list, at, "wait", true)? {
                 return Err(invalid(at, "wait=on is not supported (add nowait)"));
+            } else {
+                ChardevBackend::Socket(path)
             }
-            ChardevBackend::Socket(PathBuf::from(required(&list, at, "path")?))
         }
         "stdio" => ChardevBackend::Stdio,
         "file" => ChardevBackend::File(PathBuf::from(required(&list, at, "path")?)),
@@ -354,8 +372,98 @@ fn parse_cid(at: &str, list: &OptionList) -> Result<u32, ConfigError> {
         })
 }
 
-/// Drivers whose device models are not part of this build yet.
-const NOT_YET: &[&str] = &["vhost-user-fs-device", "vhost-user-fs-mmio"];
+/// Largest virtio-fs mount tag (the configuration field's size).
+const MAX_FS_TAG_LEN: usize = 36;
+
+/// A u16 option `key` in `range`, or `default`.
+fn small_number(
+    list: &OptionList,
+    at: &str,
+    key: &str,
+    default: u16,
+    check: impl Fn(u16) -> bool,
+    expected: &str,
+) -> Result<u16, ConfigError> {
+    match list.get(key) {
+        None => Ok(default),
+        Some(text) => text
+            .parse::<u16>()
+            .ok()
+            .filter(|v| check(*v))
+            .ok_or_else(|| invalid(at, format!("{key} '{text}' must be {expected}"))),
+    }
+}
+
+/// `-device vhost-user-fs-device,chardev=ID,tag=TAG[,id=..]
+/// [,num-request-queues=N][,queue-size=N]`.
+fn parse_vhost_user_fs(
+    at: &str,
+    value: &str,
+    chardevs: &mut HashMap<String, ChardevBackend>,
+) -> Result<DeviceConfig, ConfigError> {
+    let list = OptionList::parse(
+        at,
+        value,
+        Some("driver"),
+        &[
+            "driver",
+            "id",
+            "chardev",
+            "tag",
+            "num-request-queues",
+            "queue-size",
+            "bus",
+            "addr",
+        ],
+    )?;
+    let name = required(&list, at, "chardev")?;
+    let socket = match chardevs.remove(name) {
+        Some(ChardevBackend::Socket(p) | ChardevBackend::SocketClient(p)) => p,
+        Some(_) => {
+            return Err(invalid(
+                at,
+                format!("chardev '{name}' must be a unix socket chardev"),
+            ))
+        }
+        None => {
+            return Err(invalid(
+                at,
+                format!("chardev '{name}' is not defined (or already used)"),
+            ))
+        }
+    };
+    let tag = required(&list, at, "tag")?;
+    if tag.len() > MAX_FS_TAG_LEN {
+        return Err(invalid(
+            at,
+            format!("tag '{tag}' is longer than {MAX_FS_TAG_LEN} bytes"),
+        ));
+    }
+    let num_request_queues = small_number(
+        &list,
+        at,
+        "num-request-queues",
+        1,
+        |n| (1..=63).contains(&n),
+        "1 to 63",
+    )?;
+    let queue_size = small_number(
+        &list,
+        at,
+        "queue-size",
+        128,
+        |n| n.is_power_of_two() && (2..=1024).contains(&n),
+        "a power of two from 2 to 1024",
+    )?;
+    Ok(DeviceConfig::VhostUserFs {
+        id: list.get("id").unwrap_or(name).to_string(),
+        chardev: name.to_string(),
+        socket,
+        tag: tag.to_string(),
+        num_request_queues,
+        queue_size,
+    })
+}
 
 /// Resolves the device flags (and the JSON devices) into device configs.
 /// Devices with the iothreads they run on.
@@ -453,9 +561,6 @@ pub(crate) fn resolve(
     for value in &raw.devices {
         let driver = value.split(',').next().unwrap_or_default();
         let at = format!("-device {driver}");
-        if NOT_YET.contains(&driver) {
-            return Err(invalid(at, "not supported yet by this altovirt build"));
-        }
         let device = match driver {
             "virtio-blk-device" | "virtio-blk-mmio" => {
                 let list = OptionList::parse(
@@ -573,6 +678,9 @@ pub(crate) fn resolve(
                     uds_path: PathBuf::from(required(&list, &at, "uds-path")?),
                 }
             }
+            "vhost-user-fs-device" | "vhost-user-fs-mmio" => {
+                parse_vhost_user_fs(&at, value, &mut chardevs)?
+            }
             "virtio-serial-device" | "virtio-serial-mmio" => {
                 OptionList::parse(
                     &at,
@@ -609,6 +717,14 @@ pub(crate) fn resolve(
                         format!("chardev '{name}' is not defined (or already used)"),
                     )
                 })?;
+                if matches!(backend, ChardevBackend::SocketClient(_)) {
+                    return Err(invalid(
+                        &at,
+                        format!(
+                            "chardev '{name}': socket chardevs must be servers (add server,nowait)"
+                        ),
+                    ));
+                }
                 DeviceConfig::Console {
                     id: list.get("id").unwrap_or(name).to_string(),
                     backend,

@@ -121,7 +121,17 @@ fn device_errors_name_the_flag_and_the_problem() {
             vec!["-chardev", "socket,id=c0,path=/x,server,wait=on"],
             "wait=on is not supported",
         ),
-        (vec!["-chardev", "socket,id=c0,path=/x"], "must be servers"),
+        (
+            vec![
+                "-chardev",
+                "socket,id=c0,path=/x",
+                "-device",
+                "virtio-serial-device",
+                "-device",
+                "virtconsole,chardev=c0",
+            ],
+            "-device virtconsole: chardev 'c0': socket chardevs must be servers",
+        ),
         (
             vec!["-drive", "id=d0,file=/nonexistent.img"],
             "-drive file: cannot open '/nonexistent.img'",
@@ -172,4 +182,97 @@ fn json_drives_and_rng_become_devices() {
     assert!(matches!(&cfg.devices[1], DeviceConfig::Rng { .. }));
     let _ = std::fs::remove_file(img);
     let _ = std::fs::remove_file(cfg_path);
+}
+
+#[test]
+fn vhost_user_fs_resolves_from_kata_and_qemu_style_chardevs() {
+    // Kata's StratoVirt flags, verbatim.
+    let cfg = parse(&[
+        "-chardev",
+        "socket,id=virtio_fs,path=/run/vc/sb/virtiofs_kata.socket,server,nowait",
+        "-device",
+        "vhost-user-fs-device,chardev=virtio_fs,tag=kataShared,id=virtio-fs0",
+    ])
+    .unwrap();
+    assert_eq!(
+        cfg.devices,
+        vec![DeviceConfig::VhostUserFs {
+            id: "virtio-fs0".into(),
+            chardev: "virtio_fs".into(),
+            socket: "/run/vc/sb/virtiofs_kata.socket".into(),
+            tag: "kataShared".into(),
+            num_request_queues: 1,
+            queue_size: 128,
+        }]
+    );
+    // QEMU style: a client chardev, queue options, no id.
+    let cfg = parse(&[
+        "-chardev",
+        "socket,id=char0,path=/tmp/vfsd.sock",
+        "-device",
+        "vhost-user-fs-mmio,chardev=char0,tag=myfs,queue-size=1024,num-request-queues=2",
+    ])
+    .unwrap();
+    assert_eq!(
+        cfg.devices,
+        vec![DeviceConfig::VhostUserFs {
+            id: "char0".into(),
+            chardev: "char0".into(),
+            socket: "/tmp/vfsd.sock".into(),
+            tag: "myfs".into(),
+            num_request_queues: 2,
+            queue_size: 1024,
+        }]
+    );
+}
+
+#[test]
+fn vhost_user_fs_errors_name_the_flag_and_key() {
+    let chardev = ["-chardev", "socket,id=c,path=/tmp/fs.sock"];
+    let cases: Vec<(&str, &str)> = vec![
+        (
+            "vhost-user-fs-device,tag=t",
+            "-device vhost-user-fs-device: 'chardev' is required",
+        ),
+        (
+            "vhost-user-fs-device,chardev=c",
+            "-device vhost-user-fs-device: 'tag' is required",
+        ),
+        (
+            "vhost-user-fs-device,chardev=nope,tag=t",
+            "-device vhost-user-fs-device: chardev 'nope' is not defined",
+        ),
+        (
+            "vhost-user-fs-device,chardev=c,tag=0123456789012345678901234567890123456",
+            "is longer than 36 bytes",
+        ),
+        (
+            "vhost-user-fs-device,chardev=c,tag=t,queue-size=100",
+            "-device vhost-user-fs-device: queue-size '100' must be a power of two from 2 to 1024",
+        ),
+        (
+            "vhost-user-fs-device,chardev=c,tag=t,num-request-queues=0",
+            "num-request-queues '0' must be 1 to 63",
+        ),
+        ("vhost-user-fs-device,chardev=c,tag=t,cache=always", "cache"),
+    ];
+    for (device, needle) in cases {
+        let mut args = chardev.to_vec();
+        args.extend(["-device", device]);
+        let e = parse(&args).unwrap_err().to_string();
+        assert!(e.contains(needle), "{device}: {e}");
+        assert_eq!(e.lines().count(), 1);
+    }
+    let e = parse(&[
+        "-chardev",
+        "file,id=c,path=/tmp/x",
+        "-device",
+        "vhost-user-fs-device,chardev=c,tag=t",
+    ])
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("chardev 'c' must be a unix socket chardev"),
+        "{e}"
+    );
 }

@@ -1,0 +1,249 @@
+//! virtio-fs through a vhost-user backend, under the real binary: Kata's
+//! StratoVirt flags verbatim with a Python backend (stdlib only) serving
+//! FUSE_INIT to the tiny guest; refusals for private RAM and a missing
+//! backend; a backend that dies while the VM runs.
+
+mod common;
+
+use common::qmp_client::Client;
+use common::*;
+use serde_json::json;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdout, Command, Stdio};
+use std::sync::mpsc::{channel, Receiver};
+use std::time::{Duration, Instant};
+
+const BACKEND: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/tests/guests/vhost_user_fs_backend.py"
+);
+
+/// The Python backend listening on `sock`, with its stdout lines.
+struct Backend {
+    child: Child,
+    lines: Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Backend {
+    fn start(sock: &Path) -> Backend {
+        let mut child = Command::new("python3")
+            .arg(BACKEND)
+            .arg(sock)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn python3 backend");
+        let out: ChildStdout = child.stdout.take().unwrap();
+        let (tx, lines) = channel();
+        std::thread::spawn(move || {
+            for l in BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(l).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut b = Backend {
+            child,
+            lines,
+            seen: Vec::new(),
+        };
+        b.wait_for("listening", Duration::from_secs(20));
+        b
+    }
+
+    /// Waits for a line equal to `want`; panics with what was seen.
+    fn wait_for(&mut self, want: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while !self.seen.iter().any(|l| l == want) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(l) => self.seen.push(l),
+                Err(_) => panic!("backend never said {want:?}; said {:?}", self.seen),
+            }
+        }
+    }
+
+    /// Every line so far, after waiting up to `timeout` for `last`.
+    fn drain_until(&mut self, last: &str, timeout: Duration) -> Vec<String> {
+        self.wait_for(last, timeout);
+        self.seen.clone()
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn python_usable(test: &str) -> bool {
+    let ok = Command::new("python3")
+        .arg("-c")
+        .arg("import socket; socket.recv_fds")
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        eprintln!("SKIP {test}: python3 >= 3.9 (socket.recv_fds) is needed");
+    }
+    ok
+}
+
+/// Kata's `-chardev`/`-device` pair for the socket at `sock`.
+fn kata_fs_flags(sock: &Path) -> Vec<String> {
+    vec![
+        "-chardev".into(),
+        format!("socket,id=virtio_fs,path={},server,nowait", sock.display()),
+        "-device".into(),
+        "vhost-user-fs-device,chardev=virtio_fs,tag=kataShared,id=virtio-fs0".into(),
+    ]
+}
+
+fn socket_path(dir: &Path) -> PathBuf {
+    dir.join("virtiofs_kata.socket")
+}
+
+#[test]
+fn kata_virtio_fs_line_serves_fuse_init_to_the_guest() {
+    if !kvm_usable("virtio_fs_kata") || !python_usable("virtio_fs_kata") {
+        return;
+    }
+    let dir = scratch("vfs-kata");
+    let sock = socket_path(&dir);
+    let mut backend = Backend::start(&sock);
+    let mut cmd = altovirt();
+    cmd.args(["-kernel", GUEST_ELF64, "-serial", "stdio"])
+        .args(["-machine", "type=microvm,dump-guest-core=off,mem-share=on"])
+        .args(kata_fs_flags(&sock))
+        .args(["-append", "guest.virtio=fs"]);
+    let out = run_with_timeout(cmd, Duration::from_secs(90));
+    assert_eq!(out.code(), 0, "{out:?}");
+    assert_eq!(
+        out.lines("fs: "),
+        vec!["tag=kataShared queues=1", "init major=7 minor=31", "done"],
+        "{}",
+        out.stdout
+    );
+    // The virtio-fs device is the only command-line device: first window.
+    assert!(
+        out.stdout
+            .lines()
+            .any(|l| l == "virtio: base=0xd0000000 irq=5 id=26"),
+        "{}",
+        out.stdout
+    );
+    // What the backend saw: guest RAM, both rings enabled, the guest's
+    // FUSE_INIT (7.31, unique 0x1234), and the rings taken back at reset
+    // (the request ring after one request).
+    let seen = backend.drain_until("disconnected", Duration::from_secs(10));
+    for want in [
+        "connected",
+        "mem regions=1",
+        "vring 0 enabled",
+        "vring 1 enabled",
+        "fuse init 7.31 unique=4660",
+        "vring 0 base=0",
+        "vring 1 base=1",
+    ] {
+        assert!(seen.iter().any(|l| l == want), "{want:?} not in {seen:?}");
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn private_guest_ram_is_refused_naming_the_device() {
+    if !kvm_usable("virtio_fs_private") || !python_usable("virtio_fs_private") {
+        return;
+    }
+    let dir = scratch("vfs-private");
+    let sock = socket_path(&dir);
+    let backend = Backend::start(&sock);
+    let mut cmd = altovirt();
+    cmd.args(["-kernel", GUEST_ELF64, "-serial", "stdio"])
+        .args(["-machine", "microvm"])
+        .args(kata_fs_flags(&sock));
+    let out = run_with_timeout(cmd, Duration::from_secs(30));
+    assert_eq!(out.code(), 2, "{out:?}");
+    assert_eq!(
+        out.stderr.trim_end(),
+        "altovirt: device 'virtio-fs0': guest RAM at 0x0 is not shareable with a \
+         vhost-user backend (add mem-share=on to -machine)"
+    );
+    assert!(out.stdout.is_empty());
+    drop(backend);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn missing_backend_is_reported_with_the_socket_path_after_a_bounded_wait() {
+    if !kvm_usable("virtio_fs_missing") {
+        return;
+    }
+    let dir = scratch("vfs-missing");
+    let sock = socket_path(&dir);
+    let start = Instant::now();
+    let mut cmd = altovirt();
+    cmd.args(["-kernel", GUEST_ELF64, "-serial", "stdio"])
+        .args(["-machine", "microvm,mem-share=on"])
+        .args(kata_fs_flags(&sock));
+    let out = run_with_timeout(cmd, Duration::from_secs(30));
+    let waited = start.elapsed();
+    assert_eq!(out.code(), 2, "{out:?}");
+    let lines: Vec<&str> = out.stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "{}", out.stderr);
+    let prefix = format!(
+        "altovirt: device 'virtio-fs0': cannot connect to vhost-user backend socket {} (tried for ",
+        sock.display()
+    );
+    assert!(lines[0].starts_with(&prefix), "{}", lines[0]);
+    assert!(lines[0].ends_with("No such file or directory (os error 2)"));
+    // The retry is bounded (5 s) but real.
+    assert!(waited >= Duration::from_secs(4), "{waited:?}");
+    assert!(waited < Duration::from_secs(20), "{waited:?}");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn backend_death_leaves_the_vm_running_and_answering_qmp() {
+    if !kvm_usable("virtio_fs_death") || !python_usable("virtio_fs_death") {
+        return;
+    }
+    let dir = scratch("vfs-death");
+    let sock = socket_path(&dir);
+    let qmp = dir.join("qmp.sock");
+    let mut backend = Backend::start(&sock);
+    let mut child = altovirt_with_qmp(&qmp)
+        .args(["-kernel", GUEST_ELF64, "-serial", "stdio"])
+        .args(["-machine", "microvm,mem-share=on"])
+        .args(kata_fs_flags(&sock))
+        .args(["-append", "guest.virtio=fs guest.exit=halt"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The guest's FUSE_INIT went through and the device was reset.
+    backend.wait_for("vring 1 base=1", Duration::from_secs(60));
+    let _ = backend.child.kill();
+    let _ = backend.child.wait();
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the VMM died with its backend"
+    );
+    assert!(wait_for_path(&qmp, Duration::from_secs(10)));
+    let mut q = Client::negotiated(&qmp);
+    let status = q.execute("query-status");
+    assert_eq!(status["return"]["status"], json!("running"), "{status}");
+    assert_eq!(q.cmd("quit", json!({})), json!({"return": {}}));
+    let out = wait_with_timeout(child, Duration::from_secs(20));
+    assert_eq!(out.code(), 0, "{out:?}");
+    assert!(
+        out.stderr
+            .contains("vhost-user-fs 'virtio-fs0': the backend hung up"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(out.lines("fs: ").last().map(String::as_str), Some("done"));
+    let _ = std::fs::remove_dir_all(dir);
+}
