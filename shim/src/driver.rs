@@ -317,10 +317,11 @@ impl Hypervisor {
             self.spec.qmp_socket(),
             self.spec.console_socket(),
             self.spec.hybrid_vsock(),
-            self.spec.virtio_fs_socket(),
         ] {
             let _ = fs::remove_file(f);
         }
+        // The virtio-fs socket is not ours: virtiofsd listens on it before
+        // the VMM starts (as in Kata), and the VMM connects to it.
         if self.spec.hv.vsock == "vhost" && self.spec.devices.vhost_vsock_fd.is_none() {
             // As Kata does: the shim opens /dev/vhost-vsock and the VMM
             // inherits the descriptor (vhostfd=N).
@@ -546,7 +547,7 @@ impl Hypervisor {
             block_device_hotplug: alto && !self.blk.is_empty(),
             net_device_hotplug: alto && !self.net.is_empty(),
             multi_queue: false,
-            fs_sharing: !alto && self.spec.hv.shared_fs == "virtio-fs",
+            fs_sharing: self.spec.hv.shared_fs == "virtio-fs",
         }
     }
 
@@ -626,7 +627,6 @@ impl Hypervisor {
             files::PID_FILE,
             files::CONSOLE_SOCKET,
             files::HYBRID_VSOCK,
-            files::VIRTIO_FS_SOCKET,
         ] {
             let _ = fs::remove_file(self.spec.run_dir.join(f));
         }

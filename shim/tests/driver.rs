@@ -339,24 +339,54 @@ fn qemu_hotplug_is_refused_without_asking_the_vmm() {
 }
 
 #[test]
-fn altovirt_refuses_virtio_fs_clearly() {
-    // shared_fs = "virtio-fs" adds Kata's vhost-user-fs device, which this
-    // altovirt does not have: start fails with its one-line reason.
+fn altovirt_serves_virtio_fs_from_a_running_backend() {
+    // shared_fs = "virtio-fs" adds Kata's vhost-user-fs device. Like Kata,
+    // the shim does not start virtiofsd: without one listening, start fails
+    // with altovirt's one-line reason naming the socket.
     let vmm = altovirt().expect("altovirt not built");
     let mut hv = hv_for(Flavour::StratoVirt, &vmm);
     hv.shared_fs = "virtio-fs".into();
     let dir = run_dir("virtiofs");
-    let mut h = Hypervisor::with_hypervisor(Flavour::StratoVirt, hv, "virtiofs", &dir);
+    let mut h = Hypervisor::with_hypervisor(Flavour::StratoVirt, hv.clone(), "virtiofs", &dir);
     assert!(h
         .args()
         .contains(&"vhost-user-fs-device,chardev=virtio_fs,tag=kataShared,id=virtio-fs0".into()));
     let e = h.start().unwrap_err();
     let msg = e.to_string();
     assert!(
-        msg.contains("-device vhost-user-fs-device: not supported yet by this altovirt build"),
+        msg.contains("cannot connect to vhost-user backend socket")
+            && msg.contains("vhost-fs.sock"),
         "{msg}"
     );
     assert!(h.pids().is_empty());
+    let _ = std::fs::remove_dir_all(&dir);
+
+    // With a back-end listening (a stand-in for virtiofsd), the VM starts.
+    let dir = run_dir("virtiofs-up");
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut backend = std::process::Command::new("python3")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../tests/guests/vhost_user_fs_backend.py"
+        ))
+        .arg(dir.join("vhost-fs.sock"))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("start the vhost-user-fs back-end");
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(backend.stdout.as_mut().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert!(line.contains("listening"), "back-end: {line}");
+    let mut h = Hypervisor::with_hypervisor(Flavour::StratoVirt, hv, "virtiofs-up", &dir);
+    h.start().expect("start with virtio-fs");
+    assert_eq!(h.pids().len(), 1);
+    h.stop().expect("stop");
+    let _ = backend.kill();
+    let _ = backend.wait();
     let _ = std::fs::remove_dir_all(&dir);
 }
 
