@@ -16,6 +16,14 @@ if [ ${#need_apt[@]} -gt 0 ]; then
     apt-get update -qq && apt-get install -y -qq "${need_apt[@]}"
 fi
 
+# virtiofsd, the virtio-fs back-end Kata runs, from crates.io (tests/virtio_fs.rs;
+# about 1.5 minutes to build the first time, then it stays in ~/.cargo/bin).
+if ! command -v virtiofsd >/dev/null 2>&1 && [ ! -x "${CARGO_HOME:-$HOME/.cargo}/bin/virtiofsd" ]; then
+    echo "installing: virtiofsd (crates.io) and the libraries it links"
+    apt-get update -qq && apt-get install -y -qq libseccomp-dev libcap-ng-dev
+    cargo install --locked --quiet virtiofsd
+fi
+
 # QEMU's own QMP client library drives altovirt in tests/qmp.rs.
 if ! python3 -c "import qemu.qmp" >/dev/null 2>&1; then
     echo "installing: qemu.qmp (PyPI)"

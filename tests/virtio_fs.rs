@@ -247,3 +247,71 @@ fn backend_death_leaves_the_vm_running_and_answering_qmp() {
     assert_eq!(out.lines("fs: ").last().map(String::as_str), Some("done"));
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// virtiofsd, the back-end Kata runs (crates.io; scripts/test.sh installs
+/// it with `cargo install`): on the PATH or in cargo's bin directory.
+fn virtiofsd() -> Option<PathBuf> {
+    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect())
+        .unwrap_or_default();
+    if let Some(home) = std::env::var_os("CARGO_HOME")
+        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cargo").into_os_string()))
+    {
+        dirs.push(Path::new(&home).join("bin"));
+    }
+    dirs.into_iter()
+        .map(|d| d.join("virtiofsd"))
+        .find(|p| p.is_file())
+}
+
+#[test]
+fn real_virtiofsd_serves_the_kata_line() {
+    if !kvm_usable("virtio_fs_virtiofsd") {
+        return;
+    }
+    let Some(bin) = virtiofsd() else {
+        let must = std::env::var("CI").is_ok_and(|v| v == "true")
+            || std::env::var("ALTOVIRT_REQUIRE_KVM").is_ok_and(|v| v == "1");
+        assert!(
+            !must,
+            "virtiofsd is not installed (scripts/test.sh installs it: cargo install virtiofsd)"
+        );
+        eprintln!("SKIP virtio_fs_virtiofsd: virtiofsd is not installed (cargo install virtiofsd)");
+        return;
+    };
+    let dir = scratch("vfs-virtiofsd");
+    let shared = dir.join("shared");
+    std::fs::create_dir_all(&shared).unwrap();
+    let sock = socket_path(&dir);
+    // As Kata starts it (minus the sandboxing this test host may not allow).
+    let mut daemon = Command::new(&bin)
+        .arg(format!("--socket-path={}", sock.display()))
+        .arg(format!("--shared-dir={}", shared.display()))
+        .args(["--sandbox=none", "--seccomp=none", "--cache=never"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start virtiofsd");
+    assert!(
+        wait_for_path(&sock, Duration::from_secs(20)),
+        "virtiofsd never created {}",
+        sock.display()
+    );
+    let mut cmd = altovirt();
+    cmd.args(["-kernel", GUEST_PVH, "-serial", "stdio"])
+        .args(["-machine", "type=microvm,dump-guest-core=off,mem-share=on"])
+        .args(kata_fs_flags(&sock))
+        .args(["-append", "guest.virtio=fs"]);
+    let out = run_with_timeout(cmd, Duration::from_secs(90));
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+    assert_eq!(out.code(), 0, "{out:?}");
+    let fs = out.lines("fs: ");
+    assert_eq!(fs.len(), 3, "{}", out.stdout);
+    assert_eq!(fs[0], "tag=kataShared queues=1");
+    // virtiofsd answers with its own protocol version: 7.x.
+    assert!(fs[1].starts_with("init major=7 minor="), "{}", out.stdout);
+    assert_eq!(fs[2], "done");
+    let _ = std::fs::remove_dir_all(dir);
+}
