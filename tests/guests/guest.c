@@ -467,8 +467,12 @@ static void __attribute__((noreturn)) do_exit(enum exit_action action)
 		break;
 	case EXIT_POWEROFF:
 		/* ACPI S5 through the FADT's sleep control register, as Linux does. */
-		if (acpi_sleep_port)
+		if (acpi_sleep_port) {
 			outb(acpi_sleep_port, (SLP_TYP_S5 << 2) | SLP_EN);
+			/* The VMM stops the vCPUs a moment after the write. */
+			for (u32 k = 0; k < 1000000; k++)
+				cpu_pause();
+		}
 		/* Still running: no register (or it did nothing). Reset instead. */
 		puts_serial("poweroff: no ACPI sleep control register\n");
 		outb(I8042_COMMAND, I8042_RESET);
