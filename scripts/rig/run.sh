@@ -6,7 +6,7 @@
 #
 #   scripts/rig/run.sh ALTOVIRT_BINARY [SCENARIO...]
 #
-# Scenarios (default: all): boot reboot stopcont poweroff
+# Scenarios (default: boot reboot stopcont poweroff; see l1-init.sh for all)
 # Environment: RIG_CACHE (cache root, see fetch.sh), RIG_TIMEOUT (seconds for
 # the whole QEMU run, default 600), RIG_KEEP=1 keeps the work directory.
 set -euo pipefail
@@ -59,6 +59,11 @@ else
     cp "$altovirt" "$work/altovirt"
 fi
 
+# An empty ext4 data disk (kernel (a)'s a_devices writes a file on it, L1
+# reads it back with debugfs).
+command -v mkfs.ext4 >/dev/null || apt-get install -y -qq e2fsprogs >&2
+mkfs.ext4 -q -F -L rigdata "$work/data.ext4" 8M >&2
+
 # Kernel (b) scenarios: the kernel only if already built (or RIG_BUILD_KERNEL_B=1),
 # and a root file system image made with mkfs.ext4 -d (no mounting).
 kernel_b=
@@ -71,7 +76,6 @@ if [ "$with_b" = 1 ]; then
         kernel_b="$("$here/build-kernel-b.sh" --if-cached || true)"
     fi
     [ -n "$kernel_b" ] || log "kernel (b) is not built: its scenarios will report skipped (scripts/rig/build-kernel-b.sh builds it)"
-    command -v mkfs.ext4 >/dev/null || apt-get install -y -qq e2fsprogs >&2
     root="$work/rootfs"
     mkdir -p "$root"/{bin,dev,proc,sys,tmp,mnt,lib/modules}
     cp "$bb" "$work/outb" "$root/bin/"
@@ -94,16 +98,16 @@ libs() {
     echo "nod /dev/console c 5 1 0600"
     echo "file /bin/altovirt $work/altovirt 0755"
     echo "file /bin/socat $(command -v socat) 0755"
-    for m in irqbypass kvm kvm-amd; do
+    for m in irqbypass kvm kvm-amd tun; do
         echo "file /rig/modules/$m.ko $cache/modules/$m.ko 0644"
     done
     echo "file /rig/l2/vmlinuz $cache/vmlinuz 0644"
     echo "file /rig/l2/initrd.cpio $work/l2-initrd.cpio 0644"
+    echo "file /rig/l2/data.ext4 $work/data.ext4 0644"
+    echo "file /bin/debugfs $(command -v debugfs) 0755"
     if [ -n "$kernel_b" ]; then
         echo "file /rig/l2/bzImage-b $kernel_b 0644"
         echo "file /rig/l2/rootfs.ext4 $work/rootfs.ext4 0644"
-        echo "file /rig/modules/tun.ko $cache/modules/tun.ko 0644"
-        echo "file /bin/debugfs $(command -v debugfs) 0755"
     fi
     if [ "$with_qemu" = 1 ]; then
         echo "file /bin/qemu-system-x86_64 $(command -v qemu-system-x86_64) 0755"
@@ -112,7 +116,7 @@ libs() {
     {
         libs "$altovirt"
         libs "$(command -v socat)"
-        if [ -n "$kernel_b" ]; then libs "$(command -v debugfs)"; fi
+        libs "$(command -v debugfs)"
         if [ "$with_qemu" = 1 ]; then libs "$(command -v qemu-system-x86_64)"; fi
     } | sort -u | while read -r lib; do
         # Keep the path ldd reports (the loader's path is baked into binaries).
