@@ -443,6 +443,133 @@ fn rig_kernel_b_hot_added_nic_links_up_and_pings() {
     check_net_hotplug(sc);
 }
 
+/// Kata's StratoVirt command line (tests/net.rs has it without the vhost
+/// devices), used verbatim in L1 with kernel (b), except virtio-fs: the
+/// vhost-vsock descriptor inherited as 3, the tap as 4.
+const KATA_APPEND: &str = "tsc=reliable no_timer_check rcupdate.rcu_expedited=1 i8042.direct=1 \
+    i8042.dumbkbd=1 i8042.nopnp=1 i8042.noaux=1 noreplace-smp reboot=k cryptomgr.notests \
+    net.ifnames=0 pci=lastbus=0 root=/dev/vda1 rootflags=data=ordered,errors=remount-ro ro \
+    rootfstype=ext4 console=hvc0 console=hvc1 quiet systemd.show_status=false panic=1 \
+    nr_cpus=1 selinux=0 systemd.unit=kata-containers.target \
+    systemd.mask=systemd-networkd.service systemd.mask=systemd-networkd.socket \
+    scsi_mod.scan=none ramdom.trust_cpu=on pci=off iommu=off acpi=off 8250.nr_uarts=0 \
+    agent.log_vport=1025 guest.exit=reset";
+
+#[test]
+fn rig_kata_stratovirt_command_line_boots_kernel_b_verbatim() {
+    let Some(run) = shared_rig() else { return };
+    let Some(sc) = kernel_b_scenario(run, "b_kata") else {
+        return;
+    };
+    report_timing("kata (kernel (b))", sc);
+    let ctx = sc.context();
+    assert_eq!(
+        sc.get("vhost-vsock"),
+        Some("present"),
+        "L1 has no /dev/vhost-vsock after loading vhost_vsock:\n{ctx}"
+    );
+    // The guest's console is the virtconsole on Kata's socket: its init
+    // lines arrive there, with Kata's kernel command line intact.
+    let cmdline = sc
+        .guest("CMDLINE")
+        .unwrap_or_else(|| panic!("no L2-CMDLINE on the virtio console:\n{ctx}"));
+    let expected: Vec<&str> = KATA_APPEND.split_whitespace().collect();
+    let got: Vec<&str> = cmdline.split_whitespace().take(expected.len()).collect();
+    assert_eq!(got, expected, "Kata's kernel command line:\n{ctx}");
+    assert_eq!(sc.guest("NPROC"), Some("1"), "-smp 1:\n{ctx}");
+    // `-D` without a file logs to stderr, where the boot-complete line is.
+    assert!(
+        sc.get("boot-complete-us").is_some(),
+        "altovirt did not log the boot-complete write:\n{ctx}"
+    );
+    let mem_kb: u64 = sc
+        .guest("MEMTOTAL-KB")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    assert!(
+        (1900 * 1024..=2048 * 1024).contains(&mem_kb),
+        "MemTotal {mem_kb} kB with -m 2048:\n{ctx}"
+    );
+    // The read-only rootfs drive (an 8 MiB image) is vda, read-only.
+    let block = sc.guest("BLOCK").unwrap_or("");
+    assert!(
+        block.split_whitespace().any(|b| b == "vda:16384:ro=1"),
+        "the read-only rootfs drive as vda: {block:?}\n{ctx}"
+    );
+    // The tap passed as descriptor 4 carries a ping.
+    check_ping(sc, "Kata's virtio-net on the inherited tap fd 4");
+    // quit ends it cleanly.
+    assert_eq!(exit_status(sc), Some(0), "altovirt exit status:\n{ctx}");
+    let shutdown = shutdown_events(sc);
+    assert!(
+        shutdown.len() == 1 && shutdown[0].contains("\"reason\":\"host-qmp-quit\""),
+        "SHUTDOWN events: {shutdown:?}\n{ctx}"
+    );
+}
+
+/// One vsock round trip of boot `n` (1-based): L1 connected to the guest's
+/// listener (CID 3, port 5000) and the guest to L1's (CID 2, port 5001),
+/// each side sending one line and reading the other's.
+fn check_vsock_round(sc: &Scenario, n: usize) {
+    let ctx = sc.context();
+    let listen = sc.guest_all("VSOCK-LISTEN");
+    let sent = listen
+        .get(n - 1)
+        .and_then(|l| l.strip_prefix("5000 "))
+        .unwrap_or_else(|| panic!("boot {n}: the guest did not listen on vsock:\n{ctx}"));
+    assert_eq!(
+        sc.get(&format!("vsock-l1-got-{n}")),
+        Some(sent),
+        "boot {n}: what L1 read from the guest's vsock listener:\n{ctx}"
+    );
+    assert_eq!(
+        sc.guest_all("VSOCK-GOT").get(n - 1).copied(),
+        Some("from-L1"),
+        "boot {n}: what the guest's listener read from L1:\n{ctx}"
+    );
+    assert_eq!(
+        sc.guest_all("VSOCK-REPLY").get(n - 1).copied(),
+        Some(format!("from-L1-listener {n}").as_str()),
+        "boot {n}: what the guest read after connecting to CID 2:\n{ctx}"
+    );
+    let word = sent.trim_start_matches("from-L2 ");
+    assert_eq!(
+        sc.all("vsock-l1-listener-got").get(n - 1).copied(),
+        Some(format!("to-L1 {word}").as_str()),
+        "boot {n}: what L1's listener read from the guest:\n{ctx}"
+    );
+}
+
+#[test]
+fn rig_vhost_vsock_carries_lines_both_ways() {
+    let Some(run) = shared_rig() else { return };
+    let Some(sc) = kernel_b_scenario(run, "b_kata") else {
+        return;
+    };
+    check_vsock_round(sc, 1);
+}
+
+#[test]
+fn rig_vhost_vsock_works_again_after_system_reset() {
+    let Some(run) = shared_rig() else { return };
+    let Some(sc) = kernel_b_scenario(run, "b_kata") else {
+        return;
+    };
+    let ctx = sc.context();
+    assert!(
+        sc.all("event")
+            .iter()
+            .any(|e| e.contains("\"RESET\"") && e.contains("host-qmp-system-reset")),
+        "no RESET event after system_reset:\n{ctx}"
+    );
+    assert_eq!(
+        sc.guest_all("UPTIME").len(),
+        2,
+        "the guest did not boot a second time after system_reset:\n{ctx}"
+    );
+    check_vsock_round(sc, 2);
+}
+
 /// `poweroff -f` with ACPI: the kernel writes S5 to the FADT's sleep
 /// control register and altovirt ends.
 #[test]

@@ -62,12 +62,20 @@ tap_up() {
     while [ ! -e /sys/class/net/$2 ] && [ $i -lt 100 ]; do i=$((i + 1)); sleep 0.1; done
     ip addr add $3/24 dev $2 && ip link set $2 up && say $1 tap up
 }
+wait_count() { # FILE PATTERN N TIMEOUT_S: waits for N lines matching PATTERN
+    i=0
+    while [ "$(grep -c "$2" "$1" 2>/dev/null)" -lt "$3" ]; do
+        i=$((i + 1))
+        [ $i -gt $(($4 * 10)) ] && return 1
+        sleep 0.1
+    done
+}
 wait_for_sock() { i=0; while [ ! -S "$1" ]; do i=$((i+1)); [ $i -gt 100 ] && return 1; sleep 0.05; done; }
 dump() { # SCENARIO: the L2 console and the VMM log
     sed "s/^/L2 $1 /" /tmp/$1.serial 2>/dev/null | tr -d '\r'
     sed "s/^/LOG $1 /" /tmp/$1.log 2>/dev/null
 }
-boot_time_us() { sed -n 's/.*boot complete after \([0-9]*\) us.*/\1/p' /tmp/$1.log | head -n1; }
+boot_time_us() { cat /tmp/$1.log /tmp/$1.stderr 2>/dev/null | sed -n 's/.*boot complete after \([0-9]*\) us.*/\1/p' | head -n1; }
 
 # start SCENARIO MODE EXTRA-ALTOVIRT-ARGS...: runs altovirt in the background.
 start() {
@@ -263,6 +271,82 @@ sc_a_hotplug() { hotplug_run a_hotplug $L2K ""; }
 sc_b_hotplug() {
     if [ ! -f $L2B ]; then say b_hotplug skipped no-kernel-b; return; fi
     hotplug_run b_hotplug $L2B acpi=off
+}
+
+# Kata's StratoVirt command line, verbatim (minus virtio-fs, which altovirt
+# does not have yet), with kernel (b): /dev/vhost-vsock opened by the shell
+# as descriptor 3, the tap as descriptor 4 (tapfd, as Kata's runtime opens
+# it), the console on a socket L1 reads. L1 and L2 exchange lines over
+# vsock both ways with socat.
+KATA_APPEND="tsc=reliable no_timer_check rcupdate.rcu_expedited=1 i8042.direct=1 \
+i8042.dumbkbd=1 i8042.nopnp=1 i8042.noaux=1 noreplace-smp reboot=k cryptomgr.notests \
+net.ifnames=0 pci=lastbus=0 root=/dev/vda1 rootflags=data=ordered,errors=remount-ro ro \
+rootfstype=ext4 console=hvc0 console=hvc1 quiet systemd.show_status=false panic=1 \
+nr_cpus=1 selinux=0 systemd.unit=kata-containers.target \
+systemd.mask=systemd-networkd.service systemd.mask=systemd-networkd.socket \
+scsi_mod.scan=none ramdom.trust_cpu=on pci=off iommu=off acpi=off 8250.nr_uarts=0 \
+agent.log_vport=1025 guest.exit=reset"
+sc_b_kata() {
+    sc=b_kata
+    if [ ! -f $L2B ] || [ ! -f /rig/l2/initrd-kata.cpio ]; then say $sc skipped no-kernel-b; return; fi
+    for m in vhost_iotlb vhost vsock vmw_vsock_virtio_transport_common vhost_vsock; do
+        insmod /rig/modules/$m.ko || say $sc insmod-failed $m
+    done
+    if [ -c /dev/vhost-vsock ]; then say $sc vhost-vsock present; else say $sc vhost-vsock missing; fi
+    rm -f /tmp/$sc.*
+    cp /rig/l2/data.ext4 /tmp/kata-rootfs.img
+    # L1's end of the guest-to-host exchange: port 5001, once per boot.
+    (
+        for n in 1 2; do
+            (echo "from-L1-listener $n"; sleep 6) | socat -t 4 VSOCK-LISTEN:5001 - >>/tmp/$sc.l1got 2>&1
+        done
+    ) &
+    L1LISTEN=$!
+    T0=$(now_cs)
+    (
+        exec 3<>/dev/vhost-vsock
+        exec tapfd katatap0 4 altovirt \
+            -name sandbox-6a2b7c5e -uuid 1f3c6e9a-4b2d-4e8f-9a1b-2c3d4e5f6a7b \
+            -smp 1 -m 2048 -kernel $L2B \
+            -append "$KATA_APPEND rig.mode=vsock rig.scenario=$sc" \
+            -qmp unix:/tmp/$sc.qmp,server,nowait -D -disable-seccomp \
+            -machine type=microvm,dump-guest-core=off,mem-share=on \
+            -initrd /rig/l2/initrd-kata.cpio \
+            -object rng-random,id=objrng0,filename=/dev/urandom \
+            -device virtio-rng-device,rng=objrng0,id=virtio-rng0 \
+            -device virtio-serial-device,id=virtio-serial0 \
+            -chardev socket,id=charconsole0,path=/tmp/$sc.console,server,nowait \
+            -device virtconsole,chardev=charconsole0,id=virtio-console0,nr=0 \
+            -device vhost-vsock-device,id=vsock-id,guest-cid=3,vhostfd=3 \
+            -drive id=rootfs,file=/tmp/kata-rootfs.img,readonly=on,direct=off \
+            -device virtio-blk-device,drive=rootfs,id=virtio-blk0 \
+            -netdev tap,id=eth0,fds=4 \
+            -device virtio-net-device,netdev=eth0,id=eth0,mac=52:54:00:6b:61:74 \
+            -serial stdio
+    ) </dev/null >/tmp/$sc.stdout 2>/tmp/$sc.stderr &
+    VMM=$!
+    listen /tmp/$sc.qmp /tmp/$sc.events
+    wait_for_sock /tmp/$sc.console && socat -u UNIX-CONNECT:/tmp/$sc.console STDOUT >/tmp/$sc.serial 2>&1 &
+    tap_up $sc katatap0 10.0.4.1
+    # Two boots: the second after QMP system_reset, which stops and
+    # restarts the kernel's vhost-vsock rings.
+    for n in 1 2; do
+        if wait_count /tmp/$sc.serial L2-VSOCK-LISTEN $n 60; then
+            sleep 0.3
+            say $sc vsock-l1-got-$n "$(echo from-L1 | socat -t 4 - VSOCK-CONNECT:3:5000 2>&1 | tr -d '\r')"
+        else
+            say $sc no-listener-$n
+            break
+        fi
+        wait_count /tmp/$sc.serial L2-VSOCK-DONE $n 30 || say $sc not-done-$n
+        if [ $n = 1 ]; then
+            qmp /tmp/$sc.qmp '{"execute":"system_reset"}' | tr -d '\r' | sed "s/^/RIG $sc qmp-reset /"
+        fi
+    done
+    qmp /tmp/$sc.qmp '{"execute":"quit"}' >/dev/null
+    finish $sc 30
+    kill $L1LISTEN 2>/dev/null
+    tr -d '\r' </tmp/$sc.l1got | sed "s/^/RIG $sc vsock-l1-listener-got /"
 }
 
 scenarios=

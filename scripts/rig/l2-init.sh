@@ -7,6 +7,9 @@
 #   devices    read /dev/hwrng, configure eth0 and ping L1; with
 #              rig.data=DEV also mount DEV and write /hello.txt on it; reboot -f
 #   disk       (root on /dev/vda) write /hello.txt, sync, reboot -f
+#   vsock      (Kata's command line, console on hvc0) listen on vsock port
+#              5000, exchange a line with L1, then connect to L1 (CID 2)
+#              port 5001 and exchange another; ping L1 over eth0; wait
 #   hotplug    wait for a disk in the empty slot vda (L1 plugs it over QMP),
 #              read its marker, wait for its removal; then wait for eth0's
 #              carrier (a NIC plugged into the empty net slot) and ping L1
@@ -88,6 +91,25 @@ devices)
     ip link set eth0 up
     ping_l1 eth0 10.0.2.2 10.0.2.1
     reboot -f
+    ;;
+vsock)
+    word="$(head -c 4 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+    echo "L2-BLOCK $(for b in /sys/block/*; do echo -n "${b##*/}:$(cat $b/size):ro=$(cat $b/ro) "; done)"
+    # L1 connects to port 5000: the guest sends its line and reads L1's.
+    (echo "from-L2 $word"; sleep 4) | socat -t 4 VSOCK-LISTEN:5000 - >/tmp/vs.in 2>/tmp/vs.err &
+    echo "L2-VSOCK-LISTEN 5000 from-L2 $word"
+    if wait_until 60 test -s /tmp/vs.in; then
+        echo "L2-VSOCK-GOT $(cat /tmp/vs.in)"
+    else
+        echo "L2-VSOCK-GOT timeout $(cat /tmp/vs.err)"
+    fi
+    # The guest connects to the host (CID 2) port 5001, where L1 listens.
+    echo "L2-VSOCK-REPLY $(echo "to-L1 $word" | socat -t 4 - VSOCK-CONNECT:2:5001 2>&1)"
+    ip link set eth0 up
+    ping_l1 eth0 10.0.4.2 10.0.4.1
+    # L1 resets the VM (QMP system_reset) and repeats, or quits.
+    echo "L2-VSOCK-DONE"
+    sleep 1000
     ;;
 hotplug)
     echo "L2-BLOCK $(for b in /sys/block/*; do echo -n "${b##*/}:$(cat $b/size) "; done)"

@@ -38,6 +38,25 @@ command -v rustc >/dev/null || { echo "rig: rustc not found (needed for tests/ri
 rustc -O -C target-feature=+crt-static -C strip=symbols \
     "$here/../../tests/rig/outb.rs" -o "$work/outb"
 
+# Shared libraries of the dynamic executables copied into L1 (and L2).
+libs() {
+    ldd "$1" 2>/dev/null | sed -n 's/.*=> \(\/[^ ]*\).*/\1/p; s/^[[:space:]]*\(\/[^ ]*\) .*/\1/p'
+}
+# A plain .ko of module $1 from the cached kernel package, in $work/ko/.
+ko() {
+    local f
+    if [ -f "$cache/modules/$1.ko" ]; then echo "$cache/modules/$1.ko"; return; fi
+    mkdir -p "$work/ko"
+    f="$(find "$cache/kernel/lib/modules" \( -name "$1.ko" -o -name "$1.ko.xz" -o -name "$1.ko.zst" \) | head -n1)"
+    case "$f" in
+    "") echo "rig: module $1 not found in the kernel package" >&2; return 1 ;;
+    *.xz) xz -dc "$f" >"$work/ko/$1.ko" ;;
+    *.zst) zstd -qdc "$f" >"$work/ko/$1.ko" ;;
+    *) cp "$f" "$work/ko/$1.ko" ;;
+    esac
+    echo "$work/ko/$1.ko"
+}
+
 # L2 initramfs: busybox, /init, outb, and the virtio modules.
 {
     echo "file /bin/busybox $bb 0755"
@@ -88,10 +107,25 @@ fi
 with_qemu=0
 for s in "${scenarios[@]}"; do case "$s" in qemu*) with_qemu=1 ;; esac; done
 
-# Shared libraries of the dynamic executables copied into L1.
-libs() {
-    ldd "$1" 2>/dev/null | sed -n 's/.*=> \(\/[^ ]*\).*/\1/p; s/^[[:space:]]*\(\/[^ ]*\) .*/\1/p'
-}
+# Kata's command line (b_kata): vhost-vsock in L1 (modules from the same
+# package), a helper that hands altovirt a tap descriptor, and an L2
+# initramfs with socat (the vsock peer) and its libraries.
+with_kata=0
+for s in "${scenarios[@]}"; do case "$s" in b_kata) with_kata=1 ;; esac; done
+if [ "$with_kata" = 1 ] && [ -n "$kernel_b" ]; then
+    rustc -O -C target-feature=+crt-static -C strip=symbols \
+        "$here/../../tests/rig/tapfd.rs" -o "$work/tapfd"
+    {
+        cat "$work/l2.manifest"
+        echo "file /bin/socat $(command -v socat) 0755"
+        libs "$(command -v socat)" | sort -u | while read -r lib; do
+            echo "file $lib $(readlink -f "$lib") 0755"
+        done
+    } >"$work/l2-kata.manifest"
+    python3 "$here/mkcpio.py" "$work/l2-kata.cpio" <"$work/l2-kata.manifest"
+else
+    with_kata=0
+fi
 {
     echo "file /bin/busybox $bb 0755"
     echo "file /init $here/l1-init.sh 0755"
@@ -105,6 +139,13 @@ libs() {
     echo "file /rig/l2/initrd.cpio $work/l2-initrd.cpio 0644"
     echo "file /rig/l2/data.ext4 $work/data.ext4 0644"
     echo "file /bin/debugfs $(command -v debugfs) 0755"
+    if [ "$with_kata" = 1 ]; then
+        echo "file /bin/tapfd $work/tapfd 0755"
+        echo "file /rig/l2/initrd-kata.cpio $work/l2-kata.cpio 0644"
+        for m in vhost_iotlb vhost vsock vmw_vsock_virtio_transport_common vhost_vsock; do
+            echo "file /rig/modules/$m.ko $(ko $m) 0644"
+        done
+    fi
     if [ -n "$kernel_b" ]; then
         echo "file /rig/l2/bzImage-b $kernel_b 0644"
         echo "file /rig/l2/rootfs.ext4 $work/rootfs.ext4 0644"

@@ -20,7 +20,7 @@ pub(crate) const SCENARIOS: &[&str] = &[
 /// Kernel (b) scenarios, added when scripts/rig/build-kernel-b.sh has
 /// already built that kernel (building it takes minutes, so the suite never
 /// does).
-pub(crate) const KERNEL_B_SCENARIOS: &[&str] = &["b_devices", "b_rootdisk", "b_hotplug"];
+pub(crate) const KERNEL_B_SCENARIOS: &[&str] = &["b_devices", "b_rootdisk", "b_hotplug", "b_kata"];
 /// Upper bound for one whole rig run (L1 boot plus every scenario).
 pub(crate) const RIG_TIMEOUT: Duration = Duration::from_secs(540);
 
@@ -59,6 +59,16 @@ impl Scenario {
         self.console
             .iter()
             .find_map(|l| l.strip_prefix(prefix.as_str()))
+    }
+
+    /// The values of every `L2-<key> value` console line, in order (a
+    /// guest that boots twice prints its lines twice).
+    pub(crate) fn guest_all(&self, key: &str) -> Vec<&str> {
+        let prefix = format!("L2-{key} ");
+        self.console
+            .iter()
+            .filter_map(|l| l.strip_prefix(prefix.as_str()))
+            .collect()
     }
 
     /// Context for assertion messages: results and the console's tail.
