@@ -509,7 +509,8 @@ fn rig_kata_stratovirt_command_line_boots_kernel_b_verbatim() {
 
 /// One vsock round trip of boot `n` (1-based): L1 connected to the guest's
 /// listener (CID 3, port 5000) and the guest to L1's (CID 2, port 5001),
-/// each side sending one line and reading the other's.
+/// each side sending one line and reading the other's; then 4 MiB went
+/// each way.
 fn check_vsock_round(sc: &Scenario, n: usize) {
     let ctx = sc.context();
     let listen = sc.guest_all("VSOCK-LISTEN");
@@ -532,6 +533,28 @@ fn check_vsock_round(sc: &Scenario, n: usize) {
         Some(format!("from-L1-listener {n}").as_str()),
         "boot {n}: what the guest read after connecting to CID 2:\n{ctx}"
     );
+    // 4 MiB each way (many wraps of the 256-entry rings): the MD5 sums
+    // on both ends agree.
+    let big = sc.guest_all("VSOCK-BIG-MD5");
+    let l2_sent = big.get(n - 1).copied().unwrap_or("missing");
+    assert_eq!(
+        sc.get(&format!("vsock-big-md5-{n}")),
+        Some(l2_sent),
+        "boot {n}: MD5 of the 4 MiB L1 read from the guest over vsock:\n{ctx}"
+    );
+    let l1_sent = sc.get(&format!("vsock-sent-md5-{n}")).unwrap_or("missing");
+    assert!(
+        l1_sent.ends_with(" 4194304"),
+        "boot {n}: L1's file: {l1_sent}\n{ctx}"
+    );
+    assert_eq!(
+        sc.guest_all("VSOCK-IN-MD5").get(n - 1).copied(),
+        Some(l1_sent),
+        "boot {n}: MD5 and size of what the guest read from L1 over vsock:\n{ctx}"
+    );
+    if let Some(ms) = sc.get(&format!("vsock-bulk-ms-{n}")) {
+        eprintln!("rig vsock boot {n}: 4 MiB guest->L1, L1->guest in ms: {ms}");
+    }
     let word = sent.trim_start_matches("from-L2 ");
     assert_eq!(
         sc.all("vsock-l1-listener-got").get(n - 1).copied(),

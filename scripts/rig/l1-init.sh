@@ -334,6 +334,15 @@ sc_b_kata() {
         if wait_count /tmp/$sc.serial L2-VSOCK-LISTEN $n 60; then
             sleep 0.3
             say $sc vsock-l1-got-$n "$(echo from-L1 | socat -t 4 - VSOCK-CONNECT:3:5000 2>&1 | tr -d '\r')"
+            t0=$(now_cs)
+            say $sc vsock-big-md5-$n "$(socat -u VSOCK-CONNECT:3:5002 STDOUT 2>/dev/null | md5sum | cut -d' ' -f1)"
+            t1=$(now_cs)
+            dd if=/dev/urandom of=/tmp/$sc.big bs=64k count=64 2>/dev/null
+            say $sc vsock-sent-md5-$n "$(md5sum </tmp/$sc.big | cut -d' ' -f1) $(wc -c </tmp/$sc.big)"
+            t2=$(now_cs)
+            socat -u OPEN:/tmp/$sc.big VSOCK-CONNECT:3:5003 2>&1 | sed "s/^/RIG $sc bulk-send-error /"
+            t3=$(now_cs)
+            say $sc vsock-bulk-ms-$n $(((t1 - t0) * 10)) $(((t3 - t2) * 10))
         else
             say $sc no-listener-$n
             break

@@ -95,6 +95,14 @@ devices)
 vsock)
     word="$(head -c 4 /dev/urandom | od -An -tx1 | tr -d ' \n')"
     echo "L2-BLOCK $(for b in /sys/block/*; do echo -n "${b##*/}:$(cat $b/size):ro=$(cat $b/ro) "; done)"
+    # Bulk data both ways (4 MiB each, many ring wraps): L1 reads /tmp/big
+    # from port 5002 and writes its own file to port 5003.
+    dd if=/dev/urandom of=/tmp/big bs=64k count=64 2>/dev/null
+    echo "L2-VSOCK-BIG-MD5 $(md5sum </tmp/big | cut -d' ' -f1)"
+    socat -u OPEN:/tmp/big VSOCK-LISTEN:5002 2>/tmp/vs2.err &
+    rm -f /tmp/in
+    socat -u VSOCK-LISTEN:5003 CREATE:/tmp/in 2>/tmp/vs3.err &
+    bulk_in=$!
     # L1 connects to port 5000: the guest sends its line and reads L1's.
     (echo "from-L2 $word"; sleep 4) | socat -t 4 VSOCK-LISTEN:5000 - >/tmp/vs.in 2>/tmp/vs.err &
     echo "L2-VSOCK-LISTEN 5000 from-L2 $word"
@@ -102,6 +110,11 @@ vsock)
         echo "L2-VSOCK-GOT $(cat /tmp/vs.in)"
     else
         echo "L2-VSOCK-GOT timeout $(cat /tmp/vs.err)"
+    fi
+    if wait_until 60 eval '! kill -0 $bulk_in 2>/dev/null'; then
+        echo "L2-VSOCK-IN-MD5 $(md5sum </tmp/in | cut -d' ' -f1) $(wc -c </tmp/in)"
+    else
+        echo "L2-VSOCK-IN-MD5 timeout $(cat /tmp/vs3.err)"
     fi
     # The guest connects to the host (CID 2) port 5001, where L1 listens.
     echo "L2-VSOCK-REPLY $(echo "to-L1 $word" | socat -t 4 - VSOCK-CONNECT:2:5001 2>&1)"

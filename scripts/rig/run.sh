@@ -170,9 +170,33 @@ IFS=,
 sc="${scenarios[*]}"
 unset IFS
 log "booting L1 (scenarios: $sc)"
-# L1's console is the only output on stdout.
+# L1's console is the only output on stdout. L1 reboots right after
+# RIG-DONE (QEMU -no-reboot then exits); once in a while it hangs on the way
+# out, so QEMU gets 10 s after RIG-DONE before it is ended.
+fifo="$work/console"
+mkfifo "$fifo"
 timeout --foreground -k 5 "${RIG_TIMEOUT:-600}" qemu-system-x86_64 \
     -M microvm -accel tcg -cpu qemu64,+svm,+npt -m 1024 \
     -nodefaults -no-user-config -nographic -no-reboot -serial stdio \
     -kernel "$cache/vmlinuz" -initrd "$work/l1-initrd.cpio" \
-    -append "console=ttyS0 quiet panic=-1 rig.scenarios=$sc" </dev/null
+    -append "console=ttyS0 quiet panic=-1 rig.scenarios=$sc" </dev/null >"$fifo" &
+qpid=$!
+exec 3<"$fifo"
+done_seen=0
+while IFS= read -r line <&3; do
+    printf '%s\n' "$line"
+    case "$line" in RIG-DONE*) done_seen=1; break ;; esac
+done
+if [ "$done_seen" = 1 ]; then
+    cat <&3 &
+    for _ in $(seq 100); do kill -0 "$qpid" 2>/dev/null || break; sleep 0.1; done
+    if kill -0 "$qpid" 2>/dev/null; then
+        log "L1 did not end 10 s after RIG-DONE: stopping QEMU"
+        kill "$qpid" 2>/dev/null || true
+    fi
+fi
+st=0
+wait "$qpid" || st=$?
+exec 3<&-
+[ "$done_seen" = 1 ] && exit 0
+exit "$st"
