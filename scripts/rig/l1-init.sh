@@ -141,6 +141,10 @@ sc_reboot() {
     listen /tmp/reboot.qmp /tmp/reboot.events
     finish reboot 120
 }
+sc_bench_boot() { # reboot, without hotplug slots (QEMU's microvm has none), for bench.sh
+    start bench_boot reboot -machine microvm,blk-slots=0,net-slots=0
+    finish bench_boot 120
+}
 sc_poweroff() {
     start poweroff poweroff
     listen /tmp/poweroff.qmp /tmp/poweroff.events
