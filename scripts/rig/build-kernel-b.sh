@@ -35,9 +35,10 @@ for tool in make gcc flex bison bc; do
     command -v $tool >/dev/null || need="${need:-} $tool"
 done
 [ -f /usr/include/gelf.h ] || need="${need:-} libelf-dev"
+command -v xz >/dev/null || need="${need:-} xz-utils"   # the source tarball
 if [ -n "${need:-}" ]; then
     log "installing build tools:$need"
-    apt-get install -y -qq make gcc flex bison bc libc6-dev libelf-dev >&2
+    apt-get install -y -qq make gcc flex bison bc libc6-dev libelf-dev xz-utils >&2
 fi
 
 # The source .deb is shared by every fragment version.

@@ -26,7 +26,10 @@ dmesg | grep -i -E 'apic|acpi' | head -n 20 | sed 's/^/RIG l1 dmesg /'
 
 L2K=/rig/l2/vmlinuz
 L2I=/rig/l2/initrd.cpio
-BASEARGS="console=ttyS0 reboot=k panic=1 8250.nr_uarts=1 acpi=off"
+# Kernel (a) boots with ACPI (its only way to find CPUs and virtio devices);
+# kernel (b) has no ACPI and gets acpi=off, as Kata's command line has.
+BASEARGS="console=ttyS0 reboot=k panic=1 8250.nr_uarts=1"
+insmod /rig/modules/tun.ko 2>/dev/null
 
 # qmp SOCK CMD...: sends qmp_capabilities and each CMD, prints the replies.
 qmp() {
@@ -53,12 +56,26 @@ listen() { # SOCK OUT
         socat -t 1 - UNIX-CONNECT:"$1" >"$2" 2>&1 &
     LISTENER=$!
 }
+# tap_up SCENARIO TAP ADDR: waits for altovirt to create TAP, addresses it.
+tap_up() {
+    i=0
+    while [ ! -e /sys/class/net/$2 ] && [ $i -lt 100 ]; do i=$((i + 1)); sleep 0.1; done
+    ip addr add $3/24 dev $2 && ip link set $2 up && say $1 tap up
+}
+wait_count() { # FILE PATTERN N TIMEOUT_S: waits for N lines matching PATTERN
+    i=0
+    while [ "$(grep -c "$2" "$1" 2>/dev/null)" -lt "$3" ]; do
+        i=$((i + 1))
+        [ $i -gt $(($4 * 10)) ] && return 1
+        sleep 0.1
+    done
+}
 wait_for_sock() { i=0; while [ ! -S "$1" ]; do i=$((i+1)); [ $i -gt 100 ] && return 1; sleep 0.05; done; }
 dump() { # SCENARIO: the L2 console and the VMM log
     sed "s/^/L2 $1 /" /tmp/$1.serial 2>/dev/null | tr -d '\r'
     sed "s/^/LOG $1 /" /tmp/$1.log 2>/dev/null
 }
-boot_time_us() { sed -n 's/.*boot complete after \([0-9]*\) us.*/\1/p' /tmp/$1.log | head -n1; }
+boot_time_us() { cat /tmp/$1.log /tmp/$1.stderr 2>/dev/null | sed -n 's/.*boot complete after \([0-9]*\) us.*/\1/p' | head -n1; }
 
 # start SCENARIO MODE EXTRA-ALTOVIRT-ARGS...: runs altovirt in the background.
 start() {
@@ -124,6 +141,10 @@ sc_reboot() {
     listen /tmp/reboot.qmp /tmp/reboot.events
     finish reboot 120
 }
+sc_bench_boot() { # reboot, without hotplug slots (QEMU's microvm has none), for bench.sh
+    start bench_boot reboot -machine microvm,blk-slots=0,net-slots=0
+    finish bench_boot 120
+}
 sc_poweroff() {
     start poweroff poweroff
     listen /tmp/poweroff.qmp /tmp/poweroff.events
@@ -150,10 +171,7 @@ sc_stopcont() {
     finish stopcont 30
 }
 
-# The same L2 boot under QEMU microvm, for comparison. QEMU's microvm
-# firmware leaves LINT0 masked, so with acpi=off this kernel (no MP-table
-# support, hence no APIC) gets no interrupts and init's console writes hang;
-# QEMU therefore boots it with ACPI (its default), without acpi=off.
+# The same L2 boot under QEMU microvm, for comparison (both with ACPI).
 sc_qemu_boot() {
     sc=qemu_boot
     rm -f /tmp/$sc.*
@@ -161,7 +179,7 @@ sc_qemu_boot() {
     qemu-system-x86_64 -M microvm -accel kvm -cpu host -m 256 -smp 2 \
         -nodefaults -no-user-config -nographic -no-reboot -bios /rig/qemu/bios-microvm.bin \
         -kernel $L2K -initrd $L2I -serial file:/tmp/$sc.serial \
-        -append "${BASEARGS% acpi=off} quiet rig.mode=report rig.scenario=$sc" </dev/null >/tmp/$sc.stdout 2>/tmp/$sc.stderr &
+        -append "$BASEARGS quiet rig.mode=report rig.scenario=$sc" </dev/null >/tmp/$sc.stdout 2>/tmp/$sc.stderr &
     VMM=$!
     finish $sc 120
 }
@@ -172,19 +190,15 @@ L2B=/rig/l2/bzImage-b
 sc_b_devices() { # -smp 2, virtio-rng and virtio-net over a tap to L1
     sc=b_devices
     if [ ! -f $L2B ]; then say $sc skipped no-kernel-b; return; fi
-    insmod /rig/modules/tun.ko 2>/dev/null
     cat >/tmp/cfg-$sc.json <<JSON
 {"net": [{"iface_id": "net0", "host_dev_name": "rigtap0"}],
  "rng": {"random_file": "/dev/urandom"}}
 JSON
-    SC_KERNEL=$L2B SC_QUIET=${RIG_B_QUIET:-1}
+    SC_KERNEL=$L2B SC_QUIET=${RIG_B_QUIET:-1} SC_ARGS=acpi=off
     start $sc devices -config /tmp/cfg-$sc.json
-    SC_KERNEL=
+    SC_KERNEL= SC_ARGS=
     listen /tmp/$sc.qmp /tmp/$sc.events
-    # altovirt creates the tap; L1 addresses it.
-    i=0
-    while [ ! -e /sys/class/net/rigtap0 ] && [ $i -lt 100 ]; do i=$((i + 1)); sleep 0.1; done
-    ip addr add 10.0.2.1/24 dev rigtap0 && ip link set rigtap0 up && say $sc tap up
+    tap_up $sc rigtap0 10.0.2.1
     finish $sc 40
 }
 sc_b_rootdisk() { # root file system on virtio-blk; the file L2 writes is read back after exit
@@ -194,12 +208,158 @@ sc_b_rootdisk() { # root file system on virtio-blk; the file L2 writes is read b
     cat >/tmp/cfg-$sc.json <<JSON
 {"drive": [{"drive_id": "root", "path_on_host": "/tmp/img-$sc.ext4"}]}
 JSON
-    SC_KERNEL=$L2B SC_INITRD=- SC_QUIET=${RIG_B_QUIET:-1} SC_ARGS="root=/dev/vda rw rootfstype=ext4 init=/init"
+    SC_KERNEL=$L2B SC_INITRD=- SC_QUIET=${RIG_B_QUIET:-1} SC_ARGS="acpi=off root=/dev/vda rw rootfstype=ext4 init=/init"
     start $sc disk -config /tmp/cfg-$sc.json -machine microvm,blk-slots=0
     SC_KERNEL= SC_INITRD= SC_ARGS= SC_QUIET=
     listen /tmp/$sc.qmp /tmp/$sc.events
     finish $sc 40
     say $sc disk-file "$(debugfs -R 'cat /hello.txt' /tmp/img-$sc.ext4 2>/dev/null)"
+}
+
+# Kernel (a) with its virtio devices found through ACPI: a data disk (ext4,
+# read back with debugfs after exit), virtio-rng and virtio-net over a tap;
+# no hotplug slots, so the disk is vda and the NIC eth0.
+sc_a_devices() {
+    sc=a_devices
+    cp /rig/l2/data.ext4 /tmp/img-$sc.ext4
+    SC_ARGS="rig.data=/dev/vda"
+    start $sc devices -machine microvm,blk-slots=0,net-slots=0 \
+        -drive id=data,file=/tmp/img-$sc.ext4,readonly=off \
+        -device virtio-blk-device,drive=data,id=virtio-blk0 \
+        -netdev tap,id=n0,ifname=rigtap0 -device virtio-net-device,netdev=n0,id=net0 \
+        -object rng-random,id=objrng0,filename=/dev/urandom \
+        -device virtio-rng-device,rng=objrng0,id=virtio-rng0
+    SC_ARGS=
+    listen /tmp/$sc.qmp /tmp/$sc.events
+    tap_up $sc rigtap0 10.0.2.1
+    finish $sc 60
+    say $sc disk-file "$(debugfs -R 'cat /hello.txt' /tmp/img-$sc.ext4 2>/dev/null)"
+}
+
+# Hotplug into the empty slots, driven from L1 over QMP while L2's init
+# (rig.mode=hotplug) watches: a raw image with a marker goes into block
+# slot 0 (vda) and out again, then a tap NIC into net slot 0 (eth0), with
+# the MAC the guest already shows (Linux reads it only at probe time).
+hotplug_run() { # SCENARIO KERNEL EXTRA-KERNEL-ARGS
+    sc=$1
+    img=/tmp/hp-$sc.img
+    dd if=/dev/zero of=$img bs=1M count=4 2>/dev/null
+    printf 'altovirt-hotplug-marker' | dd of=$img conv=notrunc 2>/dev/null
+    SC_KERNEL=$2 SC_ARGS="$3"
+    start $sc hotplug -machine microvm,blk-slots=2,net-slots=1
+    SC_KERNEL= SC_ARGS=
+    listen /tmp/$sc.qmp /tmp/$sc.events
+    q=/tmp/$sc.qmp
+    if wait_for /tmp/$sc.serial L2-HOTPLUG-READY 60; then
+        qmp $q '{"execute":"blockdev-add","arguments":{"driver":"raw","node-name":"hp0","file":{"driver":"file","filename":"'$img'"}}}' \
+            '{"execute":"device_add","arguments":{"driver":"virtio-blk-mmio","id":"hpdisk0","drive":"hp0","addr":"0"}}' |
+            tr -d '\r' | sed "s/^/RIG $sc qmp-blk-add /"
+        if wait_for /tmp/$sc.serial L2-HOTPLUG-BLK-MARKER 30; then
+            qmp $q '{"execute":"device_del","arguments":{"id":"hpdisk0"}}' |
+                tr -d '\r' | sed "s/^/RIG $sc qmp-blk-del /"
+        fi
+        wait_for /tmp/$sc.serial L2-HOTPLUG-BLK-GONE 30
+        mac=$(tr -d '\r' </tmp/$sc.serial | sed -n 's/^L2-NETMAC \([0-9a-f:]*\)$/\1/p' | head -n1)
+        say $sc guest-mac $mac
+        qmp $q '{"execute":"netdev_add","arguments":{"type":"tap","id":"hpnet0","ifname":"righp0"}}' |
+            tr -d '\r' | sed "s/^/RIG $sc qmp-netdev-add /"
+        tap_up $sc righp0 10.0.3.1
+        qmp $q '{"execute":"device_add","arguments":{"driver":"virtio-net-mmio","id":"hpnic0","netdev":"hpnet0","mac":"'$mac'","addr":"0"}}' |
+            tr -d '\r' | sed "s/^/RIG $sc qmp-net-add /"
+    else
+        say $sc not-ready
+    fi
+    finish $sc 60
+}
+sc_a_hotplug() { hotplug_run a_hotplug $L2K ""; }
+sc_b_hotplug() {
+    if [ ! -f $L2B ]; then say b_hotplug skipped no-kernel-b; return; fi
+    hotplug_run b_hotplug $L2B acpi=off
+}
+
+# Kata's StratoVirt command line, verbatim (minus virtio-fs, which altovirt
+# does not have yet), with kernel (b): /dev/vhost-vsock opened by the shell
+# as descriptor 3, the tap as descriptor 4 (tapfd, as Kata's runtime opens
+# it), the console on a socket L1 reads. L1 and L2 exchange lines over
+# vsock both ways with socat.
+KATA_APPEND="tsc=reliable no_timer_check rcupdate.rcu_expedited=1 i8042.direct=1 \
+i8042.dumbkbd=1 i8042.nopnp=1 i8042.noaux=1 noreplace-smp reboot=k cryptomgr.notests \
+net.ifnames=0 pci=lastbus=0 root=/dev/vda1 rootflags=data=ordered,errors=remount-ro ro \
+rootfstype=ext4 console=hvc0 console=hvc1 quiet systemd.show_status=false panic=1 \
+nr_cpus=1 selinux=0 systemd.unit=kata-containers.target \
+systemd.mask=systemd-networkd.service systemd.mask=systemd-networkd.socket \
+scsi_mod.scan=none ramdom.trust_cpu=on pci=off iommu=off acpi=off 8250.nr_uarts=0 \
+agent.log_vport=1025 guest.exit=reset"
+sc_b_kata() {
+    sc=b_kata
+    if [ ! -f $L2B ] || [ ! -f /rig/l2/initrd-kata.cpio ]; then say $sc skipped no-kernel-b; return; fi
+    for m in vhost_iotlb vhost vsock vmw_vsock_virtio_transport_common vhost_vsock; do
+        insmod /rig/modules/$m.ko || say $sc insmod-failed $m
+    done
+    if [ -c /dev/vhost-vsock ]; then say $sc vhost-vsock present; else say $sc vhost-vsock missing; fi
+    rm -f /tmp/$sc.*
+    cp /rig/l2/data.ext4 /tmp/kata-rootfs.img
+    # L1's end of the guest-to-host exchange: port 5001, once per boot.
+    (
+        for n in 1 2; do
+            (echo "from-L1-listener $n"; sleep 6) | socat -t 4 VSOCK-LISTEN:5001 - >>/tmp/$sc.l1got 2>&1
+        done
+    ) &
+    L1LISTEN=$!
+    T0=$(now_cs)
+    (
+        exec 3<>/dev/vhost-vsock
+        exec tapfd katatap0 4 altovirt \
+            -name sandbox-6a2b7c5e -uuid 1f3c6e9a-4b2d-4e8f-9a1b-2c3d4e5f6a7b \
+            -smp 1 -m 2048 -kernel $L2B \
+            -append "$KATA_APPEND rig.mode=vsock rig.scenario=$sc" \
+            -qmp unix:/tmp/$sc.qmp,server,nowait -D -disable-seccomp \
+            -machine type=microvm,dump-guest-core=off,mem-share=on \
+            -initrd /rig/l2/initrd-kata.cpio \
+            -object rng-random,id=objrng0,filename=/dev/urandom \
+            -device virtio-rng-device,rng=objrng0,id=virtio-rng0 \
+            -device virtio-serial-device,id=virtio-serial0 \
+            -chardev socket,id=charconsole0,path=/tmp/$sc.console,server,nowait \
+            -device virtconsole,chardev=charconsole0,id=virtio-console0,nr=0 \
+            -device vhost-vsock-device,id=vsock-id,guest-cid=3,vhostfd=3 \
+            -drive id=rootfs,file=/tmp/kata-rootfs.img,readonly=on,direct=off \
+            -device virtio-blk-device,drive=rootfs,id=virtio-blk0 \
+            -netdev tap,id=eth0,fds=4 \
+            -device virtio-net-device,netdev=eth0,id=eth0,mac=52:54:00:6b:61:74 \
+            -serial stdio
+    ) </dev/null >/tmp/$sc.stdout 2>/tmp/$sc.stderr &
+    VMM=$!
+    listen /tmp/$sc.qmp /tmp/$sc.events
+    wait_for_sock /tmp/$sc.console && socat -u UNIX-CONNECT:/tmp/$sc.console STDOUT >/tmp/$sc.serial 2>&1 &
+    tap_up $sc katatap0 10.0.4.1
+    # Two boots: the second after QMP system_reset, which stops and
+    # restarts the kernel's vhost-vsock rings.
+    for n in 1 2; do
+        if wait_count /tmp/$sc.serial L2-VSOCK-LISTEN $n 60; then
+            sleep 0.3
+            say $sc vsock-l1-got-$n "$(echo from-L1 | socat -t 4 - VSOCK-CONNECT:3:5000 2>&1 | tr -d '\r')"
+            t0=$(now_cs)
+            say $sc vsock-big-md5-$n "$(socat -u VSOCK-CONNECT:3:5002 STDOUT 2>/dev/null | md5sum | cut -d' ' -f1)"
+            t1=$(now_cs)
+            dd if=/dev/urandom of=/tmp/$sc.big bs=64k count=64 2>/dev/null
+            say $sc vsock-sent-md5-$n "$(md5sum </tmp/$sc.big | cut -d' ' -f1) $(wc -c </tmp/$sc.big)"
+            t2=$(now_cs)
+            socat -u OPEN:/tmp/$sc.big VSOCK-CONNECT:3:5003 2>&1 | sed "s/^/RIG $sc bulk-send-error /"
+            t3=$(now_cs)
+            say $sc vsock-bulk-ms-$n $(((t1 - t0) * 10)) $(((t3 - t2) * 10))
+        else
+            say $sc no-listener-$n
+            break
+        fi
+        wait_count /tmp/$sc.serial L2-VSOCK-DONE $n 30 || say $sc not-done-$n
+        if [ $n = 1 ]; then
+            qmp /tmp/$sc.qmp '{"execute":"system_reset"}' | tr -d '\r' | sed "s/^/RIG $sc qmp-reset /"
+        fi
+    done
+    qmp /tmp/$sc.qmp '{"execute":"quit"}' >/dev/null
+    finish $sc 30
+    kill $L1LISTEN 2>/dev/null
+    tr -d '\r' </tmp/$sc.l1got | sed "s/^/RIG $sc vsock-l1-listener-got /"
 }
 
 scenarios=

@@ -4,8 +4,15 @@
 # does what rig.mode=<mode> on the kernel command line asks:
 #   report     print and power off          reboot    print and reboot -f
 #   poweroff   print and poweroff -f        heartbeat print L2-TICK lines forever
-#   devices    read /dev/hwrng, configure eth0 and ping L1, reboot -f
+#   devices    read /dev/hwrng, configure eth0 and ping L1; with
+#              rig.data=DEV also mount DEV and write /hello.txt on it; reboot -f
 #   disk       (root on /dev/vda) write /hello.txt, sync, reboot -f
+#   vsock      (Kata's command line, console on hvc0) listen on vsock port
+#              5000, exchange a line with L1, then connect to L1 (CID 2)
+#              port 5001 and exchange another; ping L1 over eth0; wait
+#   hotplug    wait for a disk in the empty slot vda (L1 plugs it over QMP),
+#              read its marker, wait for its removal; then wait for eth0's
+#              carrier (a NIC plugged into the empty net slot) and ping L1
 /bin/busybox mkdir -p /bin /sbin /usr/bin /usr/sbin /proc /sys /dev /tmp /mnt
 /bin/busybox --install -s
 export PATH=/bin:/sbin:/usr/bin:/usr/sbin
@@ -21,9 +28,35 @@ echo "L2-NPROC $(nproc)"
 echo "L2-ONLINE $(cat /sys/devices/system/cpu/online)"
 echo "L2-CPUFLAGS $(sed -n 's/^flags[[:space:]]*: //p' /proc/cpuinfo | head -n1)"
 mode=report
+data=
 for w in $(cat /proc/cmdline); do
-    case "$w" in rig.mode=*) mode="${w#rig.mode=}" ;; esac
+    case "$w" in
+    rig.mode=*) mode="${w#rig.mode=}" ;;
+    rig.data=*) data="${w#rig.data=}" ;;
+    esac
 done
+# wait_until SECONDS COMMAND...: polls COMMAND every 0.1 s.
+wait_until() {
+    n=$(($1 * 10))
+    shift
+    while ! "$@"; do
+        n=$((n - 1))
+        [ $n -le 0 ] && return 1
+        sleep 0.1
+    done
+}
+size_is() { [ "$(cat /sys/block/$1/size 2>/dev/null)" "$2" 0 ]; }
+carrier_is() { [ "$(cat /sys/class/net/$1/carrier 2>/dev/null)" = "$2" ]; }
+# ping_l1 DEV ADDR PEER: addresses DEV and pings PEER.
+ping_l1() {
+    echo "L2-STEP ping"
+    if ip addr add $2/24 dev $1; then
+        if ping -c 3 -W 2 $3 >/tmp/ping 2>&1; then echo "L2-PING ok"; else echo "L2-PING failed"; fi
+        sed 's/^/L2-PINGLOG /' /tmp/ping
+    else
+        echo "L2-PING no-$1"
+    fi
+}
 # Modules (kernel (a) only), in dependency order; built-in ones are absent.
 if [ -e /proc/modules ]; then
     for m in virtio_ring virtio virtio_mmio virtio_blk failover net_failover virtio_net virtio-rng; do
@@ -44,13 +77,75 @@ devices)
     echo "L2-RNG-CURRENT $(cat /sys/class/misc/hw_random/rng_current 2>/dev/null)"
     echo "L2-RNG-BYTES $(head -c 16 /dev/hwrng 2>/dev/null | od -An -tx1 | tr -d ' \n')"
     echo "L2-BLOCK $(ls /sys/block | tr '\n' ' ')"
+    if [ -n "$data" ]; then
+        echo "L2-DATA-SIZE $(cat /sys/block/${data#/dev/}/size 2>/dev/null)"
+        if mount -t ext4 $data /mnt; then
+            word="$(head -c 8 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+            echo "written by L2 $word" >/mnt/hello.txt && sync && umount /mnt &&
+                echo "L2-WROTE written by L2 $word"
+        else
+            echo "L2-DATA mount-failed"
+        fi
+    fi
     echo "L2-STEP net"
-    if ip link set eth0 up && ip addr add 10.0.2.2/24 dev eth0; then
-        echo "L2-STEP ping"
-        if ping -c 3 -W 2 10.0.2.1 >/tmp/ping 2>&1; then echo "L2-PING ok"; else echo "L2-PING failed"; fi
-        sed 's/^/L2-PINGLOG /' /tmp/ping
+    ip link set eth0 up
+    ping_l1 eth0 10.0.2.2 10.0.2.1
+    reboot -f
+    ;;
+vsock)
+    word="$(head -c 4 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+    echo "L2-BLOCK $(for b in /sys/block/*; do echo -n "${b##*/}:$(cat $b/size):ro=$(cat $b/ro) "; done)"
+    # Bulk data both ways (4 MiB each, many ring wraps): L1 reads /tmp/big
+    # from port 5002 and writes its own file to port 5003.
+    dd if=/dev/urandom of=/tmp/big bs=64k count=64 2>/dev/null
+    echo "L2-VSOCK-BIG-MD5 $(md5sum </tmp/big | cut -d' ' -f1)"
+    socat -u OPEN:/tmp/big VSOCK-LISTEN:5002 2>/tmp/vs2.err &
+    rm -f /tmp/in
+    socat -u VSOCK-LISTEN:5003 CREATE:/tmp/in 2>/tmp/vs3.err &
+    bulk_in=$!
+    # L1 connects to port 5000: the guest sends its line and reads L1's.
+    (echo "from-L2 $word"; sleep 4) | socat -t 4 VSOCK-LISTEN:5000 - >/tmp/vs.in 2>/tmp/vs.err &
+    echo "L2-VSOCK-LISTEN 5000 from-L2 $word"
+    if wait_until 60 test -s /tmp/vs.in; then
+        echo "L2-VSOCK-GOT $(cat /tmp/vs.in)"
     else
-        echo "L2-PING no-eth0"
+        echo "L2-VSOCK-GOT timeout $(cat /tmp/vs.err)"
+    fi
+    if wait_until 60 eval '! kill -0 $bulk_in 2>/dev/null'; then
+        echo "L2-VSOCK-IN-MD5 $(md5sum </tmp/in | cut -d' ' -f1) $(wc -c </tmp/in)"
+    else
+        echo "L2-VSOCK-IN-MD5 timeout $(cat /tmp/vs3.err)"
+    fi
+    # The guest connects to the host (CID 2) port 5001, where L1 listens.
+    echo "L2-VSOCK-REPLY $(echo "to-L1 $word" | socat -t 4 - VSOCK-CONNECT:2:5001 2>&1)"
+    ip link set eth0 up
+    ping_l1 eth0 10.0.4.2 10.0.4.1
+    # L1 resets the VM (QMP system_reset) and repeats, or quits.
+    echo "L2-VSOCK-DONE"
+    sleep 1000
+    ;;
+hotplug)
+    echo "L2-BLOCK $(for b in /sys/block/*; do echo -n "${b##*/}:$(cat $b/size) "; done)"
+    ip link set eth0 up
+    echo "L2-NETMAC $(cat /sys/class/net/eth0/address)"
+    echo "L2-CARRIER-EMPTY $(cat /sys/class/net/eth0/carrier)"
+    echo "L2-HOTPLUG-READY"
+    if wait_until 60 size_is vda -ne; then
+        echo "L2-HOTPLUG-BLK-SIZE $(cat /sys/block/vda/size)"
+        echo "L2-HOTPLUG-BLK-MARKER $(head -c 23 /dev/vda)"
+        if wait_until 60 size_is vda -eq; then
+            echo "L2-HOTPLUG-BLK-GONE $(cat /sys/block/vda/size)"
+        else
+            echo "L2-HOTPLUG-BLK-GONE timeout"
+        fi
+    else
+        echo "L2-HOTPLUG-BLK-SIZE timeout"
+    fi
+    if wait_until 60 carrier_is eth0 1; then
+        echo "L2-HOTPLUG-CARRIER 1"
+        ping_l1 eth0 10.0.3.2 10.0.3.1
+    else
+        echo "L2-HOTPLUG-CARRIER timeout"
     fi
     reboot -f
     ;;

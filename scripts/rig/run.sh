@@ -6,7 +6,7 @@
 #
 #   scripts/rig/run.sh ALTOVIRT_BINARY [SCENARIO...]
 #
-# Scenarios (default: all): boot reboot stopcont poweroff
+# Scenarios (default: boot reboot stopcont poweroff; see l1-init.sh for all)
 # Environment: RIG_CACHE (cache root, see fetch.sh), RIG_TIMEOUT (seconds for
 # the whole QEMU run, default 600), RIG_KEEP=1 keeps the work directory.
 set -euo pipefail
@@ -38,6 +38,25 @@ command -v rustc >/dev/null || { echo "rig: rustc not found (needed for tests/ri
 rustc -O -C target-feature=+crt-static -C strip=symbols \
     "$here/../../tests/rig/outb.rs" -o "$work/outb"
 
+# Shared libraries of the dynamic executables copied into L1 (and L2).
+libs() {
+    ldd "$1" 2>/dev/null | sed -n 's/.*=> \(\/[^ ]*\).*/\1/p; s/^[[:space:]]*\(\/[^ ]*\) .*/\1/p'
+}
+# A plain .ko of module $1 from the cached kernel package, in $work/ko/.
+ko() {
+    local f
+    if [ -f "$cache/modules/$1.ko" ]; then echo "$cache/modules/$1.ko"; return; fi
+    mkdir -p "$work/ko"
+    f="$(find "$cache/kernel/lib/modules" \( -name "$1.ko" -o -name "$1.ko.xz" -o -name "$1.ko.zst" \) | head -n1)"
+    case "$f" in
+    "") echo "rig: module $1 not found in the kernel package" >&2; return 1 ;;
+    *.xz) xz -dc "$f" >"$work/ko/$1.ko" ;;
+    *.zst) zstd -qdc "$f" >"$work/ko/$1.ko" ;;
+    *) cp "$f" "$work/ko/$1.ko" ;;
+    esac
+    echo "$work/ko/$1.ko"
+}
+
 # L2 initramfs: busybox, /init, outb, and the virtio modules.
 {
     echo "file /bin/busybox $bb 0755"
@@ -59,6 +78,11 @@ else
     cp "$altovirt" "$work/altovirt"
 fi
 
+# An empty ext4 data disk (kernel (a)'s a_devices writes a file on it, L1
+# reads it back with debugfs).
+command -v mkfs.ext4 >/dev/null || apt-get install -y -qq e2fsprogs >&2
+mkfs.ext4 -q -F -L rigdata "$work/data.ext4" 8M >&2
+
 # Kernel (b) scenarios: the kernel only if already built (or RIG_BUILD_KERNEL_B=1),
 # and a root file system image made with mkfs.ext4 -d (no mounting).
 kernel_b=
@@ -71,7 +95,6 @@ if [ "$with_b" = 1 ]; then
         kernel_b="$("$here/build-kernel-b.sh" --if-cached || true)"
     fi
     [ -n "$kernel_b" ] || log "kernel (b) is not built: its scenarios will report skipped (scripts/rig/build-kernel-b.sh builds it)"
-    command -v mkfs.ext4 >/dev/null || apt-get install -y -qq e2fsprogs >&2
     root="$work/rootfs"
     mkdir -p "$root"/{bin,dev,proc,sys,tmp,mnt,lib/modules}
     cp "$bb" "$work/outb" "$root/bin/"
@@ -84,26 +107,48 @@ fi
 with_qemu=0
 for s in "${scenarios[@]}"; do case "$s" in qemu*) with_qemu=1 ;; esac; done
 
-# Shared libraries of the dynamic executables copied into L1.
-libs() {
-    ldd "$1" 2>/dev/null | sed -n 's/.*=> \(\/[^ ]*\).*/\1/p; s/^[[:space:]]*\(\/[^ ]*\) .*/\1/p'
-}
+# Kata's command line (b_kata): vhost-vsock in L1 (modules from the same
+# package), a helper that hands altovirt a tap descriptor, and an L2
+# initramfs with socat (the vsock peer) and its libraries.
+with_kata=0
+for s in "${scenarios[@]}"; do case "$s" in b_kata) with_kata=1 ;; esac; done
+if [ "$with_kata" = 1 ] && [ -n "$kernel_b" ]; then
+    rustc -O -C target-feature=+crt-static -C strip=symbols \
+        "$here/../../tests/rig/tapfd.rs" -o "$work/tapfd"
+    {
+        cat "$work/l2.manifest"
+        echo "file /bin/socat $(command -v socat) 0755"
+        libs "$(command -v socat)" | sort -u | while read -r lib; do
+            echo "file $lib $(readlink -f "$lib") 0755"
+        done
+    } >"$work/l2-kata.manifest"
+    python3 "$here/mkcpio.py" "$work/l2-kata.cpio" <"$work/l2-kata.manifest"
+else
+    with_kata=0
+fi
 {
     echo "file /bin/busybox $bb 0755"
     echo "file /init $here/l1-init.sh 0755"
     echo "nod /dev/console c 5 1 0600"
     echo "file /bin/altovirt $work/altovirt 0755"
     echo "file /bin/socat $(command -v socat) 0755"
-    for m in irqbypass kvm kvm-amd; do
+    for m in irqbypass kvm kvm-amd tun; do
         echo "file /rig/modules/$m.ko $cache/modules/$m.ko 0644"
     done
     echo "file /rig/l2/vmlinuz $cache/vmlinuz 0644"
     echo "file /rig/l2/initrd.cpio $work/l2-initrd.cpio 0644"
+    echo "file /rig/l2/data.ext4 $work/data.ext4 0644"
+    echo "file /bin/debugfs $(command -v debugfs) 0755"
+    if [ "$with_kata" = 1 ]; then
+        echo "file /bin/tapfd $work/tapfd 0755"
+        echo "file /rig/l2/initrd-kata.cpio $work/l2-kata.cpio 0644"
+        for m in vhost_iotlb vhost vsock vmw_vsock_virtio_transport_common vhost_vsock; do
+            echo "file /rig/modules/$m.ko $(ko $m) 0644"
+        done
+    fi
     if [ -n "$kernel_b" ]; then
         echo "file /rig/l2/bzImage-b $kernel_b 0644"
         echo "file /rig/l2/rootfs.ext4 $work/rootfs.ext4 0644"
-        echo "file /rig/modules/tun.ko $cache/modules/tun.ko 0644"
-        echo "file /bin/debugfs $(command -v debugfs) 0755"
     fi
     if [ "$with_qemu" = 1 ]; then
         echo "file /bin/qemu-system-x86_64 $(command -v qemu-system-x86_64) 0755"
@@ -112,7 +157,7 @@ libs() {
     {
         libs "$altovirt"
         libs "$(command -v socat)"
-        if [ -n "$kernel_b" ]; then libs "$(command -v debugfs)"; fi
+        libs "$(command -v debugfs)"
         if [ "$with_qemu" = 1 ]; then libs "$(command -v qemu-system-x86_64)"; fi
     } | sort -u | while read -r lib; do
         # Keep the path ldd reports (the loader's path is baked into binaries).
@@ -125,9 +170,66 @@ IFS=,
 sc="${scenarios[*]}"
 unset IFS
 log "booting L1 (scenarios: $sc)"
-# L1's console is the only output on stdout.
-timeout --foreground -k 5 "${RIG_TIMEOUT:-600}" qemu-system-x86_64 \
-    -M microvm -accel tcg -cpu qemu64,+svm,+npt -m 1024 \
-    -nodefaults -no-user-config -nographic -no-reboot -serial stdio \
-    -kernel "$cache/vmlinuz" -initrd "$work/l1-initrd.cpio" \
-    -append "console=ttyS0 quiet panic=-1 rig.scenarios=$sc" </dev/null
+# L1's console is the only output on stdout. Two watchdogs:
+# - once in a while (about 1 run in 6 on this host) L1 prints nothing at
+#   all: it hangs before its kernel's first message. With no output after
+#   ${RIG_FIRST_OUTPUT_S:-60} s, L1's registers go to stderr (QEMU's monitor
+#   over QMP) and L1 is booted again, once.
+# - L1 reboots right after RIG-DONE (QEMU -no-reboot then exits); should it
+#   hang on the way out, QEMU is ended 10 s after RIG-DONE.
+fifo="$work/console"
+mkfifo "$fifo"
+l1qmp="$work/l1.qmp"
+boot_l1() {
+    rm -f "$l1qmp"
+    timeout --foreground -k 5 "${RIG_TIMEOUT:-600}" qemu-system-x86_64 \
+        -M microvm -accel tcg -cpu qemu64,+svm,+npt -m 1024 \
+        -nodefaults -no-user-config -nographic -no-reboot -serial stdio \
+        -qmp "unix:$l1qmp,server,nowait" \
+        -kernel "$cache/vmlinuz" -initrd "$work/l1-initrd.cpio" \
+        -append "console=ttyS0 quiet panic=-1 rig.scenarios=$sc" </dev/null >"$fifo" &
+    qpid=$!
+    exec 3<"$fifo"
+    done_seen=0
+    first=1
+    while :; do
+        if [ "$first" = 1 ]; then
+            if ! IFS= read -r -t "${RIG_FIRST_OUTPUT_S:-60}" line <&3; then
+                log "L1 printed nothing in ${RIG_FIRST_OUTPUT_S:-60} s; its state:"
+                printf '%s\n' '{"execute":"qmp_capabilities"}' \
+                    '{"execute":"human-monitor-command","arguments":{"command-line":"info registers"}}' |
+                    socat -t 2 - "UNIX-CONNECT:$l1qmp" 2>&1 | sed 's/\\r\\n/\n/g' | head -n 40 >&2 || true
+                kill "$qpid" 2>/dev/null || true
+                wait "$qpid" 2>/dev/null || true
+                exec 3<&-
+                return 2
+            fi
+            first=0
+        else
+            IFS= read -r line <&3 || break
+        fi
+        printf '%s\n' "$line"
+        case "$line" in RIG-DONE*) done_seen=1; break ;; esac
+    done
+    if [ "$done_seen" = 1 ]; then
+        cat <&3 &
+        for _ in $(seq 100); do kill -0 "$qpid" 2>/dev/null || break; sleep 0.1; done
+        if kill -0 "$qpid" 2>/dev/null; then
+            log "L1 did not end 10 s after RIG-DONE: stopping QEMU"
+            kill "$qpid" 2>/dev/null || true
+        fi
+    fi
+    st=0
+    wait "$qpid" || st=$?
+    exec 3<&-
+    [ "$done_seen" = 1 ] && return 0
+    return "$st"
+}
+st=0
+boot_l1 || st=$?
+if [ "$st" = 2 ]; then
+    log "booting L1 again"
+    st=0
+    boot_l1 || st=$?
+fi
+exit "$st"
