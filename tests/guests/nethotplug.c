@@ -55,22 +55,11 @@ static int nethp_wait_link(const struct vdev *d, u64 features, int want, u64 *bu
 	return 0;
 }
 
-static void nethp_put_mac(void)
-{
-	for (int i = 0; i < 6; i++) {
-		if (i)
-			putc_serial(':');
-		put_hex(netbuf.mac[i], 2);
-	}
-}
-
 static void test_net_hotplug(void)
 {
-	static const char payload[] = "altovirt-net-tx";
 	const struct vdev *d = vdev_find(ID_NET);
 	u64 wait = vcfg.hp_wait_set ? vcfg.hp_wait : HP_WAIT_DEFAULT;
 	struct vq rx, tx;
-	struct vq_used_elem e;
 	u64 features;
 	u32 isr;
 
@@ -99,7 +88,7 @@ static void test_net_hotplug(void)
 	vq_notify(&rx);
 	int status = net_read_config(d, features);
 	puts_serial("nethp: ready mac=");
-	nethp_put_mac();
+	net_put_mac();
 	puts_serial(" status=");
 	put_dec((u32)status);
 	putc_serial('\n');
@@ -110,41 +99,12 @@ static void test_net_hotplug(void)
 		return;
 	}
 	puts_serial("nethp: up mac=");
-	nethp_put_mac();
+	net_put_mac();
 	puts_serial(isr & 2 ? " config-irq=1\n" : " config-irq=0\n");
 
-	memset(netbuf.hdr, 0, NET_HDR);
-	memset(netbuf.frame, 0, NET_FRAME);
-	memset(netbuf.frame, 0xff, 6);
-	memcpy(netbuf.frame + 6, netbuf.mac, 6);
-	netbuf.frame[12] = NET_ETHERTYPE >> 8;
-	netbuf.frame[13] = NET_ETHERTYPE & 0xff;
-	memcpy(netbuf.frame + ETH_HLEN, payload, sizeof(payload) - 1);
-	vq_set_desc(&tx, 0, (u64)netbuf.hdr, NET_HDR, DESC_F_NEXT, 1);
-	vq_set_desc(&tx, 1, (u64)netbuf.frame, NET_FRAME, 0, 0);
-	vq_publish(&tx, 0);
-	vq_notify(&tx);
-	say("nethp", vq_wait(&tx, WAIT_REQUEST, &e) ? "tx done" : "tx timeout");
-
+	say("nethp", net_send_test_frame(&tx) ? "tx done" : "tx timeout");
 	/* Generous: the peer is a Python script on a possibly busy host. */
-	u32 rx_budget = WAIT_NET_RX * 20;
-	int found = 0;
-	while (!found && rx_budget) {
-		u32 slice = rx_budget < 10000 ? rx_budget : 10000;
-		rx_budget -= slice;
-		if (!vq_wait(&rx, slice, &e))
-			continue;
-		mb();
-		if (e.id >= n_rx)
-			break;
-		u32 len = e.len < NET_RX_BYTES ? e.len : NET_RX_BYTES;
-		found = net_rx_match(netbuf.rx[e.id], len);
-		if (!found) {
-			net_rx_post(&rx, (u16)e.id);
-			vq_notify(&rx);
-		}
-	}
-	if (!found)
+	if (!net_wait_reply(&rx, n_rx, WAIT_NET_RX * 20, "nethp"))
 		say("nethp", "rx timeout");
 
 	if (!nethp_wait_link(d, features, 0, &budget, &isr)) {

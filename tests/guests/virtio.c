@@ -1026,12 +1026,75 @@ static int net_rx_match(const volatile u8 *b, u32 len)
 	return 1;
 }
 
-static void test_net(void)
+/* Prints netbuf.mac as xx:xx:xx:xx:xx:xx. */
+static void net_put_mac(void)
+{
+	for (int i = 0; i < 6; i++) {
+		if (i)
+			putc_serial(':');
+		put_hex(netbuf.mac[i], 2);
+	}
+}
+
+/*
+ * Sends the test frame (a broadcast from our MAC, ethertype 0x88b5, payload
+ * "altovirt-net-tx") as descriptors 0 and 1 of tx; 1 once it was used.
+ */
+static int net_send_test_frame(struct vq *tx)
 {
 	static const char payload[] = "altovirt-net-tx";
+	struct vq_used_elem e;
+
+	memset(netbuf.hdr, 0, NET_HDR);
+	memset(netbuf.frame, 0, NET_FRAME);
+	memset(netbuf.frame, 0xff, 6);
+	memcpy(netbuf.frame + 6, netbuf.mac, 6);
+	netbuf.frame[12] = NET_ETHERTYPE >> 8;
+	netbuf.frame[13] = NET_ETHERTYPE & 0xff;
+	memcpy(netbuf.frame + ETH_HLEN, payload, sizeof(payload) - 1);
+	vq_set_desc(tx, 0, (u64)netbuf.hdr, NET_HDR, DESC_F_NEXT, 1);
+	vq_set_desc(tx, 1, (u64)netbuf.frame, NET_FRAME, 0, 0);
+	vq_publish(tx, 0);
+	vq_notify(tx);
+	return vq_wait(tx, WAIT_REQUEST, &e);
+}
+
+/*
+ * Waits up to budget polls for our ethertype on rx (receive buffers 0 to
+ * n_rx - 1 posted) and prints "net: rx=..." for it; other frames (IPv6 RS,
+ * MLD...) are reposted. 1 when found; 0 on timeout or a bad buffer id (then
+ * "<prefix>: rx bad id N" is printed).
+ */
+static int net_wait_reply(struct vq *rx, u16 n_rx, u32 budget, const char *prefix)
+{
+	struct vq_used_elem e;
+
+	while (budget) {
+		u32 slice = budget < 10000 ? budget : 10000;
+		budget -= slice;
+		if (!vq_wait(rx, slice, &e))
+			continue;
+		mb();
+		if (e.id >= n_rx) {
+			line_start(prefix);
+			puts_serial("rx bad id ");
+			put_dec(e.id);
+			putc_serial('\n');
+			return 0;
+		}
+		u32 len = e.len < NET_RX_BYTES ? e.len : NET_RX_BYTES;
+		if (net_rx_match(netbuf.rx[e.id], len))
+			return 1;
+		net_rx_post(rx, (u16)e.id);
+		vq_notify(rx);
+	}
+	return 0;
+}
+
+static void test_net(void)
+{
 	const struct vdev *d = vdev_find(ID_NET);
 	struct vq rx, tx;
-	struct vq_used_elem e;
 	u64 features;
 
 	if (!d) {
@@ -1048,11 +1111,7 @@ static void test_net(void)
 		return;
 	}
 	puts_serial("net: mac=");
-	for (int i = 0; i < 6; i++) {
-		if (i)
-			putc_serial(':');
-		put_hex(netbuf.mac[i], 2);
-	}
+	net_put_mac();
 	puts_serial(" status=");
 	if (status < 0)
 		puts_serial("none");
@@ -1066,44 +1125,8 @@ static void test_net(void)
 		net_rx_post(&rx, i);
 	vq_notify(&rx);
 
-	/* Broadcast frame from our MAC: header, then the frame, both device-readable. */
-	memset(netbuf.hdr, 0, NET_HDR);
-	memset(netbuf.frame, 0, NET_FRAME);
-	memset(netbuf.frame, 0xff, 6);
-	memcpy(netbuf.frame + 6, netbuf.mac, 6);
-	netbuf.frame[12] = NET_ETHERTYPE >> 8;
-	netbuf.frame[13] = NET_ETHERTYPE & 0xff;
-	memcpy(netbuf.frame + ETH_HLEN, payload, sizeof(payload) - 1);
-	vq_set_desc(&tx, 0, (u64)netbuf.hdr, NET_HDR, DESC_F_NEXT, 1);
-	vq_set_desc(&tx, 1, (u64)netbuf.frame, NET_FRAME, 0, 0);
-	vq_publish(&tx, 0);
-	vq_notify(&tx);
-	say("net", vq_wait(&tx, WAIT_REQUEST, &e) ? "tx done" : "tx timeout");
-
-	/* Wait for our ethertype; other frames (IPv6 RS, MLD...) are reposted. */
-	u32 budget = WAIT_NET_RX;
-	int found = 0;
-	while (!found && budget) {
-		u32 slice = budget < 10000 ? budget : 10000;
-		budget -= slice;
-		if (!vq_wait(&rx, slice, &e))
-			continue;
-		mb();
-		if (e.id >= n_rx) {
-			line_start("net");
-			puts_serial("rx bad id ");
-			put_dec(e.id);
-			putc_serial('\n');
-			break;
-		}
-		u32 len = e.len < NET_RX_BYTES ? e.len : NET_RX_BYTES;
-		found = net_rx_match(netbuf.rx[e.id], len);
-		if (!found) {
-			net_rx_post(&rx, (u16)e.id);
-			vq_notify(&rx);
-		}
-	}
-	if (!found)
+	say("net", net_send_test_frame(&tx) ? "tx done" : "tx timeout");
+	if (!net_wait_reply(&rx, n_rx, WAIT_NET_RX, "net"))
 		say("net", "rx timeout");
 	vdev_reset(d);
 	say("net", "done");
