@@ -17,7 +17,7 @@ use qmp::{BlockdevAddArgs, BlockdevDriver, BlockdevRef, DeviceAddArgs, FdLookup,
 use serde_json::{json, Value};
 use virtio::block::{Block, BlockConfig};
 
-use crate::net_hotplug::{parse_slot_addr, NetHotplug};
+use crate::net_hotplug::{choose_slot, NetHotplug};
 
 /// Everything QMP can plug: block and network slots, whose device ids
 /// share one namespace with the devices created at boot.
@@ -253,33 +253,8 @@ impl BlockHotplug {
                 "Drive '{drive}' is already in use by '{user}'"
             )));
         }
-        let index = match &args.addr {
-            Some(addr) => {
-                let index = parse_slot_addr(addr)?;
-                match self.slots.get(index) {
-                    None => {
-                        return Err(generic(format!(
-                            "addr {index} is out of range: this VM has {} block slots",
-                            self.slots.len()
-                        )))
-                    }
-                    Some(s) if s.device.is_some() => {
-                        return Err(generic(format!("Slot {index} is already in use")))
-                    }
-                    Some(_) => index,
-                }
-            }
-            None => self
-                .slots
-                .iter()
-                .position(|s| s.device.is_none())
-                .ok_or_else(|| {
-                    generic(format!(
-                        "No free block slot (all {} in use)",
-                        self.slots.len()
-                    ))
-                })?,
-        };
+        let free: Vec<bool> = self.slots.iter().map(|s| s.device.is_none()).collect();
+        let index = choose_slot(args.addr.as_deref(), &free, "block", "Slot")?;
         let config = BlockConfig {
             path: node.path.clone(),
             read_only: node.read_only,

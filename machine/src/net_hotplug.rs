@@ -54,10 +54,39 @@ fn generic(desc: impl Into<String>) -> QmpError {
 }
 
 /// Parses `addr` (slot index, decimal or `0x` hex).
-pub(crate) fn parse_slot_addr(addr: &str) -> Result<usize, QmpError> {
+fn parse_slot_addr(addr: &str) -> Result<usize, QmpError> {
     addr.strip_prefix("0x")
         .map_or_else(|| addr.parse::<usize>(), |h| usize::from_str_radix(h, 16))
         .map_err(|_| generic(format!("Invalid addr '{addr}'")))
+}
+
+/// The slot `device_add` fills, given which slots are `free`: the one
+/// `addr` names (which must exist and be free), or else the first free one.
+/// `kind` names the slots in errors ("block", "network") and `taken` starts
+/// the message for a slot in use ("Slot", "Network slot").
+pub(crate) fn choose_slot(
+    addr: Option<&str>,
+    free: &[bool],
+    kind: &str,
+    taken: &str,
+) -> Result<usize, QmpError> {
+    match addr {
+        Some(addr) => {
+            let index = parse_slot_addr(addr)?;
+            match free.get(index) {
+                None => Err(generic(format!(
+                    "addr {index} is out of range: this VM has {} {kind} slots",
+                    free.len()
+                ))),
+                Some(false) => Err(generic(format!("{taken} {index} is already in use"))),
+                Some(true) => Ok(index),
+            }
+        }
+        None => free
+            .iter()
+            .position(|&f| f)
+            .ok_or_else(|| generic(format!("No free {kind} slot (all {} in use)", free.len()))),
+    }
 }
 
 impl NetHotplug {
@@ -202,33 +231,8 @@ impl NetHotplug {
                 "netdev '{netdev_id}' is already in use by '{user}'"
             )));
         }
-        let index = match &args.addr {
-            Some(addr) => {
-                let index = parse_slot_addr(addr)?;
-                match self.slots.get(index) {
-                    None => {
-                        return Err(generic(format!(
-                            "addr {index} is out of range: this VM has {} network slots",
-                            self.slots.len()
-                        )))
-                    }
-                    Some(s) if s.device.is_some() => {
-                        return Err(generic(format!("Network slot {index} is already in use")))
-                    }
-                    Some(_) => index,
-                }
-            }
-            None => self
-                .slots
-                .iter()
-                .position(|s| s.device.is_none())
-                .ok_or_else(|| {
-                    generic(format!(
-                        "No free network slot (all {} in use)",
-                        self.slots.len()
-                    ))
-                })?,
-        };
+        let free: Vec<bool> = self.slots.iter().map(|s| s.device.is_none()).collect();
+        let index = choose_slot(args.addr.as_deref(), &free, "network", "Network slot")?;
         let io = netdev
             .io
             .clone()
@@ -269,5 +273,30 @@ impl NetHotplug {
             }
         }
         Some(Ok(format!("/machine/peripheral/{id}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn desc(r: Result<usize, QmpError>) -> String {
+        format!("{:?}", r.unwrap_err())
+    }
+
+    #[test]
+    fn slot_choice_by_addr_or_first_free() {
+        let free = [false, true, true];
+        assert_eq!(choose_slot(None, &free, "block", "Slot").unwrap(), 1);
+        assert_eq!(choose_slot(Some("0x2"), &free, "block", "Slot").unwrap(), 2);
+        assert!(desc(choose_slot(Some("0"), &free, "block", "Slot"))
+            .contains("Slot 0 is already in use"));
+        assert!(
+            desc(choose_slot(Some("3"), &free, "network", "Network slot"))
+                .contains("addr 3 is out of range: this VM has 3 network slots")
+        );
+        assert!(desc(choose_slot(Some("x"), &free, "block", "Slot")).contains("Invalid addr 'x'"));
+        assert!(desc(choose_slot(None, &[false], "network", "Network slot"))
+            .contains("No free network slot (all 1 in use)"));
     }
 }
