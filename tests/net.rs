@@ -47,6 +47,23 @@ impl Netns {
         c
     }
 
+    /// altovirt in the namespace, started the way Kata's runtime starts it:
+    /// `tap0` opened (IFF_TAP | IFF_NO_PI | IFF_VNET_HDR) and inherited;
+    /// the word `TAPFD` in the arguments the caller adds becomes its number.
+    fn altovirt_with_tap_fd(&self) -> Command {
+        const LAUNCHER: &str = r#"
+import fcntl, os, struct, sys
+fd = os.open("/dev/net/tun", os.O_RDWR)
+fcntl.ioctl(fd, 0x400454ca, struct.pack("16sH", b"tap0", 0x0002 | 0x1000 | 0x4000))
+os.set_inheritable(fd, True)
+args = [a.replace("TAPFD", str(fd)) for a in sys.argv[1:]]
+os.execv(args[0], args)
+"#;
+        let mut c = self.exec("python3");
+        c.args(["-c", LAUNCHER, env!("CARGO_BIN_EXE_altovirt")]);
+        c
+    }
+
     /// Starts net_peer.py on tap0 and waits until it listens.
     fn start_peer(&self) -> std::process::Child {
         let mut peer = self
@@ -133,31 +150,18 @@ fn frames_cross_an_inherited_tap_descriptor_like_kata() {
         return;
     };
     let peer = ns.start_peer();
-    // Open the tap the way Kata's runtime does and hand it over as fd N.
-    let launcher = format!(
-        r#"
-import fcntl, os, struct, sys
-fd = os.open("/dev/net/tun", os.O_RDWR)
-fcntl.ioctl(fd, 0x400454ca, struct.pack("16sH", b"tap0", 0x0002 | 0x1000 | 0x4000))
-os.set_inheritable(fd, True)
-args = sys.argv[1:]
-args = [a.replace("FD", str(fd)) for a in args]
-os.execv(args[0], args)
-"#
-    );
-    let mut cmd = ns.exec("python3");
-    cmd.args(["-c", &launcher, env!("CARGO_BIN_EXE_altovirt")])
-        .args([
-            "-kernel",
-            GUEST_PVH,
-            "-serial",
-            "stdio",
-            "-append",
-            "guest.virtio=net",
-        ])
-        .args(["-netdev", "tap,id=n0,fds=FD"])
-        .arg("-device")
-        .arg(format!("virtio-net-device,netdev=n0,id=net0,mac={MAC}"));
+    let mut cmd = ns.altovirt_with_tap_fd();
+    cmd.args([
+        "-kernel",
+        GUEST_PVH,
+        "-serial",
+        "stdio",
+        "-append",
+        "guest.virtio=net",
+    ])
+    .args(["-netdev", "tap,id=n0,fds=TAPFD"])
+    .arg("-device")
+    .arg(format!("virtio-net-device,netdev=n0,id=net0,mac={MAC}"));
     let out = run_with_timeout(cmd, Duration::from_secs(60));
     check_guest(&out);
     let peer = wait_with_timeout(peer, Duration::from_secs(30));
@@ -183,21 +187,7 @@ fn kata_stratovirt_command_line_is_accepted_verbatim_minus_vhost_vsock() {
     let qmp = dir.join("qmp.socket");
     let console = dir.join("console.socket");
     let fs_sock = dir.join("virtiofs_kata.socket");
-    let mut fs_backend = Command::new("python3")
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/guests/vhost_user_fs_backend.py"
-        ))
-        .arg(&fs_sock)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("start the vhost-user-fs back-end");
-    let mut listening = String::new();
-    BufReader::new(fs_backend.stdout.as_mut().unwrap())
-        .read_line(&mut listening)
-        .unwrap();
-    assert!(listening.contains("listening"), "back-end: {listening}");
+    let fs_backend = common::fs_backend::Backend::start(&fs_sock);
     let append = "tsc=reliable no_timer_check rcupdate.rcu_expedited=1 i8042.direct=1 \
         i8042.dumbkbd=1 i8042.nopnp=1 i8042.noaux=1 noreplace-smp reboot=k cryptomgr.notests \
         net.ifnames=0 pci=lastbus=0 root=/dev/vda1 rootflags=data=ordered,errors=remount-ro ro \
@@ -206,16 +196,7 @@ fn kata_stratovirt_command_line_is_accepted_verbatim_minus_vhost_vsock() {
         systemd.mask=systemd-networkd.service systemd.mask=systemd-networkd.socket \
         scsi_mod.scan=none ramdom.trust_cpu=on pci=off iommu=off acpi=off 8250.nr_uarts=0 \
         agent.log_vport=1025 guest.exit=reset";
-    let launcher = r#"
-import fcntl, os, struct, sys
-fd = os.open("/dev/net/tun", os.O_RDWR)
-fcntl.ioctl(fd, 0x400454ca, struct.pack("16sH", b"tap0", 0x0002 | 0x1000 | 0x4000))
-os.set_inheritable(fd, True)
-args = [a.replace("TAPFD", str(fd)) for a in sys.argv[1:]]
-os.execv(args[0], args)
-"#;
-    let mut cmd = ns.exec("python3");
-    cmd.args(["-c", launcher, env!("CARGO_BIN_EXE_altovirt")]);
+    let mut cmd = ns.altovirt_with_tap_fd();
     let chardev = format!(
         "socket,id=charconsole0,path={},server,nowait",
         console.display()
@@ -273,8 +254,7 @@ os.execv(args[0], args)
     ]);
     let out = run_with_timeout(cmd, Duration::from_secs(60));
     assert_eq!(out.code(), 0, "{out:?}");
-    let _ = fs_backend.kill();
-    let _ = fs_backend.wait();
+    drop(fs_backend);
     // The guest booted with Kata's command line, its initrd and five
     // virtio devices (rng, console, blk, net, fs) before the hotplug slots.
     assert!(

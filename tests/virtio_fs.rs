@@ -5,79 +5,13 @@
 
 mod common;
 
+use common::fs_backend::Backend;
 use common::qmp_client::Client;
 use common::*;
 use serde_json::json;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdout, Command, Stdio};
-use std::sync::mpsc::{channel, Receiver};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-const BACKEND: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/tests/guests/vhost_user_fs_backend.py"
-);
-
-/// The Python backend listening on `sock`, with its stdout lines.
-struct Backend {
-    child: Child,
-    lines: Receiver<String>,
-    seen: Vec<String>,
-}
-
-impl Backend {
-    fn start(sock: &Path) -> Backend {
-        let mut child = Command::new("python3")
-            .arg(BACKEND)
-            .arg(sock)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("spawn python3 backend");
-        let out: ChildStdout = child.stdout.take().unwrap();
-        let (tx, lines) = channel();
-        std::thread::spawn(move || {
-            for l in BufReader::new(out).lines().map_while(Result::ok) {
-                if tx.send(l).is_err() {
-                    break;
-                }
-            }
-        });
-        let mut b = Backend {
-            child,
-            lines,
-            seen: Vec::new(),
-        };
-        b.wait_for("listening", Duration::from_secs(20));
-        b
-    }
-
-    /// Waits for a line equal to `want`; panics with what was seen.
-    fn wait_for(&mut self, want: &str, timeout: Duration) {
-        let deadline = Instant::now() + timeout;
-        while !self.seen.iter().any(|l| l == want) {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(l) => self.seen.push(l),
-                Err(_) => panic!("backend never said {want:?}; said {:?}", self.seen),
-            }
-        }
-    }
-
-    /// Every line so far, after waiting up to `timeout` for `last`.
-    fn drain_until(&mut self, last: &str, timeout: Duration) -> Vec<String> {
-        self.wait_for(last, timeout);
-        self.seen.clone()
-    }
-}
-
-impl Drop for Backend {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn python_usable(test: &str) -> bool {
     let ok = Command::new("python3")
@@ -224,8 +158,7 @@ fn backend_death_leaves_the_vm_running_and_answering_qmp() {
         .unwrap();
     // The guest's FUSE_INIT went through and the device was reset.
     backend.wait_for("vring 1 base=1", Duration::from_secs(60));
-    let _ = backend.child.kill();
-    let _ = backend.child.wait();
+    backend.kill();
     std::thread::sleep(Duration::from_millis(300));
     assert!(
         child.try_wait().unwrap().is_none(),

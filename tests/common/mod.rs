@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod fs_backend;
 pub mod qmp_client;
 
 use std::io::Read;
