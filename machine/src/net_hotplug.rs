@@ -15,12 +15,13 @@ use qmp::{DeviceAddArgs, FdLookup, NetdevAddArgs, NetdevBackend, QmpError};
 use serde_json::{json, Value};
 use virtio::net::{parse_mac, FrameIo, Net, Tap};
 
-/// A back-end defined with `netdev_add`.
-struct Netdev {
-    /// The TAP, while no device uses it.
-    io: Option<Arc<dyn FrameIo>>,
-    /// Device id using it, if any.
-    user: Option<String>,
+/// A back-end defined with `netdev_add`: the TAP while no device uses
+/// it, or the id of the device that holds it.
+enum Netdev {
+    /// Not plugged into any slot.
+    Free(Arc<dyn FrameIo>),
+    /// Plugged in; the device holds the TAP.
+    InUse(String),
 }
 
 /// One pre-created network slot.
@@ -161,13 +162,8 @@ impl NetHotplug {
         }
         .map_err(|e| generic(format!("netdev '{id}': {e}")))?;
         log::info!("netdev '{id}' on TAP {}", opened.if_name());
-        self.netdevs.insert(
-            id.clone(),
-            Netdev {
-                io: Some(Arc::new(opened)),
-                user: None,
-            },
-        );
+        self.netdevs
+            .insert(id.clone(), Netdev::Free(Arc::new(opened)));
         Ok(json!({}))
     }
 
@@ -177,9 +173,7 @@ impl NetHotplug {
             None => Err(QmpError::device_not_found(format!(
                 "Device '{id}' not found"
             ))),
-            Some(Netdev {
-                user: Some(dev), ..
-            }) => Err(generic(format!(
+            Some(Netdev::InUse(dev)) => Err(generic(format!(
                 "netdev '{id}' is in use by device '{dev}'; device_del it first"
             ))),
             Some(_) => {
@@ -226,17 +220,16 @@ impl NetHotplug {
                 args.driver
             ))
         })?;
-        if let Some(user) = &netdev.user {
-            return Err(generic(format!(
-                "netdev '{netdev_id}' is already in use by '{user}'"
-            )));
-        }
+        let io = match netdev {
+            Netdev::InUse(user) => {
+                return Err(generic(format!(
+                    "netdev '{netdev_id}' is already in use by '{user}'"
+                )))
+            }
+            Netdev::Free(io) => io.clone(),
+        };
         let free: Vec<bool> = self.slots.iter().map(|s| s.device.is_none()).collect();
         let index = choose_slot(args.addr.as_deref(), &free, "network", "Network slot")?;
-        let io = netdev
-            .io
-            .clone()
-            .ok_or_else(|| generic(format!("netdev '{netdev_id}' has no back-end")))?;
         let slot = &mut self.slots[index];
         slot.net
             .lock()
@@ -244,11 +237,9 @@ impl NetHotplug {
             .attach(io, mac)
             .map_err(|e| generic(format!("Property '{}.mac': {e}", args.driver)))?;
         slot.device = Some((id.to_string(), netdev_id.clone()));
-        if let Some(n) = self.netdevs.get_mut(&netdev_id) {
-            // The device holds the only other reference now.
-            n.io = None;
-            n.user = Some(id.to_string());
-        }
+        // The device holds the only other reference now.
+        self.netdevs
+            .insert(netdev_id.clone(), Netdev::InUse(id.to_string()));
         log::info!(
             "hotplug: '{id}' ({netdev_id}) in network slot {index} at {:#x}",
             slot.base
@@ -267,10 +258,7 @@ impl NetHotplug {
             Err(e) => return Some(Err(generic(e.to_string()))),
         };
         if let Some((_, netdev)) = slot.device.take() {
-            if let Some(n) = self.netdevs.get_mut(&netdev) {
-                n.user = None;
-                n.io = Some(io);
-            }
+            self.netdevs.insert(netdev, Netdev::Free(io));
         }
         Some(Ok(format!("/machine/peripheral/{id}")))
     }
