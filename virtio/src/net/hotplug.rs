@@ -20,7 +20,7 @@ use std::sync::Arc;
 
 use vmm_sys_util::eventfd::EventFd;
 
-use super::{check_mac, derived_mac, format_mac, FrameIo, Net, NetError, VIRTIO_NET_S_LINK_UP};
+use super::{derived_mac, mac_or_derived, FrameIo, Net, NetError, VIRTIO_NET_S_LINK_UP};
 use crate::lock;
 
 /// Name of the back-end of an empty slot, as shown in log lines.
@@ -93,16 +93,7 @@ impl Net {
         if self.plugged {
             return Err(NetError::SlotBusy);
         }
-        let mac = match mac {
-            Some(m) => {
-                check_mac(&m).map_err(|reason| NetError::InvalidMac {
-                    value: format_mac(&m),
-                    reason,
-                })?;
-                m
-            }
-            None => derived_mac(io.name()),
-        };
+        let mac = mac_or_derived(mac, io.name())?;
         self.mac = mac;
         self.config[0..6].copy_from_slice(&mac);
         self.swap_io(io);

@@ -150,6 +150,21 @@ fn check_mac(mac: &[u8; 6]) -> Result<(), &'static str> {
     Ok(())
 }
 
+/// `mac` if a NIC can own it, or (for `None`) the address derived from the
+/// back-end's `name`.
+fn mac_or_derived(mac: Option<[u8; 6]>, name: &str) -> Result<[u8; 6], NetError> {
+    match mac {
+        Some(m) => {
+            check_mac(&m).map_err(|reason| NetError::InvalidMac {
+                value: format_mac(&m),
+                reason,
+            })?;
+            Ok(m)
+        }
+        None => Ok(derived_mac(name)),
+    }
+}
+
 /// Formats `mac` as `aa:bb:cc:dd:ee:ff`.
 fn format_mac(mac: &[u8; 6]) -> String {
     let parts: Vec<String> = mac.iter().map(|b| format!("{b:02x}")).collect();
@@ -201,16 +216,7 @@ impl Net {
         mac: Option<[u8; 6]>,
         event_loop: EventLoop,
     ) -> Result<Net, NetError> {
-        let mac = match mac {
-            Some(m) => {
-                check_mac(&m).map_err(|reason| NetError::InvalidMac {
-                    value: format_mac(&m),
-                    reason,
-                })?;
-                m
-            }
-            None => derived_mac(io.name()),
-        };
+        let mac = mac_or_derived(mac, io.name())?;
         let mut config = [0u8; CONFIG_LEN];
         config[0..6].copy_from_slice(&mac);
         config[6..8].copy_from_slice(&VIRTIO_NET_S_LINK_UP.to_le_bytes());
