@@ -11,11 +11,11 @@ use machine::{ExitReason, KernelSource, MicroVm, VmEvent};
 use machine_manager::config::{
     parse_cmdline, single_line, Command, LogTarget, SerialConfig, VmConfig, USAGE,
 };
-use machine_manager::logger;
+use machine_manager::logger::{self, LoggerError};
 use machine_manager::process::{
-    block_terminating_signals, daemonize, spawn_signal_thread, PidFile, TerminalGuard,
+    block_terminating_signals, daemonize, spawn_signal_thread, PidFile, ProcessError, TerminalGuard,
 };
-use qmp::{EventHub, QmpServer, QmpServerHandle};
+use qmp::{EventHub, QmpServer, QmpServerError, QmpServerHandle};
 
 /// The guest booted when no `-kernel` is given: prints what it sees
 /// (memory map, command line, CPUs) on the serial console and resets.
@@ -71,6 +71,34 @@ fn fail(code: u8) -> impl FnOnce(&dyn std::fmt::Display) -> Failure {
     move |e| (code, e.to_string())
 }
 
+/// Exit status for an OS error on a path the user named (`-pidfile`,
+/// `-D`, `-serial file:`, `-qmp`): the user's mistake (no such directory,
+/// a directory, no permission, …) is a usage error; anything else (out of
+/// descriptors, disk full, …) is a host failure.
+fn path_status(e: &std::io::Error) -> u8 {
+    use std::io::ErrorKind::*;
+    match e.kind() {
+        NotFound | PermissionDenied | IsADirectory | NotADirectory | ReadOnlyFilesystem
+        | InvalidFilename | AlreadyExists => EXIT_USAGE,
+        _ if e.raw_os_error() == Some(libc::ELOOP) => EXIT_USAGE,
+        _ => EXIT_FAILURE,
+    }
+}
+
+/// Exit status for a QMP socket that cannot be created.
+fn qmp_status(e: &QmpServerError) -> u8 {
+    match e {
+        QmpServerError::PathTooLong(_)
+        | QmpServerError::InvalidPath(_)
+        | QmpServerError::NotASocket(_)
+        | QmpServerError::InUse(_) => EXIT_USAGE,
+        QmpServerError::Socket {
+            op: "bind", source, ..
+        } => path_status(source),
+        _ => EXIT_FAILURE,
+    }
+}
+
 /// Binds and starts one QMP server per `-qmp`/`-api-channel` socket; when
 /// this returns, every socket is listening.
 fn start_qmp(
@@ -89,7 +117,7 @@ fn start_qmp(
         .map(|path| {
             QmpServer::bind(path, handler.clone(), hub)
                 .and_then(QmpServer::start)
-                .map_err(|e| (EXIT_FAILURE, format!("-qmp: {e}")))
+                .map_err(|e| (qmp_status(&e), format!("-qmp: {e}")))
         })
         .collect()
 }
@@ -104,7 +132,13 @@ fn run(cfg: &VmConfig, start: Instant) -> Result<ExitCode, Failure> {
                 .into(),
         ));
     }
-    logger::init(&cfg.log, start).map_err(|e| fail(EXIT_FAILURE)(&e))?;
+    logger::init(&cfg.log, start).map_err(|e| {
+        let code = match &e {
+            LoggerError::Open { source, .. } => path_status(source),
+            _ => EXIT_FAILURE,
+        };
+        (code, e.to_string())
+    })?;
     // Before any thread exists: fork, and block the signals a thread of its
     // own will receive.
     let mut daemon = match cfg.daemonize {
@@ -112,7 +146,13 @@ fn run(cfg: &VmConfig, start: Instant) -> Result<ExitCode, Failure> {
         false => None,
     };
     let _pidfile = match &cfg.pidfile {
-        Some(path) => Some(PidFile::acquire(path).map_err(|e| fail(EXIT_FAILURE)(&e))?),
+        Some(path) => Some(PidFile::acquire(path).map_err(|e| {
+            let code = match &e {
+                ProcessError::PidFile { source, .. } => path_status(source),
+                _ => EXIT_FAILURE,
+            };
+            (code, e.to_string())
+        })?),
         None => None,
     };
     block_terminating_signals().map_err(|e| fail(EXIT_FAILURE)(&e))?;
@@ -123,10 +163,10 @@ fn run(cfg: &VmConfig, start: Instant) -> Result<ExitCode, Failure> {
         None => KernelSource::Builtin(DEMO_GUEST),
     };
     let vm = MicroVm::build(cfg, kernel, start).map_err(|e| {
-        let code = if e.is_user_error() {
-            EXIT_USAGE
-        } else {
-            EXIT_FAILURE
+        let code = match e.user_path_error() {
+            _ if e.is_user_error() => EXIT_USAGE,
+            Some(os) => path_status(os),
+            None => EXIT_FAILURE,
         };
         (code, e.to_string())
     })?;

@@ -143,7 +143,10 @@ fn a_second_writer_is_refused_with_the_path() {
     let dir = scratch("vblk-lock");
     let (img, _) = disk(&dir);
     let drive = format!("id=d0,file={}", img.display());
-    let mut first = altovirt()
+    // The QMP socket listens only once the devices (and the image lock)
+    // exist: waiting for it, not for a while, orders the two VMs.
+    let qmp = dir.join("qmp.sock");
+    let mut first = altovirt_with_qmp(&qmp)
         .args([
             "-kernel",
             GUEST_ELF64,
@@ -153,12 +156,14 @@ fn a_second_writer_is_refused_with_the_path() {
             "none",
         ])
         .args(["-drive", &drive, "-device", "virtio-blk-device,drive=d0"])
-        .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        wait_for_path(&qmp, Duration::from_secs(20)),
+        "first VM never listened"
+    );
     let mut cmd = altovirt();
     cmd.args([
         "-kernel",

@@ -72,3 +72,19 @@ pub enum BootError {
     #[error("failed to write MP table: {0} CPUs is more than the 254 it can describe")]
     TooManyCpus(u8),
 }
+
+impl BootError {
+    /// Whether the error is about the kernel image itself (rather than the
+    /// initrd, the command line or a boot structure).
+    pub fn is_kernel_error(&self) -> bool {
+        matches!(
+            self,
+            BootError::NotAKernel
+                | BootError::UnsupportedBzImage(_)
+                | BootError::UnsupportedElf(_)
+                | BootError::Loader(_)
+                | BootError::KernelRead(_)
+                | BootError::KernelTooLarge { .. }
+        )
+    }
+}

@@ -174,10 +174,77 @@ fn load_bzimage<K: Read + ReadVolatile + Seek>(
     })
 }
 
+/// ELF program header type of a loadable segment.
+const PT_LOAD: u32 = 1;
+/// Size of an ELF64 program header.
+const PHDR64_LEN: usize = 56;
+
+/// Refuses an ELF64 image that would boot into zeroed memory: no loadable
+/// segment at all, or a segment whose file part is larger than its memory
+/// part (the loader would copy nothing sensible), or a segment whose file
+/// part lies outside the file.
+fn check_elf_segments<K: Read + Seek>(kernel: &mut K) -> Result<(), BootError> {
+    let mut ehdr = [0u8; 64];
+    kernel.rewind().map_err(BootError::KernelRead)?;
+    kernel
+        .read_exact(&mut ehdr)
+        .map_err(|_| BootError::UnsupportedElf("the ELF header is truncated".into()))?;
+    let u16_at = |b: &[u8], o: usize| u16::from_le_bytes([b[o], b[o + 1]]);
+    let u64_at = |b: &[u8], o: usize| {
+        let mut v = [0u8; 8];
+        v.copy_from_slice(&b[o..o + 8]);
+        u64::from_le_bytes(v)
+    };
+    let phoff = u64_at(&ehdr, 0x20);
+    let phentsize = usize::from(u16_at(&ehdr, 0x36));
+    let phnum = usize::from(u16_at(&ehdr, 0x38));
+    let file_len = kernel
+        .seek(SeekFrom::End(0))
+        .map_err(BootError::KernelRead)?;
+    if phnum > 0 && phentsize < PHDR64_LEN {
+        return Err(BootError::UnsupportedElf(format!(
+            "program header size {phentsize} is smaller than {PHDR64_LEN}"
+        )));
+    }
+    let mut loadable = 0;
+    for i in 0..phnum {
+        let at = phoff.saturating_add((i * phentsize) as u64);
+        kernel
+            .seek(SeekFrom::Start(at))
+            .map_err(BootError::KernelRead)?;
+        let mut ph = [0u8; PHDR64_LEN];
+        kernel.read_exact(&mut ph).map_err(|_| {
+            BootError::UnsupportedElf(format!("program header {i} lies outside the file"))
+        })?;
+        if u32::from_le_bytes([ph[0], ph[1], ph[2], ph[3]]) != PT_LOAD {
+            continue;
+        }
+        loadable += 1;
+        let (offset, filesz, memsz) = (u64_at(&ph, 8), u64_at(&ph, 32), u64_at(&ph, 40));
+        if filesz > memsz {
+            return Err(BootError::UnsupportedElf(format!(
+                "segment {i}: file size {filesz:#x} exceeds memory size {memsz:#x}"
+            )));
+        }
+        if offset.checked_add(filesz).is_none_or(|end| end > file_len) {
+            return Err(BootError::UnsupportedElf(format!(
+                "segment {i}: bytes {offset:#x}+{filesz:#x} lie outside the file ({file_len:#x} bytes)"
+            )));
+        }
+    }
+    if loadable == 0 {
+        return Err(BootError::UnsupportedElf(
+            "no loadable (PT_LOAD) segment".into(),
+        ));
+    }
+    Ok(())
+}
+
 fn load_elf<K: Read + ReadVolatile + Seek>(
     mem: &GuestMemoryMmap,
     kernel: &mut K,
 ) -> Result<LoadedKernel, BootError> {
+    check_elf_segments(kernel)?;
     let result = Elf::load(mem, None, kernel, Some(GuestAddress(HIGH_MEMORY_START)))?;
     let ram_end = low_ram_end(mem);
     if result.kernel_end > ram_end {
@@ -263,6 +330,59 @@ mod tests {
             .err()
             .unwrap();
         assert!(matches!(e, BootError::KernelTooLarge { .. }), "{e}");
+    }
+
+    /// An ELF64 x86-64 image with one program header.
+    fn elf(p_type: u32, filesz: u64, memsz: u64) -> Vec<u8> {
+        let mut img = vec![0u8; 0x2000];
+        img[..4].copy_from_slice(b"\x7fELF");
+        img[4] = 2; // ELFCLASS64
+        img[5] = 1; // little endian
+        img[6] = 1;
+        img[16..18].copy_from_slice(&2u16.to_le_bytes()); // ET_EXEC
+        img[18..20].copy_from_slice(&EM_X86_64.to_le_bytes());
+        img[20..24].copy_from_slice(&1u32.to_le_bytes());
+        img[24..32].copy_from_slice(&0x10_0000u64.to_le_bytes()); // entry
+        img[32..40].copy_from_slice(&64u64.to_le_bytes()); // phoff
+        img[52..54].copy_from_slice(&64u16.to_le_bytes()); // ehsize
+        img[54..56].copy_from_slice(&56u16.to_le_bytes()); // phentsize
+        img[56..58].copy_from_slice(&1u16.to_le_bytes()); // phnum
+        let ph = &mut img[64..120];
+        ph[0..4].copy_from_slice(&p_type.to_le_bytes());
+        ph[4..8].copy_from_slice(&5u32.to_le_bytes());
+        ph[8..16].copy_from_slice(&0x1000u64.to_le_bytes()); // offset
+        ph[16..24].copy_from_slice(&0x10_0000u64.to_le_bytes()); // vaddr
+        ph[24..32].copy_from_slice(&0x10_0000u64.to_le_bytes()); // paddr
+        ph[32..40].copy_from_slice(&filesz.to_le_bytes());
+        ph[40..48].copy_from_slice(&memsz.to_le_bytes());
+        img[0x1000] = 0xf4;
+        img
+    }
+
+    #[test]
+    fn elf_without_sane_loadable_segments_is_refused() {
+        let m = mem();
+        let ok = load_kernel(&m, &mut Cursor::new(elf(PT_LOAD, 0x1000, 0x2000))).unwrap();
+        assert_eq!(ok.entry, 0x10_0000);
+        let e = load_kernel(&m, &mut Cursor::new(elf(4, 0x1000, 0x1000)))
+            .err()
+            .unwrap();
+        assert!(
+            e.to_string().contains("no loadable (PT_LOAD) segment"),
+            "{e}"
+        );
+        let e = load_kernel(&m, &mut Cursor::new(elf(PT_LOAD, 0x1000, 0x800)))
+            .err()
+            .unwrap();
+        assert!(
+            e.to_string()
+                .contains("segment 0: file size 0x1000 exceeds memory size 0x800"),
+            "{e}"
+        );
+        let e = load_kernel(&m, &mut Cursor::new(elf(PT_LOAD, 0x10_0000, 0x10_0000)))
+            .err()
+            .unwrap();
+        assert!(e.to_string().contains("lie outside the file"), "{e}");
     }
 
     #[test]

@@ -41,6 +41,25 @@ pub enum MachineError {
         /// OS error.
         source: std::io::Error,
     },
+    /// More guest RAM than the host has, without `mem-overcommit=on`.
+    #[error(
+        "-m: {requested_mib} MiB of guest RAM is more than this host's {host_mib} MiB (MemTotal); \
+         add -machine mem-overcommit=on to allow it"
+    )]
+    RamAboveHost {
+        /// Guest RAM asked for, MiB.
+        requested_mib: u64,
+        /// The host's MemTotal, MiB.
+        host_mib: u64,
+    },
+    /// The kernel file is not a kernel this machine can boot.
+    #[error("-kernel {path}: {source}")]
+    KernelLoad {
+        /// Path given.
+        path: String,
+        /// What is wrong with it.
+        source: BootError,
+    },
     /// The initrd file could not be opened.
     #[error("-initrd: cannot open '{path}': {source}")]
     InitrdOpen {
@@ -91,10 +110,21 @@ impl MachineError {
             self,
             MachineError::Boot(_)
                 | MachineError::KernelOpen { .. }
+                | MachineError::KernelLoad { .. }
+                | MachineError::RamAboveHost { .. }
                 | MachineError::InitrdOpen { .. }
                 | MachineError::Unsupported(_)
                 | MachineError::Virtio { .. }
                 | MachineError::TooManyDevices { .. }
         )
+    }
+
+    /// The OS error of opening a file the user named (`-serial file:`),
+    /// for the caller to tell the user's mistake from a host failure.
+    pub fn user_path_error(&self) -> Option<&std::io::Error> {
+        match self {
+            MachineError::Device(devices::DeviceError::SerialFile { source, .. }) => Some(source),
+            _ => None,
+        }
     }
 }

@@ -64,7 +64,14 @@ impl GuestImage {
                         nr_cpus,
                         acpi,
                     },
-                )?
+                )
+                .map_err(|e| match e.is_kernel_error() {
+                    true => MachineError::KernelLoad {
+                        path: path.display().to_string(),
+                        source: e,
+                    },
+                    false => MachineError::Boot(e),
+                })?
             }
             KernelSource::Builtin(bytes) => load_boot_source(
                 mem,

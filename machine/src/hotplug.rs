@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 
 use qmp::{BlockdevAddArgs, BlockdevDriver, BlockdevRef, DeviceAddArgs, FdLookup, QmpError};
 use serde_json::{json, Value};
-use virtio::block::{Block, BlockConfig};
+use virtio::block::{Block, BlockConfig, BlockError};
 
 use crate::net_hotplug::{choose_slot, NetHotplug};
 
@@ -146,6 +146,23 @@ fn node_file(
     }
 }
 
+/// `blockdev-add` only accepts what can be an image: a regular file or a
+/// block device (checked with stat, which never blocks, unlike opening a
+/// FIFO). The open at `device_add` checks again on the descriptor.
+fn check_image_type(path: &std::path::Path) -> Result<(), QmpError> {
+    let meta = std::fs::metadata(path)
+        .map_err(|e| generic(format!("Could not open '{}': {e}", path.display())))?;
+    let kind = meta.file_type();
+    if kind.is_file() || std::os::unix::fs::FileTypeExt::is_block_device(&kind) {
+        Ok(())
+    } else {
+        Err(generic(format!(
+            "'{}' is not a regular file or block device",
+            path.display()
+        )))
+    }
+}
+
 impl BlockHotplug {
     /// State for `slots` (in slot order) and the ids of boot-time devices.
     pub fn new(slots: Vec<Slot>, cold_ids: Vec<String>) -> Self {
@@ -172,9 +189,7 @@ impl BlockHotplug {
             return Err(generic(format!("Duplicate nodes with node-name='{name}'")));
         }
         let (path, child_ro, child_direct) = node_file(&args.driver, &self.nodes)?;
-        if let Err(e) = std::fs::metadata(&path) {
-            return Err(generic(format!("Could not open '{}': {e}", path.display())));
-        }
+        check_image_type(&path)?;
         let read_only = args.common.read_only.or(child_ro).unwrap_or(false);
         let direct = args
             .common
@@ -290,11 +305,21 @@ impl BlockHotplug {
             .iter_mut()
             .find(|s| s.device.as_ref().is_some_and(|d| d.0 == id))
             .ok_or_else(|| QmpError::device_not_found(format!("Device '{id}' not found")))?;
-        slot.block
+        let detached = slot
+            .block
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .detach()
-            .map_err(|e| generic(e.to_string()))?;
+            .detach();
+        match detached {
+            Ok(_) => {}
+            // The image is closed and the slot empty: the device is gone
+            // even though its last writes may not be durable. Say so, and
+            // free the slot.
+            Err(e @ BlockError::Flush { .. }) => {
+                log::error!("device_del '{id}': {e}; the device is removed anyway");
+            }
+            Err(e) => return Err(generic(e.to_string())),
+        }
         if let Some((_, node)) = slot.device.take() {
             if let Some(n) = self.nodes.get_mut(&node) {
                 n.user = None;

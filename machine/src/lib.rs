@@ -10,6 +10,7 @@ pub mod control;
 pub mod error;
 pub mod events;
 pub mod guest_image;
+mod host_memory;
 pub mod hotplug;
 pub mod kvm_checks;
 pub mod legacy;
@@ -89,6 +90,7 @@ impl MicroVm {
         kernel: KernelSource,
         start: Instant,
     ) -> Result<Self, MachineError> {
+        host_memory::check_guest_ram(cfg.machine.mem_size, cfg.machine.mem_overcommit)?;
         let kvm = kvm_checks::open_kvm()?;
         let vm = create_vm(&kvm)?;
         let platform = PlatformSnapshot::capture(&vm)?;

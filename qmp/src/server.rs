@@ -369,7 +369,15 @@ fn create_listener(path: &Path) -> Result<(UnixListener, SocketFile), QmpServerE
     if staged {
         let _ = fs::remove_file(bind_path);
     }
-    let (fd, socket) = bind_listen(bind_path)?;
+    // Errors name the path the user gave, not the temporary one.
+    let (fd, socket) = bind_listen(bind_path).map_err(|e| match e {
+        QmpServerError::Socket { op, source, .. } => QmpServerError::Socket {
+            path: path.to_path_buf(),
+            op,
+            source,
+        },
+        other => other,
+    })?;
     if staged {
         if let Err(source) = fs::rename(bind_path, path) {
             // `socket` still names the temporary file and removes it on drop.

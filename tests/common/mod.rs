@@ -171,3 +171,57 @@ pub fn pid_alive(pid: i32) -> bool {
     // SAFETY: signal 0 only checks for existence.
     unsafe { libc::kill(pid, 0) == 0 }
 }
+
+/// Asserts that altovirt run with `args` fails as a usage error: status 2,
+/// exactly one stderr line mentioning `needle`, and no guest output.
+pub fn assert_usage_error(args: &[&str], needle: &str) {
+    let mut cmd = altovirt();
+    cmd.args(args);
+    assert_command_usage_error(cmd, needle);
+}
+
+/// [`assert_usage_error`] for a prepared altovirt command.
+pub fn assert_command_usage_error(cmd: Command, needle: &str) {
+    let args: Vec<String> = cmd
+        .get_args()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    let out = run_with_timeout(cmd, Duration::from_secs(30));
+    assert_eq!(out.code(), 2, "{args:?}: {out:?}");
+    let lines: Vec<&str> = out.stderr.lines().collect();
+    assert_eq!(
+        lines.len(),
+        1,
+        "{args:?}: expected one line, got {:?}",
+        out.stderr
+    );
+    assert!(
+        lines[0].contains(needle),
+        "{args:?}: {:?} lacks {needle:?}",
+        lines[0]
+    );
+    assert!(out.stdout.is_empty(), "no VM may start: {}", out.stdout);
+}
+
+/// The bytes of QEMU's image-lock ranges (100-103: permission held,
+/// 200-203: permission not shared) that some other open file description
+/// has locked on `path`, probed with F_OFD_GETLK.
+pub fn image_lock_bytes(path: &Path) -> Vec<i64> {
+    use std::os::fd::AsRawFd;
+    let f = std::fs::File::open(path).expect("open image to probe its locks");
+    (100..104)
+        .chain(200..204)
+        .filter(|&byte| {
+            // SAFETY: flock is plain old data.
+            let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+            fl.l_type = libc::F_WRLCK as libc::c_short;
+            fl.l_whence = libc::SEEK_SET as libc::c_short;
+            fl.l_start = byte;
+            fl.l_len = 1;
+            // SAFETY: F_OFD_GETLK with a valid flock on a file we opened.
+            let rc = unsafe { libc::fcntl(f.as_raw_fd(), libc::F_OFD_GETLK, &mut fl) };
+            assert_eq!(rc, 0, "F_OFD_GETLK: {}", std::io::Error::last_os_error());
+            fl.l_type != libc::F_UNLCK as libc::c_short
+        })
+        .collect()
+}

@@ -22,7 +22,7 @@ use machine_manager::event_loop::{EventLoop, Token};
 use virtio_queue::Queue;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use crate::vhost_user::{self, Frontend, VhostUserError};
+use crate::vhost_user::{self, Frontend, RequestError, VhostUserError};
 use crate::worker::{split_queues, Registrations};
 use crate::{
     lock, read_config_bytes, ActivateError, Interrupt, VirtioDevice, VIRTIO_F_VERSION_1,
@@ -83,6 +83,36 @@ struct Shared {
     frontend: Frontend,
     /// The interrupt of the active device, to report the hang-up.
     interrupt: Option<Arc<Interrupt>>,
+    /// The loss of the backend was logged (once, by whichever noticed it
+    /// first: the hang-up watch or a failed request).
+    loss_reported: bool,
+}
+
+impl Shared {
+    /// Records that the backend is gone and logs it once. The socket
+    /// hang-up and a request failing on the closed socket race; both end
+    /// here, so the log says the same whichever comes first.
+    fn backend_lost(&mut self, name: &str, cause: Option<&VhostUserError>) {
+        self.frontend.mark_broken();
+        if std::mem::replace(&mut self.loss_reported, true) {
+            return;
+        }
+        match cause {
+            None
+            | Some(VhostUserError::Request {
+                source: RequestError::Disconnected,
+                ..
+            }) => {
+                log::error!("vhost-user-fs '{name}': the backend hung up; the device needs a reset")
+            }
+            Some(e) => log::error!(
+                "vhost-user-fs '{name}': the backend failed ({e}); the device needs a reset"
+            ),
+        }
+        if let Some(irq) = &self.interrupt {
+            irq.set_needs_reset();
+        }
+    }
 }
 
 /// A virtio-fs device whose queues a vhost-user backend serves.
@@ -158,6 +188,7 @@ impl VhostUserFs {
         let shared = Arc::new(Mutex::new(Shared {
             frontend,
             interrupt: None,
+            loss_reported: false,
         }));
         let mut dev = VhostUserFs {
             shared,
@@ -182,19 +213,7 @@ impl VhostUserFs {
         let token = self.event_loop.add(
             self._watched.as_raw_fd(),
             (libc::EPOLLRDHUP | libc::EPOLLET) as u32,
-            Box::new(move |_| {
-                let mut s = lock(&shared);
-                if s.frontend.is_broken() {
-                    return;
-                }
-                log::error!(
-                    "vhost-user-fs '{name}': the backend hung up; the device needs a reset"
-                );
-                s.frontend.mark_broken();
-                if let Some(irq) = &s.interrupt {
-                    irq.set_needs_reset();
-                }
-            }),
+            Box::new(move |_| lock(&shared).backend_lost(&name, None)),
         )?;
         self.hangup = Some(token);
         Ok(())
@@ -249,6 +268,9 @@ impl VirtioDevice for VhostUserFs {
                     .start(self.acked & self.offered, &mem, &queues, &kicks, &calls)
             {
                 let _ = s.frontend.stop();
+                if !matches!(e, VhostUserError::Broken) {
+                    s.backend_lost(&self.name, Some(&e));
+                }
                 return Err(ActivateError::Io(std::io::Error::other(e.to_string())));
             }
             s.interrupt = Some(interrupt.clone());
@@ -277,8 +299,9 @@ impl VirtioDevice for VhostUserFs {
             {
                 let mut s = lock(&self.shared);
                 s.interrupt = None;
-                if let Err(e) = s.frontend.stop() {
-                    log::warn!("vhost-user-fs '{}': stopping the rings: {e}", self.name);
+                match s.frontend.stop() {
+                    Ok(_) | Err(VhostUserError::Broken) => {}
+                    Err(e) => s.backend_lost(&self.name, Some(&e)),
                 }
             }
             a.registrations.clear();

@@ -33,7 +33,8 @@ Usage: altovirt [OPTIONS]
   -append CMDLINE       kernel command line; repeated pieces are joined with spaces
   -m [size=]N[K|M|G|T]  guest memory; a plain number is in MiB (default 256M, minimum 16M)
   -smp [cpus=]N[,maxcpus=M][,sockets=S,dies=D,clusters=C,cores=C,threads=T]  vCPUs, 1 to 254 (default 1)
-  -machine [type=]microvm[,dump-guest-core=on|off][,mem-share=on|off][,accel=kvm][,blk-slots=N][,net-slots=N][,acpi=on|off]  machine options
+  -machine [type=]microvm[,dump-guest-core=on|off][,mem-share=on|off][,mem-overcommit=on|off][,accel=kvm][,blk-slots=N][,net-slots=N][,acpi=on|off]
+                        machine options (mem-overcommit=on: allow more RAM than the host has)
   -name [guest=]NAME    guest name
   -uuid UUID            guest UUID (8-4-4-4-12 hexadecimal digits)
   -serial stdio|file:PATH|none|null  serial port backend (default stdio)
@@ -45,10 +46,11 @@ Usage: altovirt [OPTIONS]
   -daemonize            run in the background after startup
   -pidfile PATH         write the process id to PATH
   -config FILE          read the JSON configuration file FILE (flags override it)
-  -qmp unix:PATH,server,nowait  serve QMP on a unix socket (may repeat)
+  -qmp unix:PATH,server,nowait  serve QMP on a unix socket (may repeat; also server=on,wait=off)
   -api-channel unix:PATH        the same, StratoVirt spelling
   -S                    do not start the vCPUs until QMP 'cont'
   -drive id=ID,file=PATH[,readonly=on|off][,direct=on|off][,format=raw]  a block back-end
+                        (a regular file or block device, locked as QEMU locks it)
   -object rng-random,id=ID,filename=PATH  an entropy back-end (also: iothread,id=ID)
   -chardev socket,id=ID,path=PATH[,server,nowait] | stdio,id=ID | file,id=ID,path=PATH
   -device virtio-blk-device,drive=ID[,id=DEV][,serial=S]
@@ -56,7 +58,7 @@ Usage: altovirt [OPTIONS]
   -device virtio-serial-device[,id=DEV] -device virtconsole,chardev=ID[,id=DEV]
   -device vhost-user-fs-device,chardev=ID,tag=TAG[,id=DEV][,num-request-queues=N][,queue-size=N]
                         virtio-fs; connects to the chardev's socket (needs mem-share=on)
-  -netdev tap,id=ID,ifname=NAME|fd=N  a tap back-end (fd: inherited descriptor)
+  -netdev tap,id=ID,ifname=NAME|fd=N|fds=N  a tap back-end (fd, fds: an inherited descriptor)
   -device virtio-net-device,netdev=ID[,id=DEV][,mac=MAC]
   -device vhost-vsock-device,id=DEV,guest-cid=N[,vhostfd=FD]  kernel vsock (needs /dev/vhost-vsock)
   -device vsock-device,id=DEV,guest-cid=N,uds-path=PATH       userspace vsock over unix sockets
@@ -71,6 +73,7 @@ Every flag may also be spelled with two dashes (--kernel).
 struct MachineFlags {
     dump_guest_core: Option<bool>,
     mem_share: Option<bool>,
+    mem_overcommit: Option<bool>,
     blk_slots: Option<u8>,
     net_slots: Option<u8>,
     acpi: Option<bool>,
@@ -265,6 +268,7 @@ fn parse_machine(value: &str) -> Result<MachineFlags, ConfigError> {
             "type",
             "dump-guest-core",
             "mem-share",
+            "mem-overcommit",
             "accel",
             "blk-slots",
             "net-slots",
@@ -305,6 +309,7 @@ fn parse_machine(value: &str) -> Result<MachineFlags, ConfigError> {
     Ok(MachineFlags {
         dump_guest_core: switch("dump-guest-core")?,
         mem_share: switch("mem-share")?,
+        mem_overcommit: switch("mem-overcommit")?,
         blk_slots,
         net_slots,
         acpi: switch("acpi")?,
@@ -376,6 +381,11 @@ fn merge(flags: Flags, file: FileConfig) -> Result<VmConfig, ConfigError> {
             .mem_share
             .or(file.mem_share)
             .unwrap_or(defaults.mem_share),
+        mem_overcommit: flags
+            .machine
+            .mem_overcommit
+            .or(file.mem_overcommit)
+            .unwrap_or(defaults.mem_overcommit),
         blk_slots: flags.machine.blk_slots.unwrap_or(defaults.blk_slots),
         net_slots: flags.machine.net_slots.unwrap_or(defaults.net_slots),
         acpi: flags.machine.acpi.or(file.acpi).unwrap_or(defaults.acpi),

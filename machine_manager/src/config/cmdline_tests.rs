@@ -43,7 +43,10 @@ fn help_and_version() {
         Ok(Command::Help)
     );
     // ... but earlier ones are.
-    assert_eq!(fail(&["-bogus", "-help"]), "unknown option '-bogus'");
+    assert_eq!(
+        fail(&["-bogus", "-help"]),
+        "unknown flag -bogus (see altovirt -h)"
+    );
 }
 
 #[test]
@@ -75,10 +78,13 @@ fn usage_lists_every_flag() {
 
 #[test]
 fn unknown_and_stray_arguments() {
-    assert_eq!(fail(&["-foo"]), "unknown option '-foo'");
-    assert_eq!(fail(&["--foo"]), "unknown option '--foo'");
-    assert_eq!(fail(&["-"]), "unknown option '-'");
-    assert_eq!(fail(&["---kernel", "x"]), "unknown option '---kernel'");
+    assert_eq!(fail(&["-foo"]), "unknown flag -foo (see altovirt -h)");
+    assert_eq!(fail(&["--foo"]), "unknown flag --foo (see altovirt -h)");
+    assert_eq!(fail(&["-"]), "unknown flag - (see altovirt -h)");
+    assert_eq!(
+        fail(&["---kernel", "x"]),
+        "unknown flag ---kernel (see altovirt -h)"
+    );
     assert_eq!(
         fail(&["vmlinux"]),
         "unexpected argument 'vmlinux': every argument must be an option or an option's value"
@@ -394,6 +400,7 @@ fn json_values_are_used() {
             max_vcpus: 4,
             dump_guest_core: false,
             mem_share: true,
+            mem_overcommit: false,
             blk_slots: super::super::DEFAULT_BLK_SLOTS,
             net_slots: super::super::DEFAULT_NET_SLOTS,
             acpi: true,

@@ -13,7 +13,7 @@ use std::io;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ConfigError {
     /// A command-line argument starting with `-` that is not a known flag.
-    #[error("unknown option '{0}'")]
+    #[error("unknown flag {0} (see altovirt -h)")]
     UnknownOption(String),
 
     /// A flag that takes a value was the last argument.

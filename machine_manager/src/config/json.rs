@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use serde_json::{Map, Value};
 
 use super::error::{io_reason, ConfigError};
+use super::json_strict;
 use super::size::check_mem_size;
 use super::validate::{
     check_file, check_mac, check_max_vcpus, check_non_empty, FileKind, MAX_IFNAME_LEN, MAX_VCPUS,
@@ -27,6 +28,7 @@ pub(crate) struct FileConfig {
     pub(crate) vcpus: Option<(u8, u8)>,
     pub(crate) dump_guest_core: Option<bool>,
     pub(crate) mem_share: Option<bool>,
+    pub(crate) mem_overcommit: Option<bool>,
     pub(crate) acpi: Option<bool>,
     pub(crate) serial: Option<SerialConfig>,
     pub(crate) drives: Vec<DriveConfig>,
@@ -47,7 +49,7 @@ pub(crate) fn load_json_file(path: &Path) -> Result<FileConfig, ConfigError> {
 
 /// Parse and validate JSON text; `origin` names the file in syntax errors.
 pub(crate) fn parse_json(origin: &str, text: &str) -> Result<FileConfig, ConfigError> {
-    let root: Value = serde_json::from_str(text).map_err(|err| {
+    let root: Value = json_strict::from_str(text).map_err(|err| {
         let full = err.to_string();
         let suffix = format!(" at line {} column {}", err.line(), err.column());
         let message = full.strip_suffix(&suffix).unwrap_or(&full).to_string();
@@ -140,6 +142,7 @@ fn machine_config(cfg: &mut FileConfig, obj: &Obj) -> Result<(), ConfigError> {
         "mem_size",
         "dump_guest_core",
         "mem-share",
+        "mem-overcommit",
         "acpi",
     ])?;
     if let Some(name) = obj.opt_str("name")? {
@@ -168,6 +171,7 @@ fn machine_config(cfg: &mut FileConfig, obj: &Obj) -> Result<(), ConfigError> {
     }
     cfg.dump_guest_core = obj.opt_bool("dump_guest_core")?;
     cfg.mem_share = obj.opt_bool("mem-share")?;
+    cfg.mem_overcommit = obj.opt_bool("mem-overcommit")?;
     cfg.acpi = obj.opt_bool("acpi")?;
     Ok(())
 }

@@ -11,6 +11,7 @@ mod devices;
 mod error;
 pub mod fuzzing;
 mod json;
+mod json_strict;
 mod options;
 mod size;
 mod validate;
@@ -119,6 +120,10 @@ pub struct MachineConfig {
     pub dump_guest_core: bool,
     /// Map guest memory shared so other processes can map it too.
     pub mem_share: bool,
+    /// Allow more guest RAM than the host has (`-machine
+    /// mem-overcommit=on`); otherwise RAM above the host's MemTotal is
+    /// refused before anything is allocated.
+    pub mem_overcommit: bool,
     /// Empty virtio-blk slots created at boot for QMP hotplug
     /// (`-machine microvm,blk-slots=N`).
     pub blk_slots: u8,
@@ -149,6 +154,7 @@ impl Default for MachineConfig {
             max_vcpus: 1,
             dump_guest_core: true,
             mem_share: false,
+            mem_overcommit: false,
             blk_slots: DEFAULT_BLK_SLOTS,
             net_slots: DEFAULT_NET_SLOTS,
             acpi: true,

@@ -5,11 +5,12 @@ use std::alloc::{alloc_zeroed, dealloc, Layout};
 use std::fs::{File, OpenOptions};
 use std::io::{self, Seek, SeekFrom};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use super::lock::{lock_image, LockError};
 use super::BlockError;
 
 /// Sector size of the virtio-blk protocol.
@@ -29,12 +30,40 @@ pub struct DiskFile {
     size: u64,
 }
 
-fn flock(file: &File, op: libc::c_int) -> io::Result<()> {
-    // SAFETY: plain syscall on a descriptor we own.
-    if unsafe { libc::flock(file.as_raw_fd(), op | libc::LOCK_NB) } == 0 {
-        Ok(())
+/// Opens an image without blocking (a FIFO would block a plain open).
+fn open_image(path: &Path, read_only: bool, extra: libc::c_int) -> io::Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .write(!read_only)
+        .custom_flags(libc::O_CLOEXEC | libc::O_NONBLOCK | extra)
+        .open(path)
+}
+
+/// Back to blocking I/O once the file is known to be an image.
+fn clear_nonblock(file: &File) -> io::Result<()> {
+    // SAFETY: fcntl on a descriptor we own.
+    let flags = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETFL) };
+    // SAFETY: as above.
+    if flags < 0
+        || unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETFL, flags & !libc::O_NONBLOCK) } < 0
+    {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// What a non-image file is, for the error message.
+fn describe(kind: std::fs::FileType) -> &'static str {
+    if kind.is_fifo() {
+        "FIFO"
+    } else if kind.is_char_device() {
+        "character device"
+    } else if kind.is_socket() {
+        "socket"
+    } else if kind.is_dir() {
+        "directory"
     } else {
-        Err(io::Error::last_os_error())
+        "special file"
     }
 }
 
@@ -58,30 +87,44 @@ fn unsupported(e: &io::Error) -> bool {
 }
 
 impl DiskFile {
-    /// Opens `path`, locks it (shared when `read_only`, exclusive otherwise)
+    /// Opens `path`, locks it the way QEMU does (see [`super::lock`]:
+    /// shared with other readers when `read_only`, exclusive otherwise)
     /// and, with `direct`, opens a second O_DIRECT handle (falling back to
     /// buffered I/O with a warning where the filesystem refuses it).
+    ///
+    /// Only regular files and block devices are images: anything else (a
+    /// FIFO, a character device, a socket, a directory) is refused. The
+    /// open itself never blocks (O_NONBLOCK, then fstat), so a FIFO cannot
+    /// hang the caller.
     pub fn open(path: &Path, read_only: bool, direct: bool) -> Result<Self, BlockError> {
         let name = path.display().to_string();
-        let file = OpenOptions::new()
-            .read(true)
-            .write(!read_only)
-            .custom_flags(libc::O_CLOEXEC)
-            .open(path)
-            .map_err(|source| BlockError::Open {
-                path: name.clone(),
-                source,
-            })?;
-        let op = if read_only {
-            libc::LOCK_SH
-        } else {
-            libc::LOCK_EX
-        };
-        if let Err(e) = flock(&file, op) {
-            if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
-                return Err(BlockError::Locked { path: name });
+        let file = open_image(path, read_only, 0).map_err(|source| BlockError::Open {
+            path: name.clone(),
+            source,
+        })?;
+        let meta = file.metadata().map_err(|source| BlockError::Open {
+            path: name.clone(),
+            source,
+        })?;
+        let kind = meta.file_type();
+        if !(kind.is_file() || kind.is_block_device()) {
+            return Err(BlockError::NotAnImage {
+                path: name,
+                kind: describe(kind),
+            });
+        }
+        clear_nonblock(&file).map_err(|source| BlockError::Open {
+            path: name.clone(),
+            source,
+        })?;
+        match lock_image(&file, read_only) {
+            Ok(()) => {}
+            Err(LockError::Conflict(perm)) => {
+                return Err(BlockError::Locked { path: name, perm });
             }
-            log::warn!("virtio-blk: cannot lock {name}: {e}; continuing without a lock");
+            Err(LockError::Os(e)) => {
+                log::warn!("virtio-blk: cannot lock {name}: {e}; continuing without a lock");
+            }
         }
         let size = (&file)
             .seek(SeekFrom::End(0))
@@ -90,12 +133,15 @@ impl DiskFile {
                 source,
             })?;
         let direct = if direct {
-            match OpenOptions::new()
-                .read(true)
-                .write(!read_only)
-                .custom_flags(libc::O_CLOEXEC | libc::O_DIRECT)
-                .open(path)
-            {
+            // The same inode again (the path could have been replaced).
+            match open_image(path, read_only, libc::O_DIRECT).and_then(|f| {
+                let m = f.metadata()?;
+                if (m.dev(), m.ino()) != (meta.dev(), meta.ino()) {
+                    return Err(io::Error::other("the path now names another file"));
+                }
+                clear_nonblock(&f)?;
+                Ok(f)
+            }) {
                 Ok(f) => Some(f),
                 Err(e) => {
                     log::warn!("virtio-blk: {name}: O_DIRECT refused ({e}); using buffered I/O");
@@ -332,6 +378,26 @@ mod tests {
             DiskFile::open(&p, false, false),
             Err(BlockError::Locked { .. })
         ));
+    }
+
+    #[test]
+    fn fifos_and_character_devices_are_refused_without_blocking() {
+        let fifo = temp_dir("disk").join("fifo");
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: mkfifo with a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        for read_only in [false, true] {
+            let err = DiskFile::open(&fifo, read_only, false).unwrap_err();
+            assert_eq!(
+                err.to_string(),
+                format!(
+                    "disk image {} is a FIFO, not a regular file or block device",
+                    fifo.display()
+                )
+            );
+        }
+        let err = DiskFile::open(Path::new("/dev/zero"), true, false).unwrap_err();
+        assert!(err.to_string().contains("is a character device"), "{err}");
     }
 
     #[test]

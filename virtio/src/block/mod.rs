@@ -2,8 +2,8 @@
 //!
 //! Requests (IN, OUT, FLUSH, GET_ID, DISCARD, WRITE_ZEROES) are served
 //! synchronously on the device's event loop thread. The image is locked at
-//! creation (exclusive for read-write, shared for read-only) so that two VMs
-//! cannot write the same image, and flushed when the device is reset or
+//! creation with QEMU's lock bytes (exclusive for read-write, shared for
+//! read-only) so that no two VMs — altovirt or QEMU — write the same image, and flushed when the device is reset or
 //! dropped.
 //!
 //! A device can also be created without a backend ([`Block::new_empty`]) and
@@ -12,6 +12,7 @@
 
 mod disk;
 mod hotplug;
+mod lock;
 mod request;
 
 use std::path::{Path, PathBuf};
@@ -91,10 +92,20 @@ pub enum BlockError {
         source: std::io::Error,
     },
     /// Another process (or device) holds a conflicting lock on the image.
-    #[error("disk image {path} is locked by another user (another VM using it?)")]
+    #[error("disk image {path} is locked by another user (another VM or QEMU using it?): failed to get the \"{perm}\" lock")]
     Locked {
         /// The image path.
         path: String,
+        /// The permission that conflicts (QEMU's name for it).
+        perm: &'static str,
+    },
+    /// The path names something that is not a disk image.
+    #[error("disk image {path} is a {kind}, not a regular file or block device")]
+    NotAnImage {
+        /// The image path.
+        path: String,
+        /// What it is instead.
+        kind: &'static str,
     },
     /// The size of the image could not be determined.
     #[error("cannot get the size of disk image {path}: {source}")]
