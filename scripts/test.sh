@@ -8,7 +8,8 @@ need_apt=()
 command -v gcc >/dev/null 2>&1 || need_apt+=(gcc)
 command -v ld >/dev/null 2>&1 || need_apt+=(binutils)
 command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)   # network namespaces for the virtio-net tests
-command -v qemu-system-x86_64 >/dev/null 2>&1 || need_apt+=(qemu-system-x86)   # the shim drives real QEMU too; the rig's L1
+command -v qemu-system-x86_64 >/dev/null 2>&1 || need_apt+=(qemu-system-x86)   # the shim drives real QEMU too; the rig's L1; image locks
+command -v qemu-io >/dev/null 2>&1 || need_apt+=(qemu-utils)   # tests/host_inputs.rs: qemu-io honours altovirt's image locks
 command -v socat >/dev/null 2>&1 || need_apt+=(socat)   # the rig's QMP client inside L1
 command -v mkfs.ext4 >/dev/null 2>&1 || need_apt+=(e2fsprogs)   # the rig's ext4 root disk (mkfs.ext4 -d, debugfs)
 if [ ${#need_apt[@]} -gt 0 ]; then
@@ -41,4 +42,5 @@ cargo fmt --all -- --check
 # under ~/.cache/altovirt-rig afterwards). See docs/rig.md.
 ./scripts/rig/build-kernel-b.sh >/dev/null
 
-cargo test --workspace "$@"
+# Every test of every crate, reporting all failures rather than the first.
+cargo test --workspace --no-fail-fast "$@"
