@@ -183,7 +183,7 @@ l1qmp="$work/l1.qmp"
 boot_l1() {
     rm -f "$l1qmp"
     timeout --foreground -k 5 "${RIG_TIMEOUT:-600}" qemu-system-x86_64 \
-        -M microvm -accel tcg -cpu qemu64,+svm,+npt -m 1024 \
+        -M microvm -accel tcg -cpu qemu64,+svm,+npt -m 2560 \
         -nodefaults -no-user-config -nographic -no-reboot -serial stdio \
         -qmp "unix:$l1qmp,server,nowait" \
         -kernel "$cache/vmlinuz" -initrd "$work/l1-initrd.cpio" \
