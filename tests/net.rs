@@ -195,7 +195,7 @@ fn kata_stratovirt_command_line_is_accepted_verbatim_minus_vhost_vsock() {
         nr_cpus=1 selinux=0 systemd.unit=kata-containers.target \
         systemd.mask=systemd-networkd.service systemd.mask=systemd-networkd.socket \
         scsi_mod.scan=none ramdom.trust_cpu=on pci=off iommu=off acpi=off 8250.nr_uarts=0 \
-        agent.log_vport=1025 guest.exit=reset";
+        agent.log_vport=1025 guest.exit=reset guest.virtio=blk";
     let mut cmd = ns.altovirt_with_tap_fd();
     let chardev = format!(
         "socket,id=charconsole0,path={},server,nowait",
@@ -255,11 +255,13 @@ fn kata_stratovirt_command_line_is_accepted_verbatim_minus_vhost_vsock() {
     let out = run_with_timeout(cmd, Duration::from_secs(60));
     assert_eq!(out.code(), 0, "{out:?}");
     drop(fs_backend);
-    // The guest booted with Kata's command line, its initrd and five
-    // virtio devices (rng, console, blk, net, fs) before the hotplug slots.
+    // The guest booted with Kata's command line and its initrd. The
+    // windows are laid out as on StratoVirt's microVM: the four block
+    // slots (the rootfs disk in slot 0, so Kata's addr "1" is /dev/vdb),
+    // the two network slots (eth0 in slot 0), then rng, console and fs.
     assert!(
         out.stdout
-            .contains("agent.log_vport=1025 guest.exit=reset virtio_mmio.device=4K@0xd0000000:5"),
+            .contains("guest.virtio=blk virtio_mmio.device=4K@0xd0000000:5"),
         "{}",
         out.stdout
     );
@@ -270,8 +272,14 @@ fn kata_stratovirt_command_line_is_accepted_verbatim_minus_vhost_vsock() {
         .map(|l| l.rsplit(' ').next().unwrap().to_string())
         .collect();
     assert_eq!(
-        &ids[..5],
-        ["id=4", "id=3", "id=2", "id=1", "id=26"],
+        ids,
+        ["id=2", "id=2", "id=2", "id=2", "id=1", "id=1", "id=4", "id=3", "id=26"],
+        "{}",
+        out.stdout
+    );
+    // The rootfs disk is the first block device (the blk test's disk).
+    assert!(
+        out.stdout.contains("blk: capacity=2048 ro=1"),
         "{}",
         out.stdout
     );
