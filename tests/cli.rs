@@ -109,6 +109,74 @@ fn more_devices_than_irq_lines_is_refused() {
 }
 
 #[test]
+fn more_boot_disks_or_nics_than_slots_is_refused_naming_the_device_and_the_key() {
+    let dir = scratch("slots-full");
+    let mut args: Vec<String> = vec!["-kernel".into(), GUEST_ELF64.into()];
+    for i in 0..3 {
+        let img = dir.join(format!("d{i}.img"));
+        std::fs::write(&img, vec![0u8; 4096]).unwrap();
+        args.push("-drive".into());
+        args.push(format!("id=d{i},file={}", img.display()));
+        args.push("-device".into());
+        args.push(format!("virtio-blk-device,drive=d{i},id=disk{i}"));
+    }
+    args.extend(["-machine".into(), "microvm,blk-slots=2".into()]);
+    let a: Vec<&str> = args.iter().map(String::as_str).collect();
+    assert_usage_error(
+        &a,
+        "-device virtio-blk-device,id=disk2: 3 disks at boot but -machine blk-slots=2; \
+         boot disks fill the slots from 0 (raise blk-slots",
+    );
+    // Two NICs, one network slot (the check comes before any tap is opened).
+    assert_usage_error(
+        &[
+            "-kernel",
+            GUEST_ELF64,
+            "-netdev",
+            "tap,id=n0,ifname=avt-none0",
+            "-device",
+            "virtio-net-device,netdev=n0,id=eth0",
+            "-netdev",
+            "tap,id=n1,ifname=avt-none1",
+            "-device",
+            "virtio-net-device,netdev=n1,id=eth1",
+            "-machine",
+            "microvm,net-slots=1",
+        ],
+        "-device virtio-net-device,id=eth1: 2 NICs at boot but -machine net-slots=1",
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn a_command_line_too_long_with_the_device_tokens_says_so() {
+    if !kvm_usable("cmdline_tokens_overflow") {
+        return;
+    }
+    // 1900 bytes fit the limit of an ELF kernel (2047 bytes and the NUL)
+    // alone, but not with the six tokens of the default slots (35 bytes
+    // each with its space).
+    let long = "x".repeat(1900);
+    assert_usage_error(
+        &["-kernel", GUEST_ELF64, "-append", &long],
+        "-append: the kernel command line would be 2111 bytes, over the kernel's limit of 2047: \
+         1900 bytes given plus 6 virtio_mmio.device= tokens",
+    );
+    // Without slots there are no tokens, and it boots.
+    let out = boot(
+        GUEST_ELF64,
+        &[
+            "-append",
+            &long,
+            "-machine",
+            "microvm,blk-slots=0,net-slots=0",
+        ],
+    );
+    assert_eq!(out.code(), 0, "{out:?}");
+    assert!(out.stdout.contains("boot-complete"), "{out:?}");
+}
+
+#[test]
 fn version_and_help() {
     let out = run(&["-version"]);
     assert_eq!(out.code(), 0);

@@ -224,3 +224,225 @@ fn two_hundred_hotplug_cycles_leak_nothing() {
     assert!(child.wait().unwrap().success());
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// Spawns altovirt with the hotplug test guest and a console reader.
+fn spawn_watched(cmd: &mut std::process::Command) -> (std::process::Child, Receiver<String>) {
+    let mut child = cmd.stdout(Stdio::piped()).spawn().unwrap();
+    let (tx, rx) = channel();
+    let console = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(console).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    (child, rx)
+}
+
+/// A raw image of `sectors` 512-byte sectors whose first sector is `fill`.
+fn image(dir: &std::path::Path, name: &str, sectors: usize, fill: u8) -> (std::path::PathBuf, u32) {
+    let path = dir.join(name);
+    let mut data = vec![0u8; sectors * 512];
+    data[..512].fill(fill);
+    std::fs::write(&path, &data).unwrap();
+    (path, fnv1a32(&data[..512]))
+}
+
+/// Kata's stratovirt.go: blockdev-add (govmm's map, keys sorted, aio
+/// native), then device_add with addr = the index of the /dev/vdX letter
+/// it promised the agent.
+fn kata_plug(q: &mut Client, node: &str, path: &std::path::Path, addr: &str) -> serde_json::Value {
+    let add = format!(
+        "{{\"arguments\":{{\"driver\":\"raw\",\"file\":{{\"aio\":\"native\",\"driver\":\"file\",\
+         \"filename\":\"{}\"}},\"node-name\":\"{node}\",\"read-only\":false}},\
+         \"execute\":\"blockdev-add\"}}\n",
+        path.display()
+    );
+    q.send(add.as_bytes());
+    assert_eq!(q.reply(), json!({"return": {}}));
+    let dev = format!(
+        "{{\"arguments\":{{\"addr\":\"{addr}\",\"driver\":\"virtio-blk-mmio\",\
+         \"drive\":\"{node}\",\"id\":\"{node}\"}},\"execute\":\"device_add\"}}\n"
+    );
+    q.send(dev.as_bytes());
+    q.reply()
+}
+
+#[test]
+fn with_a_rootfs_disk_kata_addr_1_is_the_second_disk_and_the_boot_disk_is_a_slot() {
+    if !kvm_usable("hotplug_rootfs_layout") {
+        return;
+    }
+    let dir = scratch("hotplug-rootfs");
+    let sock = dir.join("qmp.sock");
+    let (rootfs, root_sum) = image(&dir, "rootfs.img", 4096, 0x11);
+    let (a, a_sum) = image(&dir, "a.img", 2048, 0x22);
+    let (b, b_sum) = image(&dir, "b.img", 1024, 0x33);
+    let (c, c_sum) = image(&dir, "c.img", 512, 0x44);
+    let drive = format!("id=rootfs,file={},readonly=on,direct=off", rootfs.display());
+    let (mut child, rx) = spawn_watched(altovirt_with_qmp(&sock).args([
+        "-kernel",
+        GUEST_ELF64,
+        "-serial",
+        "stdio",
+        "-drive",
+        &drive,
+        "-device",
+        "virtio-blk-device,drive=rootfs,id=virtio-blk0",
+        "-append",
+        "guest.virtio=hotplug guest.exit=halt guest.hotplug.events=4",
+    ]));
+    // Four block slots in all (blk-slots is the total): the rootfs disk is
+    // slot 0, i.e. the guest's first virtio-blk device (/dev/vda).
+    assert_eq!(
+        wait_line(&rx, "hotplug: at boot"),
+        format!("hotplug: at boot slot=0 capacity=4096 sum=0x{root_sum:08x}")
+    );
+    assert_eq!(wait_line(&rx, "hotplug: slots="), "hotplug: slots=4");
+    wait_line(&rx, "hotplug: ready");
+    let mut q = Client::negotiated(&sock);
+    // Slot 0 is taken by the boot disk.
+    let r = kata_plug(&mut q, "drive-x", &a, "0");
+    assert!(
+        r["error"]["desc"]
+            .as_str()
+            .unwrap()
+            .contains("Slot 0 is already in use"),
+        "{r}"
+    );
+    assert_eq!(
+        q.cmd("blockdev-del", json!({"node-name": "drive-x"})),
+        json!({"return": {}})
+    );
+    // Kata's /dev/vdb is addr "1": the second block device; /dev/vdc is "2".
+    assert_eq!(kata_plug(&mut q, "drive-a", &a, "1"), json!({"return": {}}));
+    assert_eq!(
+        wait_line(&rx, "hotplug: slot="),
+        format!("hotplug: slot=1 added capacity=2048 sum=0x{a_sum:08x}")
+    );
+    assert_eq!(kata_plug(&mut q, "drive-b", &b, "2"), json!({"return": {}}));
+    assert_eq!(
+        wait_line(&rx, "hotplug: slot="),
+        format!("hotplug: slot=2 added capacity=1024 sum=0x{b_sum:08x}")
+    );
+    let blocks = q.cmd("query-block", json!({}));
+    let devices: Vec<&str> = blocks["return"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["device"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        devices,
+        ["virtio-blk0", "drive-a", "drive-b", ""],
+        "{blocks}"
+    );
+    assert_eq!(blocks["return"][0]["inserted"]["node-name"], "rootfs");
+    assert_eq!(blocks["return"][0]["inserted"]["ro"], true);
+    // The -drive is a node: in use, so neither defined again nor deleted.
+    let dup = q.cmd(
+        "blockdev-add",
+        json!({"driver": "raw", "node-name": "rootfs", "file": {"driver": "file", "filename": c}}),
+    );
+    assert!(
+        dup["error"]["desc"].as_str().unwrap().contains("Duplicate"),
+        "{dup}"
+    );
+    let busy = q.cmd("blockdev-del", json!({"node-name": "rootfs"}));
+    assert!(
+        busy["error"]["desc"].as_str().unwrap().contains("busy"),
+        "{busy}"
+    );
+
+    // The boot disk can be unplugged like StratoVirt's: its slot is free
+    // again, its -drive goes with it (as QEMU does with -drive) and the
+    // image is released.
+    q.send(br#"{"execute":"device_del","arguments":{"id":"virtio-blk0"}}"#);
+    assert_eq!(q.recv(), json!({"return": {}}));
+    let ev = q.recv();
+    assert_eq!(ev["event"], "DEVICE_DELETED", "{ev}");
+    assert_eq!(ev["data"]["device"], "virtio-blk0");
+    assert_eq!(wait_line(&rx, "hotplug: slot="), "hotplug: slot=0 removed");
+    let gone = q.cmd("blockdev-del", json!({"node-name": "rootfs"}));
+    assert!(
+        gone["error"]["desc"]
+            .as_str()
+            .unwrap()
+            .contains("Failed to find node"),
+        "{gone}"
+    );
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&rootfs)
+        .unwrap();
+    // SAFETY: flock on a file we opened.
+    let rc = unsafe {
+        libc::flock(
+            std::os::fd::AsRawFd::as_raw_fd(&f),
+            libc::LOCK_EX | libc::LOCK_NB,
+        )
+    };
+    assert_eq!(rc, 0, "boot image still locked after device_del");
+    drop(f);
+    // The lowest free slot is 0 again.
+    let add = json!({"driver": "raw", "node-name": "drive-c",
+        "file": {"driver": "file", "filename": c}});
+    assert_eq!(q.cmd("blockdev-add", add), json!({"return": {}}));
+    assert_eq!(
+        q.cmd(
+            "device_add",
+            json!({"driver": "virtio-blk-mmio", "id": "drive-c", "drive": "drive-c"})
+        ),
+        json!({"return": {}})
+    );
+    assert_eq!(
+        wait_line(&rx, "hotplug: slot="),
+        format!("hotplug: slot=0 added capacity=512 sum=0x{c_sum:08x}")
+    );
+    wait_line(&rx, "hotplug: done");
+    assert_eq!(q.cmd("quit", json!({})), json!({"return": {}}));
+    assert!(child.wait().unwrap().success());
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn a_disk_plugged_while_prelaunch_is_there_when_the_guest_starts() {
+    if !kvm_usable("hotplug_prelaunch") {
+        return;
+    }
+    let dir = scratch("hotplug-prelaunch");
+    let sock = dir.join("qmp.sock");
+    let (a, a_sum) = image(&dir, "a.img", 2048, 0x5a);
+    let (mut child, rx) = spawn_watched(altovirt_with_qmp(&sock).args([
+        "-S",
+        "-kernel",
+        GUEST_ELF64,
+        "-serial",
+        "stdio",
+        "-append",
+        "guest.virtio=hotplug guest.exit=halt guest.hotplug.events=1",
+    ]));
+    assert!(wait_for_path(&sock, Duration::from_secs(20)));
+    let mut q = Client::negotiated(&sock);
+    assert_eq!(q.execute("query-status")["return"]["status"], "prelaunch");
+    // As QEMU allows with -S: plug before the guest ever ran.
+    assert_eq!(kata_plug(&mut q, "drive-a", &a, "1"), json!({"return": {}}));
+    assert_eq!(q.execute("query-status")["return"]["status"], "prelaunch");
+    assert_eq!(q.execute("cont"), json!({"return": {}}));
+    assert_eq!(
+        wait_line(&rx, "hotplug: at boot"),
+        format!("hotplug: at boot slot=1 capacity=2048 sum=0x{a_sum:08x}")
+    );
+    wait_line(&rx, "hotplug: ready");
+    assert_eq!(
+        q.cmd("device_del", json!({"id": "drive-a"})),
+        json!({"return": {}})
+    );
+    assert_eq!(wait_line(&rx, "hotplug: slot="), "hotplug: slot=1 removed");
+    wait_line(&rx, "hotplug: done");
+    assert_eq!(q.cmd("quit", json!({})), json!({"return": {}}));
+    assert!(child.wait().unwrap().success());
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -195,7 +195,7 @@ fn kata_stratovirt_command_line_is_accepted_verbatim_minus_vhost_vsock() {
         nr_cpus=1 selinux=0 systemd.unit=kata-containers.target \
         systemd.mask=systemd-networkd.service systemd.mask=systemd-networkd.socket \
         scsi_mod.scan=none ramdom.trust_cpu=on pci=off iommu=off acpi=off 8250.nr_uarts=0 \
-        agent.log_vport=1025 guest.exit=reset";
+        agent.log_vport=1025 guest.exit=reset guest.virtio=blk";
     let mut cmd = ns.altovirt_with_tap_fd();
     let chardev = format!(
         "socket,id=charconsole0,path={},server,nowait",
@@ -255,11 +255,13 @@ fn kata_stratovirt_command_line_is_accepted_verbatim_minus_vhost_vsock() {
     let out = run_with_timeout(cmd, Duration::from_secs(60));
     assert_eq!(out.code(), 0, "{out:?}");
     drop(fs_backend);
-    // The guest booted with Kata's command line, its initrd and five
-    // virtio devices (rng, console, blk, net, fs) before the hotplug slots.
+    // The guest booted with Kata's command line and its initrd. The
+    // windows are laid out as on StratoVirt's microVM: the four block
+    // slots (the rootfs disk in slot 0, so Kata's addr "1" is /dev/vdb),
+    // the two network slots (eth0 in slot 0), then rng, console and fs.
     assert!(
         out.stdout
-            .contains("agent.log_vport=1025 guest.exit=reset virtio_mmio.device=4K@0xd0000000:5"),
+            .contains("guest.virtio=blk virtio_mmio.device=4K@0xd0000000:5"),
         "{}",
         out.stdout
     );
@@ -270,8 +272,14 @@ fn kata_stratovirt_command_line_is_accepted_verbatim_minus_vhost_vsock() {
         .map(|l| l.rsplit(' ').next().unwrap().to_string())
         .collect();
     assert_eq!(
-        &ids[..5],
-        ["id=4", "id=3", "id=2", "id=1", "id=26"],
+        ids,
+        ["id=2", "id=2", "id=2", "id=2", "id=1", "id=1", "id=4", "id=3", "id=26"],
+        "{}",
+        out.stdout
+    );
+    // The rootfs disk is the first block device (the blk test's disk).
+    assert!(
+        out.stdout.contains("blk: capacity=2048 ro=1"),
         "{}",
         out.stdout
     );
@@ -482,6 +490,124 @@ fn tap_is_hotplugged_into_a_net_slot_over_qmp_like_kata() {
     assert_eq!(tun_fds(pid), 0);
     let gone = q.cmd("netdev_del", json!({"id": "tap0"}));
     assert_eq!(gone["error"]["class"], "DeviceNotFound", "{gone}");
+    assert_eq!(q.cmd("quit", json!({})), json!({"return": {}}));
+    assert!(child.0.wait().unwrap().success());
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn a_boot_nic_is_network_slot_0_and_unplugs_back_to_its_netdev() {
+    use common::qmp_client::Client;
+    use serde_json::json;
+
+    let Some(ns) = netns_usable("net_boot_slot") else {
+        return;
+    };
+    let dir = scratch("net-boot-slot");
+    let sock = dir.join("qmp.sock");
+    // Kata's shape (an inherited tap), stopped before the guest runs: the
+    // slots do not need a guest.
+    let mut cmd = ns.altovirt_with_tap_fd();
+    cmd.arg("-qmp")
+        .arg(format!("unix:{},server,nowait", sock.display()))
+        .args(["-S", "-kernel", GUEST_ELF64, "-serial", "none"])
+        .args(["-netdev", "tap,id=eth0,fds=TAPFD"])
+        .args([
+            "-device",
+            &format!("virtio-net-device,netdev=eth0,id=eth0,mac={MAC}"),
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null());
+    // Two more taps for the hot-plugged NICs (a tap is attached once).
+    for tap in ["tap1", "tap2"] {
+        for args in [
+            vec!["-n", &ns.0, "tuntap", "add", tap, "mode", "tap", "vnet_hdr"],
+            vec!["-n", &ns.0, "link", "set", tap, "up"],
+        ] {
+            assert!(Command::new("ip").args(&args).status().unwrap().success());
+        }
+    }
+    /// Kills the VMM if the test fails half-way (it holds our stderr).
+    struct KillOnDrop(std::process::Child);
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut child = KillOnDrop(cmd.spawn().unwrap());
+    assert!(wait_for_path(&sock, Duration::from_secs(20)));
+    let mut q = Client::negotiated(&sock);
+    // ip netns exec and the launcher exec altovirt in place.
+    let pid = child.0.id();
+    assert_eq!(tun_fds(pid), 1);
+    // Slot 0 holds eth0; a second NIC goes to slot 1, the last one.
+    let taken = q.cmd(
+        "netdev_add",
+        json!({"type": "tap", "id": "hp0", "ifname": "tap1"}),
+    );
+    assert_eq!(taken, json!({"return": {}}));
+    let r = q.cmd(
+        "device_add",
+        json!({"driver": "virtio-net-mmio", "id": "nic1", "netdev": "hp0", "addr": "0"}),
+    );
+    assert!(
+        r["error"]["desc"]
+            .as_str()
+            .unwrap()
+            .contains("Network slot 0 is already in use"),
+        "{r}"
+    );
+    assert_eq!(
+        q.cmd(
+            "device_add",
+            json!({"driver": "virtio-net-mmio", "id": "nic1", "netdev": "hp0"})
+        ),
+        json!({"return": {}})
+    );
+    let full = q.cmd(
+        "device_add",
+        json!({"driver": "virtio-net-mmio", "id": "nic2", "netdev": "eth0"}),
+    );
+    assert!(
+        full["error"]["desc"]
+            .as_str()
+            .unwrap()
+            .contains("already in use by 'eth0'"),
+        "{full}"
+    );
+    // The boot NIC unplugs like a hot-plugged one: its tap goes back to
+    // the -netdev, which netdev_del then closes; slot 0 is free again.
+    let busy = q.cmd("netdev_del", json!({"id": "eth0"}));
+    assert!(
+        busy["error"]["desc"].as_str().unwrap().contains("in use"),
+        "{busy}"
+    );
+    q.send(br#"{"execute":"device_del","arguments":{"id":"eth0"}}"#);
+    assert_eq!(q.recv(), json!({"return": {}}));
+    let ev = q.recv();
+    assert_eq!(ev["event"], "DEVICE_DELETED", "{ev}");
+    assert_eq!(ev["data"]["device"], "eth0");
+    assert_eq!(tun_fds(pid), 2);
+    assert_eq!(
+        q.cmd("netdev_del", json!({"id": "eth0"})),
+        json!({"return": {}})
+    );
+    assert_eq!(tun_fds(pid), 1);
+    assert_eq!(
+        q.cmd(
+            "netdev_add",
+            json!({"type": "tap", "id": "hp2", "ifname": "tap2"})
+        ),
+        json!({"return": {}})
+    );
+    assert_eq!(
+        q.cmd(
+            "device_add",
+            json!({"driver": "virtio-net-mmio", "id": "nic2", "netdev": "hp2", "addr": "0"})
+        ),
+        json!({"return": {}})
+    );
     assert_eq!(q.cmd("quit", json!({})), json!({"return": {}}));
     assert!(child.0.wait().unwrap().success());
     let _ = std::fs::remove_dir_all(dir);

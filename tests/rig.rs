@@ -11,6 +11,8 @@
 
 #[path = "rig/harness.rs"]
 mod harness;
+#[path = "rig/slots.rs"]
+mod slots;
 
 use harness::*;
 use std::time::Duration;
@@ -39,8 +41,9 @@ fn rig_linux_boots_to_init_and_sees_its_configuration() {
         .unwrap_or_else(|| panic!("L2 init never ran (no L2-UPTIME line):\n{ctx}"));
     assert!(uptime > 0.0, "L2 uptime at init {uptime}:\n{ctx}");
 
-    // The command line arrives intact; with ACPI (the default) altovirt
-    // describes its devices in the DSDT and appends no device tokens.
+    // The command line arrives intact, followed by one virtio_mmio.device=
+    // token per window (the default slots: four block, two network),
+    // although ACPI is on: the DSDT describes the same windows.
     let cmdline = sc
         .guest("CMDLINE")
         .unwrap_or_else(|| panic!("no L2-CMDLINE:\n{ctx}"));
@@ -55,9 +58,10 @@ fn rig_linux_boots_to_init_and_sees_its_configuration() {
             "guest command line {cmdline:?} lacks {word}:\n{ctx}"
         );
     }
-    assert!(
-        !cmdline.contains("virtio_mmio.device="),
-        "altovirt appended virtio-mmio tokens although ACPI is on: {cmdline:?}\n{ctx}"
+    assert_eq!(
+        device_tokens(cmdline),
+        slots::window_tokens(6),
+        "the device tokens on {cmdline:?}\n{ctx}"
     );
 
     // -m 256: MemTotal is RAM minus what the kernel keeps for itself.
@@ -625,6 +629,14 @@ fn rig_guest_poweroff_ends_altovirt_with_shutdown_event() {
             && events[0].contains("\"reason\":\"guest-shutdown\""),
         "SHUTDOWN events: {events:?}\n{ctx}"
     );
+}
+
+/// The `virtio_mmio.device=` words of a command line, in order.
+fn device_tokens(cmdline: &str) -> Vec<&str> {
+    cmdline
+        .split_whitespace()
+        .filter(|w| w.starts_with("virtio_mmio.device="))
+        .collect()
 }
 
 #[test]

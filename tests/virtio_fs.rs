@@ -60,11 +60,12 @@ fn kata_virtio_fs_line_serves_fuse_init_to_the_guest() {
         "{}",
         out.stdout
     );
-    // The virtio-fs device is the only command-line device: first window.
+    // The virtio-fs device is the only command-line device: the first
+    // window after the four block and two network slots.
     assert!(
         out.stdout
             .lines()
-            .any(|l| l == "virtio: base=0xd0000000 irq=5 id=26"),
+            .any(|l| l == "virtio: base=0xd0006000 irq=11 id=26"),
         "{}",
         out.stdout
     );

@@ -93,6 +93,23 @@ pub enum MachineError {
         /// Devices that fit.
         max: usize,
     },
+    /// The user's command line and the device tokens exceed the kernel's
+    /// command-line limit.
+    #[error(
+        "-append: the kernel command line would be {len} bytes, over the kernel's limit of {max}: \
+         {user} bytes given plus {tokens} virtio_mmio.device= tokens (one per virtio-mmio window, \
+         hotplug slots included); shorten -append or lower -machine blk-slots/net-slots"
+    )]
+    CmdlineTooLong {
+        /// Length of the whole command line.
+        len: usize,
+        /// The kernel's limit (its boot protocol `cmdline_size`).
+        max: usize,
+        /// Length of the user's part.
+        user: usize,
+        /// Number of device tokens appended.
+        tokens: usize,
+    },
     /// The device event loop could not be started.
     #[error("cannot start the device event loop: {0}")]
     EventLoop(machine_manager::event_loop::EventLoopError),
@@ -116,6 +133,7 @@ impl MachineError {
                 | MachineError::Unsupported(_)
                 | MachineError::Virtio { .. }
                 | MachineError::TooManyDevices { .. }
+                | MachineError::CmdlineTooLong { .. }
         )
     }
 

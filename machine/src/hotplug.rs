@@ -1,18 +1,22 @@
 //! Block hotplug into pre-created slots, as StratoVirt's microVM does it:
-//! there is no PCI and no ACPI hotplug, so empty virtio-blk devices are
-//! created at boot (`-machine microvm,blk-slots=N`, default 4) and QMP
-//! fills and empties them. The guest learns of a change through a
-//! configuration-change interrupt and the new capacity.
+//! there is no PCI and no ACPI hotplug, so virtio-blk devices are created
+//! at boot (`-machine microvm,blk-slots=N`, default 4), the disks given at
+//! boot in slots 0, 1, … and the rest empty, and QMP fills and empties
+//! them. Slot i is the guest's i-th virtio-blk device (`/dev/vd` + the
+//! i-th letter), which is what Kata's `addr` means. The guest learns of a
+//! change through a configuration-change interrupt and the new capacity.
 //!
 //! `blockdev-add` defines a node (an image); `device_add` puts a node into
 //! a free slot (or the slot named by `addr`); `device_del` quiesces the
 //! device, flushes and releases the image, then emits `DEVICE_DELETED`;
-//! `blockdev-del` forgets an unused node.
+//! `blockdev-del` forgets an unused node. A boot disk's `-drive` is a node
+//! too, deleted with its device (as QEMU does with `-drive`).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
+use machine_manager::config::DriveConfig;
 use qmp::{BlockdevAddArgs, BlockdevDriver, BlockdevRef, DeviceAddArgs, FdLookup, QmpError};
 use serde_json::{json, Value};
 use virtio::block::{Block, BlockConfig, BlockError};
@@ -83,22 +87,50 @@ struct Node {
     direct: bool,
     /// Device id using it, if any.
     user: Option<String>,
+    /// Defined by `-drive` (or the JSON file): deleted with its device.
+    boot: bool,
 }
 
 /// One pre-created slot.
 pub struct Slot {
     block: Arc<Mutex<Block>>,
     base: u64,
+    /// Device id and node name, while filled.
     device: Option<(String, String)>,
+    /// The `-drive` node of a boot disk, until the hotplug state takes it.
+    boot_node: Option<Node>,
 }
 
 impl Slot {
-    /// A slot served by `block`, whose window starts at `base`.
+    /// An empty slot served by `block`, whose window starts at `base`.
     pub fn new(block: Arc<Mutex<Block>>, base: u64) -> Self {
         Slot {
             block,
             base,
             device: None,
+            boot_node: None,
+        }
+    }
+
+    /// A slot holding the boot disk `device` on `drive` (already opened
+    /// by `block`).
+    pub fn with_boot_disk(
+        block: Arc<Mutex<Block>>,
+        base: u64,
+        device: &str,
+        drive: &DriveConfig,
+    ) -> Self {
+        Slot {
+            block,
+            base,
+            device: Some((device.to_string(), drive.id.clone())),
+            boot_node: Some(Node {
+                path: drive.path.clone(),
+                read_only: drive.read_only,
+                direct: drive.direct,
+                user: Some(device.to_string()),
+                boot: true,
+            }),
         }
     }
 }
@@ -108,7 +140,8 @@ impl Slot {
 pub struct BlockHotplug {
     nodes: BTreeMap<String, Node>,
     slots: Vec<Slot>,
-    /// Ids of devices created at boot (cannot be reused or deleted).
+    /// Ids of devices created at boot outside the slots (cannot be reused
+    /// or deleted).
     cold_ids: Vec<String>,
 }
 
@@ -164,10 +197,17 @@ fn check_image_type(path: &std::path::Path) -> Result<(), QmpError> {
 }
 
 impl BlockHotplug {
-    /// State for `slots` (in slot order) and the ids of boot-time devices.
-    pub fn new(slots: Vec<Slot>, cold_ids: Vec<String>) -> Self {
+    /// State for `slots` (in slot order, boot disks included) and the ids
+    /// of the devices created at boot outside the slots.
+    pub fn new(mut slots: Vec<Slot>, cold_ids: Vec<String>) -> Self {
+        let mut nodes = BTreeMap::new();
+        for slot in &mut slots {
+            if let (Some(node), Some((_, name))) = (slot.boot_node.take(), &slot.device) {
+                nodes.insert(name.clone(), node);
+            }
+        }
         BlockHotplug {
-            nodes: BTreeMap::new(),
+            nodes,
             slots,
             cold_ids,
         }
@@ -205,6 +245,7 @@ impl BlockHotplug {
                 read_only,
                 direct,
                 user: None,
+                boot: false,
             },
         );
         Ok(json!({}))
@@ -321,7 +362,9 @@ impl BlockHotplug {
             Err(e) => return Err(generic(e.to_string())),
         }
         if let Some((_, node)) = slot.device.take() {
-            if let Some(n) = self.nodes.get_mut(&node) {
+            if self.nodes.get(&node).is_some_and(|n| n.boot) {
+                self.nodes.remove(&node);
+            } else if let Some(n) = self.nodes.get_mut(&node) {
                 n.user = None;
             }
         }

@@ -114,10 +114,7 @@ impl MicroVm {
             &cfg.iothread_of,
         )?;
         let hotplug = Arc::new(Mutex::new(Hotplug {
-            block: BlockHotplug::new(
-                virtio.take_slots(),
-                cfg.devices.iter().map(|d| d.id().to_string()).collect(),
-            ),
+            block: BlockHotplug::new(virtio.take_slots(), virtio.fixed_ids().to_vec()),
             net: NetHotplug::new(virtio.take_net_slots()),
         }));
         // ACPI tables (written with the boot structures; skipped with
@@ -128,7 +125,11 @@ impl MicroVm {
             com1: cfg.serial != SerialConfig::None,
             sleep_port: Some(devices::ACPI_SLEEP_PORT as u16),
         });
-        let tokens = device_tokens(&virtio, acpi.is_some(), &cfg.boot.cmdline);
+        // Every window also goes on the kernel command line, as QEMU's
+        // microvm does without ACPI and Firecracker does always: a kernel
+        // without ACPI (StratoVirt's microVM kernels) finds its devices
+        // there, and one with both registers the DSDT's first (docs/devices.md).
+        let tokens = virtio.cmdline_tokens();
         let image = GuestImage {
             kernel,
             initrd: cfg.boot.initrd.clone(),
@@ -136,7 +137,9 @@ impl MicroVm {
             nr_cpus: cfg.machine.nr_vcpus,
             acpi,
         };
-        let boot = image.load(&mem)?;
+        let boot = image
+            .load(&mem)
+            .map_err(|e| explain_cmdline_overflow(e, &cfg.boot.cmdline, tokens))?;
         log::info!(
             "kernel loaded at {:#x}-{:#x}, entry {:#x} ({:?})",
             boot.kernel.0,
@@ -415,20 +418,6 @@ fn shutdown_cause(reason: &ExitReason) -> Option<(bool, &'static str)> {
     }
 }
 
-/// The `virtio_mmio.device=` tokens, when the guest will not read the ACPI
-/// tables (there are none, or its command line says `acpi=off`, as Kata's
-/// does). A guest that uses ACPI finds the devices in the DSDT, as with
-/// QEMU's microvm; listing them on the command line too would register
-/// each device twice, and under hardware-reduced ACPI the guest's IRQ
-/// numbers are not the GSIs the tokens name.
-fn device_tokens<'a>(virtio: &'a VirtioDevices, acpi_tables: bool, user: &str) -> &'a [String] {
-    if acpi_tables && !boot_loader::acpi::cmdline_disables_acpi(user) {
-        &[]
-    } else {
-        virtio.cmdline_tokens()
-    }
-}
-
 /// The user's command line followed by the device tokens the VMM adds.
 fn kernel_cmdline(user: &str, tokens: &[String]) -> String {
     let mut parts: Vec<&str> = Vec::with_capacity(tokens.len() + 1);
@@ -437,6 +426,24 @@ fn kernel_cmdline(user: &str, tokens: &[String]) -> String {
     }
     parts.extend(tokens.iter().map(String::as_str));
     parts.join(" ")
+}
+
+/// Says, when the command line is too long for the kernel, how much of it
+/// the device tokens take and what to change.
+fn explain_cmdline_overflow(err: MachineError, user: &str, tokens: &[String]) -> MachineError {
+    match err {
+        MachineError::Boot(boot_loader::BootError::CmdlineTooLong { len, max })
+            if !tokens.is_empty() =>
+        {
+            MachineError::CmdlineTooLong {
+                len,
+                max,
+                user: user.len(),
+                tokens: tokens.len(),
+            }
+        }
+        other => other,
+    }
 }
 
 /// Creates the VM with its in-kernel IOAPIC/PIC/LAPICs and PIT.

@@ -1,6 +1,8 @@
-//! Network hotplug into pre-created slots: empty virtio-net devices with
-//! their link down, made at boot (`-machine microvm,net-slots=N`, default
-//! 2), as the block slots of [`crate::hotplug`].
+//! Network hotplug into pre-created slots: virtio-net devices made at boot
+//! (`-machine microvm,net-slots=N`, default 2), the NICs given at boot in
+//! slots 0, 1, … and the rest empty with their link down, as the block
+//! slots of [`crate::hotplug`]. A boot NIC's `-netdev` is a netdev like
+//! one from `netdev_add`: `device_del` hands its TAP back to it.
 //!
 //! `netdev_add` opens a TAP back-end (a descriptor passed with `getfd`, or
 //! an interface by name); `device_add` plugs it into a free slot (or the
@@ -33,12 +35,22 @@ pub struct NetSlot {
 }
 
 impl NetSlot {
-    /// A slot served by `net`, whose window starts at `base`.
+    /// An empty slot served by `net`, whose window starts at `base`.
     pub fn new(net: Arc<Mutex<Net>>, base: u64) -> Self {
         NetSlot {
             net,
             base,
             device: None,
+        }
+    }
+
+    /// A slot holding the boot NIC `device` on the TAP of `netdev`
+    /// (already plugged into `net`).
+    pub fn with_boot_nic(net: Arc<Mutex<Net>>, base: u64, device: &str, netdev: &str) -> Self {
+        NetSlot {
+            net,
+            base,
+            device: Some((device.to_string(), netdev.to_string())),
         }
     }
 }
@@ -91,12 +103,15 @@ pub(crate) fn choose_slot(
 }
 
 impl NetHotplug {
-    /// State for `slots`, in slot order.
+    /// State for `slots`, in slot order (boot NICs included: their
+    /// netdevs are in use).
     pub fn new(slots: Vec<NetSlot>) -> Self {
-        NetHotplug {
-            netdevs: BTreeMap::new(),
-            slots,
-        }
+        let netdevs = slots
+            .iter()
+            .filter_map(|s| s.device.as_ref())
+            .map(|(dev, netdev)| (netdev.clone(), Netdev::InUse(dev.clone())))
+            .collect();
+        NetHotplug { netdevs, slots }
     }
 
     /// Whether a hot-plugged network device has this id.

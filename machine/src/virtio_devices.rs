@@ -1,6 +1,7 @@
 //! Places the virtio-mmio devices: one 4 KiB window and one IRQ each,
-//! allocated here and nowhere else, announced to the guest with
-//! `virtio_mmio.device=4K@BASE:IRQ` on the kernel command line; queue
+//! allocated here and nowhere else, announced to the guest in the ACPI
+//! DSDT and with `virtio_mmio.device=4K@BASE:IRQ` on the kernel command
+//! line (both, in window order); queue
 //! notifications arrive through KVM ioeventfds and interrupts leave through
 //! irqfds, so device work runs on the event-loop thread, not on vCPUs.
 
@@ -52,15 +53,25 @@ pub struct VirtioDevices {
     iothread_of: BTreeMap<String, String>,
     transports: Vec<Arc<Mutex<MmioTransport>>>,
     cmdline: Vec<String>,
-    /// Empty block devices for hotplug, in slot order.
+    /// Block slots, in slot order.
     slots: Vec<Slot>,
-    /// Empty network devices for hotplug, in slot order.
+    /// Network slots, in slot order.
     net_slots: Vec<NetSlot>,
+    /// Ids of the devices outside the slots (fixed until the VM ends).
+    fixed_ids: Vec<String>,
 }
 
 impl VirtioDevices {
     /// Creates every configured device, registers it on `mmio_bus` and
     /// wires its notifications and interrupt through KVM.
+    ///
+    /// Window order follows StratoVirt's microVM: first the `blk_slots`
+    /// block slots, which the configured disks fill from slot 0 in order
+    /// (the rest empty), then the `net_slots` network slots, filled the
+    /// same way by the configured NICs, then every other device in
+    /// configuration order. With `blk_slots` (`net_slots`) 0 the disks
+    /// (NICs) are ordinary devices in configuration order instead.
+    #[allow(clippy::too_many_arguments)]
     pub fn attach(
         vm: &VmFd,
         mem: &GuestMemoryMmap,
@@ -71,8 +82,28 @@ impl VirtioDevices {
         iothreads: &[String],
         iothread_of: &BTreeMap<String, String>,
     ) -> Result<Self, MachineError> {
+        let in_blk_slot =
+            |c: &DeviceConfig| blk_slots > 0 && matches!(c, DeviceConfig::Block { .. });
+        let in_net_slot = |c: &DeviceConfig| net_slots > 0 && matches!(c, DeviceConfig::Net { .. });
+        let boot_disks: Vec<&DeviceConfig> = configs.iter().filter(|c| in_blk_slot(c)).collect();
+        let boot_nics: Vec<&DeviceConfig> = configs.iter().filter(|c| in_net_slot(c)).collect();
+        let fixed: Vec<&DeviceConfig> = configs
+            .iter()
+            .filter(|c| !in_blk_slot(c) && !in_net_slot(c))
+            .collect();
+        for (boot, slots, key) in [
+            (&boot_disks, blk_slots, "blk-slots"),
+            (&boot_nics, net_slots, "net-slots"),
+        ] {
+            if let Some(extra) = boot.get(usize::from(slots)) {
+                return Err(MachineError::Virtio {
+                    id: extra.id().to_string(),
+                    reason: format!("no slot left for it (-machine {key}={slots})"),
+                });
+            }
+        }
         let max = (VIRTIO_IRQ_LAST - VIRTIO_IRQ_FIRST + 1) as usize;
-        let count = configs.len() + usize::from(blk_slots) + usize::from(net_slots);
+        let count = fixed.len() + usize::from(blk_slots) + usize::from(net_slots);
         if count > max {
             return Err(MachineError::TooManyDevices { count, max });
         }
@@ -94,28 +125,49 @@ impl VirtioDevices {
             cmdline: Vec::new(),
             slots: Vec::new(),
             net_slots: Vec::new(),
+            fixed_ids: fixed.iter().map(|c| c.id().to_string()).collect(),
         };
-        for cfg in configs {
+        for n in 0..usize::from(blk_slots) {
+            let slot = match boot_disks.get(n) {
+                Some(cfg @ DeviceConfig::Block { id, drive, .. }) => {
+                    let block = Arc::new(Mutex::new(devices.block(cfg)?));
+                    let base = devices.place(vm, mem, mmio_bus, id, block.clone())?;
+                    Slot::with_boot_disk(block, base, id, drive)
+                }
+                _ => {
+                    let block = Arc::new(Mutex::new(Block::new_empty(devices.event_loop.clone())));
+                    let base =
+                        devices.place(vm, mem, mmio_bus, &format!("blk-slot{n}"), block.clone())?;
+                    Slot::new(block, base)
+                }
+            };
+            devices.slots.push(slot);
+        }
+        for n in 0..usize::from(net_slots) {
+            let slot = match boot_nics.get(n) {
+                Some(cfg @ DeviceConfig::Net { id, netdev, .. }) => {
+                    let net = Arc::new(Mutex::new(devices.net(cfg)?));
+                    let base = devices.place(vm, mem, mmio_bus, id, net.clone())?;
+                    NetSlot::with_boot_nic(net, base, id, netdev)
+                }
+                _ => {
+                    let id = format!("net-slot{n}");
+                    let net = Net::new_empty(&id, devices.event_loop.clone()).map_err(|e| {
+                        MachineError::Virtio {
+                            id: id.clone(),
+                            reason: e.to_string(),
+                        }
+                    })?;
+                    let net = Arc::new(Mutex::new(net));
+                    let base = devices.place(vm, mem, mmio_bus, &id, net.clone())?;
+                    NetSlot::new(net, base)
+                }
+            };
+            devices.net_slots.push(slot);
+        }
+        for cfg in fixed {
             let model = devices.model(cfg, mem)?;
             devices.place(vm, mem, mmio_bus, cfg.id(), model)?;
-        }
-        for n in 0..blk_slots {
-            let block = Arc::new(Mutex::new(Block::new_empty(devices.event_loop.clone())));
-            let id = format!("blk-slot{n}");
-            let base = devices.place(vm, mem, mmio_bus, &id, block.clone())?;
-            devices.slots.push(Slot::new(block, base));
-        }
-        for n in 0..net_slots {
-            let id = format!("net-slot{n}");
-            let net = Net::new_empty(&id, devices.event_loop.clone()).map_err(|e| {
-                MachineError::Virtio {
-                    id: id.clone(),
-                    reason: e.to_string(),
-                }
-            })?;
-            let net = Arc::new(Mutex::new(net));
-            let base = devices.place(vm, mem, mmio_bus, &id, net.clone())?;
-            devices.net_slots.push(NetSlot::new(net, base));
         }
         Ok(devices)
     }
@@ -175,6 +227,74 @@ impl VirtioDevices {
         std::mem::take(&mut self.net_slots)
     }
 
+    /// Ids of the devices created at boot outside the slots: they cannot
+    /// be unplugged, and their ids cannot be reused.
+    pub fn fixed_ids(&self) -> &[String] {
+        &self.fixed_ids
+    }
+
+    /// The event loop a device runs on: its iothread, or `virtio-io`.
+    fn loop_for(&self, id: &str) -> EventLoop {
+        self.iothread_of
+            .get(id)
+            .and_then(|t| self.iothreads.get(t))
+            .unwrap_or(&self.event_loop)
+            .clone()
+    }
+
+    /// The virtio-blk model of a configured disk.
+    fn block(&self, cfg: &DeviceConfig) -> Result<Block, MachineError> {
+        let DeviceConfig::Block { id, drive, serial } = cfg else {
+            return Err(MachineError::Unsupported(format!(
+                "'{}' as a disk",
+                cfg.id()
+            )));
+        };
+        Block::new(
+            BlockConfig {
+                path: drive.path.clone(),
+                read_only: drive.read_only,
+                direct: drive.direct,
+                serial: serial.clone(),
+            },
+            self.loop_for(id),
+        )
+        .map_err(|e| MachineError::Virtio {
+            id: id.clone(),
+            reason: e.to_string(),
+        })
+    }
+
+    /// The virtio-net model of a configured NIC.
+    fn net(&self, cfg: &DeviceConfig) -> Result<Net, MachineError> {
+        let DeviceConfig::Net {
+            id, backend, mac, ..
+        } = cfg
+        else {
+            return Err(MachineError::Unsupported(format!(
+                "'{}' as a NIC",
+                cfg.id()
+            )));
+        };
+        let err = |reason: String| MachineError::Virtio {
+            id: id.clone(),
+            reason,
+        };
+        let tap = match backend {
+            NetBackend::TapName(name) => Tap::open_named(name),
+            // SAFETY: the configuration checked that the descriptor is
+            // open; nothing else in the process owns it.
+            NetBackend::TapFd(fd) => Tap::from_fd(unsafe { OwnedFd::from_raw_fd(*fd) }),
+        }
+        .map_err(|e| err(e.to_string()))?;
+        let mac = mac
+            .as_deref()
+            .map(parse_mac)
+            .transpose()
+            .map_err(|e| err(e.to_string()))?;
+        Net::new(NetConfig { tap, mac }, self.loop_for(id)).map_err(|e| err(e.to_string()))
+    }
+
     fn model(
         &self,
         cfg: &DeviceConfig,
@@ -184,46 +304,13 @@ impl VirtioDevices {
             id: cfg.id().to_string(),
             reason,
         };
-        let el = self
-            .iothread_of
-            .get(cfg.id())
-            .and_then(|t| self.iothreads.get(t))
-            .unwrap_or(&self.event_loop)
-            .clone();
+        let el = self.loop_for(cfg.id());
         Ok(match cfg {
-            DeviceConfig::Block { drive, serial, .. } => {
-                let block = Block::new(
-                    BlockConfig {
-                        path: drive.path.clone(),
-                        read_only: drive.read_only,
-                        direct: drive.direct,
-                        serial: serial.clone(),
-                    },
-                    el,
-                )
-                .map_err(|e| err(e.to_string()))?;
-                Arc::new(Mutex::new(block))
-            }
+            DeviceConfig::Block { .. } => Arc::new(Mutex::new(self.block(cfg)?)),
             DeviceConfig::Rng { path, .. } => Arc::new(Mutex::new(
                 Rng::new(path, el).map_err(|e| err(e.to_string()))?,
             )),
-            DeviceConfig::Net { backend, mac, .. } => {
-                let tap = match backend {
-                    NetBackend::TapName(name) => Tap::open_named(name),
-                    // SAFETY: the configuration checked that the descriptor
-                    // is open; nothing else in the process owns it.
-                    NetBackend::TapFd(fd) => Tap::from_fd(unsafe { OwnedFd::from_raw_fd(*fd) }),
-                }
-                .map_err(|e| err(e.to_string()))?;
-                let mac = mac
-                    .as_deref()
-                    .map(parse_mac)
-                    .transpose()
-                    .map_err(|e| err(e.to_string()))?;
-                Arc::new(Mutex::new(
-                    Net::new(NetConfig { tap, mac }, el).map_err(|e| err(e.to_string()))?,
-                ))
-            }
+            DeviceConfig::Net { .. } => Arc::new(Mutex::new(self.net(cfg)?)),
             DeviceConfig::HybridVsock {
                 guest_cid,
                 uds_path,

@@ -27,7 +27,8 @@ dmesg | grep -i -E 'apic|acpi' | head -n 20 | sed 's/^/RIG l1 dmesg /'
 L2K=/rig/l2/vmlinuz
 L2I=/rig/l2/initrd.cpio
 # Kernel (a) boots with ACPI (its only way to find CPUs and virtio devices);
-# kernel (b) has no ACPI and gets acpi=off, as Kata's command line has.
+# kernel (b) has no ACPI and finds its devices in the virtio_mmio.device=
+# tokens altovirt always appends; only Kata's line (b_kata) says acpi=off.
 BASEARGS="console=ttyS0 reboot=k panic=1 8250.nr_uarts=1"
 insmod /rig/modules/tun.ko 2>/dev/null
 
@@ -187,29 +188,34 @@ sc_qemu_boot() {
 # Kernel (b) (scripts/rig/build-kernel-b.sh): virtio-mmio devices from the
 # command line, so disk, net and rng work without ACPI; MP tables give SMP.
 L2B=/rig/l2/bzImage-b
-sc_b_devices() { # -smp 2, virtio-rng and virtio-net over a tap to L1
+# StratoVirt's users boot such kernels with a plain command line, no
+# acpi=off: altovirt puts every window on it whatever ACPI says.
+sc_b_devices() { # -smp 2, a data disk, virtio-rng and virtio-net over a tap to L1, default slots
     sc=b_devices
     if [ ! -f $L2B ]; then say $sc skipped no-kernel-b; return; fi
+    cp /rig/l2/data.ext4 /tmp/img-$sc.ext4
     cat >/tmp/cfg-$sc.json <<JSON
-{"net": [{"iface_id": "net0", "host_dev_name": "rigtap0"}],
+{"drive": [{"drive_id": "data", "path_on_host": "/tmp/img-$sc.ext4"}],
+ "net": [{"iface_id": "net0", "host_dev_name": "rigtap0"}],
  "rng": {"random_file": "/dev/urandom"}}
 JSON
-    SC_KERNEL=$L2B SC_QUIET=${RIG_B_QUIET:-1} SC_ARGS=acpi=off
+    SC_KERNEL=$L2B SC_QUIET=${RIG_B_QUIET:-1} SC_ARGS="rig.data=/dev/vda"
     start $sc devices -config /tmp/cfg-$sc.json
     SC_KERNEL= SC_ARGS=
     listen /tmp/$sc.qmp /tmp/$sc.events
     tap_up $sc rigtap0 10.0.2.1
     finish $sc 40
+    say $sc disk-file "$(debugfs -R 'cat /hello.txt' /tmp/img-$sc.ext4 2>/dev/null)"
 }
-sc_b_rootdisk() { # root file system on virtio-blk; the file L2 writes is read back after exit
+sc_b_rootdisk() { # root on virtio-blk (block slot 0 = vda); the file L2 writes is read back after exit
     sc=b_rootdisk
     if [ ! -f $L2B ]; then say $sc skipped no-kernel-b; return; fi
     cp /rig/l2/rootfs.ext4 /tmp/img-$sc.ext4
     cat >/tmp/cfg-$sc.json <<JSON
 {"drive": [{"drive_id": "root", "path_on_host": "/tmp/img-$sc.ext4"}]}
 JSON
-    SC_KERNEL=$L2B SC_INITRD=- SC_QUIET=${RIG_B_QUIET:-1} SC_ARGS="acpi=off root=/dev/vda rw rootfstype=ext4 init=/init"
-    start $sc disk -config /tmp/cfg-$sc.json -machine microvm,blk-slots=0
+    SC_KERNEL=$L2B SC_INITRD=- SC_QUIET=${RIG_B_QUIET:-1} SC_ARGS="root=/dev/vda rw rootfstype=ext4 init=/init"
+    start $sc disk -config /tmp/cfg-$sc.json
     SC_KERNEL= SC_INITRD= SC_ARGS= SC_QUIET=
     listen /tmp/$sc.qmp /tmp/$sc.events
     finish $sc 40
@@ -237,19 +243,30 @@ sc_a_devices() {
 }
 
 # Hotplug into the empty slots, driven from L1 over QMP while L2's init
-# (rig.mode=hotplug) watches: a raw image with a marker goes into block
-# slot 0 (vda) and out again, then a tap NIC into net slot 0 (eth0), with
-# the MAC the guest already shows (Linux reads it only at probe time).
+# (rig.mode=hotplug) watches: altovirt starts with -S and a 2 MiB disk goes
+# into block slot 1 (vdb) before the guest runs; then a raw image with a
+# marker goes into block slot 0 (vda) and out again, then a tap NIC into
+# net slot 0 (eth0), with the MAC the guest already shows (Linux reads it
+# only at probe time).
 hotplug_run() { # SCENARIO KERNEL EXTRA-KERNEL-ARGS
     sc=$1
     img=/tmp/hp-$sc.img
     dd if=/dev/zero of=$img bs=1M count=4 2>/dev/null
     printf 'altovirt-hotplug-marker' | dd of=$img conv=notrunc 2>/dev/null
+    pre=/tmp/pre-$sc.img
+    dd if=/dev/zero of=$pre bs=1M count=2 2>/dev/null
     SC_KERNEL=$2 SC_ARGS="$3"
-    start $sc hotplug -machine microvm,blk-slots=2,net-slots=1
+    start $sc hotplug -S -machine microvm,blk-slots=2,net-slots=1
     SC_KERNEL= SC_ARGS=
-    listen /tmp/$sc.qmp /tmp/$sc.events
     q=/tmp/$sc.qmp
+    # -S: a disk plugged into block slot 1 (vdb) before the guest runs,
+    # as QEMU allows in prelaunch; then cont.
+    wait_for_sock $q
+    qmp $q '{"execute":"blockdev-add","arguments":{"driver":"raw","node-name":"pre0","file":{"driver":"file","filename":"'$pre'"}}}' \
+        '{"execute":"device_add","arguments":{"driver":"virtio-blk-mmio","id":"predisk0","drive":"pre0","addr":"1"}}' \
+        '{"execute":"query-status"}' '{"execute":"cont"}' |
+        tr -d '\r' | sed "s/^/RIG $sc qmp-prelaunch /"
+    listen $q /tmp/$sc.events
     if wait_for /tmp/$sc.serial L2-HOTPLUG-READY 60; then
         qmp $q '{"execute":"blockdev-add","arguments":{"driver":"raw","node-name":"hp0","file":{"driver":"file","filename":"'$img'"}}}' \
             '{"execute":"device_add","arguments":{"driver":"virtio-blk-mmio","id":"hpdisk0","drive":"hp0","addr":"0"}}' |
@@ -274,14 +291,15 @@ hotplug_run() { # SCENARIO KERNEL EXTRA-KERNEL-ARGS
 sc_a_hotplug() { hotplug_run a_hotplug $L2K ""; }
 sc_b_hotplug() {
     if [ ! -f $L2B ]; then say b_hotplug skipped no-kernel-b; return; fi
-    hotplug_run b_hotplug $L2B acpi=off
+    hotplug_run b_hotplug $L2B ""
 }
 
 # Kata's StratoVirt command line, verbatim (minus virtio-fs, which altovirt
 # does not have yet), with kernel (b): /dev/vhost-vsock opened by the shell
 # as descriptor 3, the tap as descriptor 4 (tapfd, as Kata's runtime opens
 # it), the console on a socket L1 reads. L1 and L2 exchange lines over
-# vsock both ways with socat.
+# vsock both ways with socat; between the two boots L1 hot-plugs two disks
+# with Kata's exact QMP sequence.
 KATA_APPEND="tsc=reliable no_timer_check rcupdate.rcu_expedited=1 i8042.direct=1 \
 i8042.dumbkbd=1 i8042.nopnp=1 i8042.noaux=1 noreplace-smp reboot=k cryptomgr.notests \
 net.ifnames=0 pci=lastbus=0 root=/dev/vda1 rootflags=data=ordered,errors=remount-ro ro \
@@ -353,7 +371,22 @@ sc_b_kata() {
         fi
         wait_count /tmp/$sc.serial L2-VSOCK-DONE $n 30 || say $sc not-done-$n
         if [ $n = 1 ]; then
+            # Kata's disk hotplug (stratovirt.go, govmm's maps): blockdev-add
+            # with aio native, then device_add with addr = the index of the
+            # /dev/vdX letter Kata tells its agent (vda is the rootfs).
+            for d in b:1:4 c:2:2; do
+                letter=${d%%:*}; rest=${d#*:}; addr=${rest%%:*}; mib=${rest#*:}
+                img=/tmp/kata-hp-$letter.img
+                dd if=/dev/zero of=$img bs=1M count=$mib 2>/dev/null
+                qmp /tmp/$sc.qmp '{"arguments":{"driver":"raw","file":{"aio":"native","driver":"file","filename":"'$img'"},"node-name":"drive-vd'$letter'","read-only":false},"execute":"blockdev-add"}' |
+                    tr -d '\r' | sed "s/^/RIG $sc qmp-kata-blockdev-add /"
+                qmp /tmp/$sc.qmp '{"arguments":{"addr":"'$addr'","driver":"virtio-blk-mmio","drive":"drive-vd'$letter'","id":"drive-vd'$letter'"},"execute":"device_add"}' |
+                    tr -d '\r' | sed "s/^/RIG $sc qmp-kata-device-add /"
+                wait_for /tmp/$sc.serial "L2-KATA-vd$letter " 30 || say $sc no-vd$letter
+            done
             qmp /tmp/$sc.qmp '{"execute":"system_reset"}' | tr -d '\r' | sed "s/^/RIG $sc qmp-reset /"
+        else
+            wait_count /tmp/$sc.serial "L2-KATA-vdc " 2 30 || say $sc no-vdc-after-reset
         fi
     done
     qmp /tmp/$sc.qmp '{"execute":"quit"}' >/dev/null

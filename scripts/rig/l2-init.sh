@@ -9,7 +9,8 @@
 #   disk       (root on /dev/vda) write /hello.txt, sync, reboot -f
 #   vsock      (Kata's command line, console on hvc0) listen on vsock port
 #              5000, exchange a line with L1, then connect to L1 (CID 2)
-#              port 5001 and exchange another; ping L1 over eth0; wait
+#              port 5001 and exchange another; ping L1 over eth0; report
+#              the sizes of vdb and vdc once L1 plugged them; wait
 #   hotplug    wait for a disk in the empty slot vda (L1 plugs it over QMP),
 #              read its marker, wait for its removal; then wait for eth0's
 #              carrier (a NIC plugged into the empty net slot) and ping L1
@@ -63,6 +64,22 @@ if [ -e /proc/modules ]; then
         [ -e /lib/modules/$m.ko ] && { insmod /lib/modules/$m.ko || echo "L2-INSMOD-FAILED $m"; }
     done
 fi
+# Every bound virtio device in probe order (which follows the window
+# order): its virtio device id and the platform device it came from
+# (LNRO0005:NN from the ACPI DSDT, virtio-mmio.N from a virtio_mmio.device=
+# token); then how many virtio-mmio platform devices were registered.
+virtio_list() {
+    i=0
+    out=
+    while [ -e /sys/bus/virtio/devices/virtio$i ]; do
+        d=/sys/bus/virtio/devices/virtio$i
+        out="$out $(cat $d/device)@$(basename "$(readlink -f $d/..)")"
+        i=$((i + 1))
+    done
+    echo "L2-VIRTIO$out"
+    echo "L2-MMIO-PLATFORM $(ls /sys/bus/platform/devices | grep -c -e '^LNRO0005' -e '^virtio-mmio')"
+}
+virtio_list
 echo "L2-MODE $mode"
 case "$mode" in
 heartbeat)
@@ -122,6 +139,16 @@ vsock)
     ping_l1 eth0 10.0.4.2 10.0.4.1
     # L1 resets the VM (QMP system_reset) and repeats, or quits.
     echo "L2-VSOCK-DONE"
+    # Meanwhile L1 plugs two disks the way Kata's runtime does, promising
+    # its agent /dev/vdb (addr 1) and /dev/vdc (addr 2); after the reset
+    # they are there from the start.
+    for dev in vdb vdc; do
+        if wait_until 60 size_is $dev -ne; then
+            echo "L2-KATA-${dev} $(cat /sys/block/$dev/size)"
+        else
+            echo "L2-KATA-${dev} timeout"
+        fi
+    done
     sleep 1000
     ;;
 hotplug)

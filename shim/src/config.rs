@@ -115,13 +115,15 @@ pub struct HypervisorConfig {
     pub disable_vhost_net: bool,
     /// Use iothreads.
     pub enable_iothreads: bool,
-    /// altovirt-shim key (not Kata's): empty hotplug block slots altovirt
-    /// creates at boot (`-machine microvm,blk-slots=N`), at most
-    /// [`MAX_HOTPLUG_SLOTS`]. Only `[hypervisor.stratovirt]` uses it.
+    /// altovirt-shim key (not Kata's): block slots altovirt creates at
+    /// boot (`-machine microvm,blk-slots=N`), the rootfs `image` disk in
+    /// slot 0 when there is one, at most [`MAX_HOTPLUG_SLOTS`]. Only
+    /// `[hypervisor.stratovirt]` uses it.
     pub blk_slots: u32,
-    /// altovirt-shim key (not Kata's): hotplug network slots
-    /// (`-machine microvm,net-slots=N`), at most [`MAX_HOTPLUG_SLOTS`].
-    /// Only `[hypervisor.stratovirt]` uses it.
+    /// altovirt-shim key (not Kata's): network slots
+    /// (`-machine microvm,net-slots=N`), the boot NICs (`--tap`) in the
+    /// first ones, at most [`MAX_HOTPLUG_SLOTS`]. Only
+    /// `[hypervisor.stratovirt]` uses it.
     pub net_slots: u32,
     /// altovirt-shim key (not Kata's): the guest's vsock. `vhost` (Kata's:
     /// `/dev/vhost-vsock` opened by the shim and inherited by the VMM),

@@ -27,7 +27,7 @@ use crate::cmdline::{build_args, files, mac_for, uuid_for, BootDevices, BootNet,
 use crate::config::{Flavour, HypervisorConfig, LoadedConfig};
 use crate::qmp_client::{QmpClient, QmpClientError};
 use crate::sandbox::SandboxState;
-use crate::slots::{SlotError, SlotTable};
+use crate::slots::{SlotEntry, SlotError, SlotTable};
 
 /// Driver errors.
 #[derive(Debug, thiserror::Error)]
@@ -257,7 +257,9 @@ impl Hypervisor {
     /// Adds a network device on `tap` (an open tap descriptor the VMM
     /// inherits), created at boot: `-netdev tap,id=ID,fds=N -device
     /// virtio-net-device,netdev=ID,id=ID,mac=MAC`. `mac` defaults to one
-    /// derived from the sandbox and device ids.
+    /// derived from the sandbox and device ids. On altovirt the boot NICs
+    /// fill the network slots from 0 (as on StratoVirt's microVM), so the
+    /// NIC takes the lowest free slot of the table; none left is an error.
     pub fn add_boot_net(
         &mut self,
         id: &str,
@@ -266,6 +268,16 @@ impl Hypervisor {
     ) -> Result<(), DriverError> {
         if self.child.is_some() || self.attached.is_some() {
             return Err(DriverError::Started("a boot network device"));
+        }
+        if !self.net.is_empty() {
+            self.net.allocate(
+                None,
+                SlotEntry {
+                    device: id.into(),
+                    backend: id.into(),
+                    source: format!("fd {}", tap.as_raw_fd()),
+                },
+            )?;
         }
         let mac = mac.map_or_else(|| mac_for(&format!("{}/{id}", self.spec.id)), String::from);
         self.spec.devices.net.push(BootNet {

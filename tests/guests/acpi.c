@@ -14,9 +14,10 @@
  * buffer data: what the VMM writes) for LNRO0005 (virtio-mmio) devices and
  * their _CRS: Memory32Fixed base and size, extended interrupt and its flags.
  *
- * When the command line has no virtio_mmio.device= words, the LNRO0005
- * devices become the virtio devices (what a Linux guest whose virtio_mmio
- * driver reads ACPI sees), so the guest.virtio= tests run on them.
+ * Unless the command line says acpi=off, the LNRO0005 devices become the
+ * virtio devices, ahead of the virtio_mmio.device= words (what a Linux
+ * guest whose virtio_mmio driver reads ACPI sees), so the guest.virtio=
+ * tests run on them; see acpi_run().
  *
  * Command line:
  *   guest.acpi=check   print the result (after the cmdline: line):
@@ -52,6 +53,7 @@ struct acpi_dev {
 
 static struct {
 	int check;		/* guest.acpi=check */
+	int cmdline_off;	/* the last acpi= word on the command line is acpi=off */
 	u64 rsdp;
 	const char *via;
 	const char *error;
@@ -69,7 +71,7 @@ static void acpi_fail(const char *what)
 		acpi.error = what;
 }
 
-/* guest.acpi=check anywhere on the command line. */
+/* guest.acpi=check anywhere on the command line; the last acpi= word. */
 static void acpi_parse_cmdline(u64 cmdline)
 {
 	u64 i = 0;
@@ -86,6 +88,8 @@ static void acpi_parse_cmdline(u64 cmdline)
 			i++;
 		if (token_is(cmdline + start, i - start, "guest.acpi=check"))
 			acpi.check = 1;
+		else if (i - start >= 5 && token_is(cmdline + start, 5, "acpi="))
+			acpi.cmdline_off = token_is(cmdline + start, i - start, "acpi=off");
 	}
 }
 
@@ -409,9 +413,19 @@ static void acpi_print(void)
 	}
 }
 
+/* Token devices, set aside while the DSDT's are registered first. */
+static struct vdev acpi_tokens[MAX_VIRTIO_DEVS];
+
 /*
- * Finds and checks the tables; prints them with guest.acpi=check; gives
- * the LNRO0005 devices to virtio.c when the command line named none.
+ * Finds and checks the tables; prints them with guest.acpi=check. Unless
+ * the command line says acpi=off, the guest then registers its virtio
+ * devices the way a Linux kernel with both ACPI and virtio-mmio command-line
+ * devices ends up with them: the DSDT's LNRO0005 devices first, then each
+ * virtio_mmio.device= token whose window none of them has (a token for a
+ * window the DSDT already described is a second registration of the same
+ * window, which loses). It prints, after the acpi: lines,
+ *   devices: dsdt=<LNRO0005 devices> tokens=<tokens> duplicates=<tokens
+ *            naming a DSDT window> conflicts=<of those, with another size or IRQ>
  * Called after virtio_parse_cmdline().
  */
 static void acpi_run(u32 kind, u64 boot_block, u64 cmdline)
@@ -422,8 +436,12 @@ static void acpi_run(u32 kind, u64 boot_block, u64 cmdline)
 		acpi_walk(acpi.rsdp);
 	if (acpi.check)
 		acpi_print();
-	if (acpi.error || vcfg.n_devs || vcfg.n_bad_tokens)
+	if (!acpi.rsdp || acpi.error || acpi.cmdline_off || vcfg.n_bad_tokens)
 		return;
+	u32 n_tokens = vcfg.n_devs, dups = 0, conflicts = 0;
+	for (u32 i = 0; i < n_tokens; i++)
+		acpi_tokens[i] = vcfg.devs[i];
+	vcfg.n_devs = 0;
 	for (u32 i = 0; i < acpi.n_lnro && vcfg.n_devs < MAX_VIRTIO_DEVS; i++) {
 		const struct acpi_dev *d = &acpi.lnro[i];
 		if (!d->has_mem || !d->has_irq)
@@ -433,4 +451,29 @@ static void acpi_run(u32 kind, u64 boot_block, u64 cmdline)
 		v->size = d->size;
 		v->irq = d->gsi;
 	}
+	u32 n_dsdt = vcfg.n_devs;
+	for (u32 t = 0; t < n_tokens; t++) {
+		const struct vdev *tok = &acpi_tokens[t];
+		int dup = 0;
+		for (u32 i = 0; i < n_dsdt; i++) {
+			if (vcfg.devs[i].base != tok->base)
+				continue;
+			dup = 1;
+			if (vcfg.devs[i].size != tok->size || vcfg.devs[i].irq != tok->irq)
+				conflicts++;
+		}
+		if (dup)
+			dups++;
+		else if (vcfg.n_devs < MAX_VIRTIO_DEVS)
+			vcfg.devs[vcfg.n_devs++] = *tok;
+	}
+	puts_serial("devices: dsdt=");
+	put_dec(n_dsdt);
+	puts_serial(" tokens=");
+	put_dec(n_tokens);
+	puts_serial(" duplicates=");
+	put_dec(dups);
+	puts_serial(" conflicts=");
+	put_dec(conflicts);
+	putc_serial('\n');
 }

@@ -58,8 +58,11 @@
  *   vsock: accepted done
  *   vsock: done
  *   blkbench: bytes=<b> count=<requests issued> errors=<non-zero status or timeout>
+ *   hotplug: at boot slot=<i> capacity=<N> sum=0x<fnv1a32 of sector 0>
+ *            (per blk device already holding a disk; "read status=<n>"
+ *             instead of sum= if the read fails)
  *   hotplug: slots=<blk devices>   (every blk device is a slot, initialised
- *   hotplug: ready                  at once; slot i = i-th blk token, 0-based)
+ *   hotplug: ready                  at once; slot i = i-th blk device, 0-based)
  *   hotplug: slot=<i> added capacity=<N> sum=0x<fnv1a32 of sector 0, 8 hex>
  *            (if that read fails: "hotplug: slot=<i> added capacity=<N>" then
  *             "hotplug: slot=<i> read status=<n|timeout>")
@@ -1727,6 +1730,27 @@ static int hp_poll_slot(u32 i)
 	return 1;
 }
 
+/* A slot that already holds a disk when the test starts (boot disk, or one
+ * plugged while the VM was stopped). */
+static void hp_report_present(u32 i)
+{
+	struct hp_slot *s = &hp_slots[i];
+	puts_serial("hotplug: at boot slot=");
+	put_dec(i);
+	puts_serial(" capacity=");
+	put_dec(s->capacity);
+	memset(blkbuf.data, 0, SECTOR);
+	int st = blk_request(&s->b, BLK_T_IN, 0, blkbuf.data, SECTOR, 1);
+	if (st == 0) {
+		puts_serial(" sum=0x");
+		put_hex(fnv1a32((u64)blkbuf.data, SECTOR), 8);
+	} else {
+		puts_serial(" read status=");
+		put_status(st);
+	}
+	putc_serial('\n');
+}
+
 static void test_hotplug(void)
 {
 	u64 wait = vcfg.hp_wait_set ? vcfg.hp_wait : HP_WAIT_DEFAULT;
@@ -1747,6 +1771,8 @@ static void test_hotplug(void)
 			if (isr)
 				vm_wr(d->base, VM_INTERRUPT_ACK, isr);
 			live++;
+			if (s->capacity)
+				hp_report_present(n);
 		}
 		n++;
 	}

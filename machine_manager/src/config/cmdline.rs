@@ -8,6 +8,7 @@ use super::error::ConfigError;
 use super::json::{load_json_file, FileConfig};
 use super::options::{parse_bool, parse_ranged, OptionList};
 use super::size::{check_mem_size, parse_size, MIB};
+use super::slots;
 use super::validate::{
     check_file, check_max_vcpus, check_non_empty, parse_uuid, FileKind, MAX_VCPUS, MIN_VCPUS,
 };
@@ -397,6 +398,12 @@ fn merge(flags: Flags, file: FileConfig) -> Result<VmConfig, ConfigError> {
         file.nets.clone(),
         file.vsock.clone(),
         file.rng.clone(),
+    )?;
+    slots::check_slot_counts(
+        &resolved.devices,
+        file.drives.len(),
+        file.nets.len(),
+        &machine,
     )?;
     let serial = match flags.serial.or(file.serial) {
         Some(serial) => serial,

@@ -62,6 +62,10 @@ pub enum DeviceConfig {
     Net {
         /// Device id.
         id: String,
+        /// The back-end's id (`-netdev id=`; the device id for a JSON
+        /// `net` entry): QMP `netdev_del` takes it once `device_del` has
+        /// unplugged the device.
+        netdev: String,
         /// The tap.
         backend: NetBackend,
         /// Guest MAC address (`xx:xx:xx:xx:xx:xx`), if fixed.
@@ -518,6 +522,7 @@ pub(crate) fn resolve(
     }
     for n in json_nets {
         out.push(DeviceConfig::Net {
+            netdev: n.id.clone(),
             id: n.id,
             backend: NetBackend::TapName(n.host_dev_name),
             mac: n.mac,
@@ -633,7 +638,12 @@ pub(crate) fn resolve(
                 }
                 let id = list.get("id").unwrap_or(name).to_string();
                 assign_iothread(&mut resolved, &at, &id, &list)?;
-                DeviceConfig::Net { id, backend, mac }
+                DeviceConfig::Net {
+                    id,
+                    netdev: name.to_string(),
+                    backend,
+                    mac,
+                }
             }
             "vhost-vsock-device" | "vhost-vsock-mmio" => {
                 let list = OptionList::parse(

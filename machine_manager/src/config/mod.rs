@@ -14,6 +14,7 @@ mod json;
 mod json_strict;
 mod options;
 mod size;
+mod slots;
 mod validate;
 
 use std::path::PathBuf;
@@ -124,24 +125,28 @@ pub struct MachineConfig {
     /// mem-overcommit=on`); otherwise RAM above the host's MemTotal is
     /// refused before anything is allocated.
     pub mem_overcommit: bool,
-    /// Empty virtio-blk slots created at boot for QMP hotplug
-    /// (`-machine microvm,blk-slots=N`).
+    /// Block slots (`-machine microvm,blk-slots=N`): the guest's first N
+    /// virtio-blk devices, filled at boot by the configured disks in
+    /// order, the rest empty for QMP hotplug; 0 turns slots off (disks
+    /// then get fixed windows).
     pub blk_slots: u8,
-    /// Empty virtio-net slots created at boot for QMP hotplug
-    /// (`-machine microvm,net-slots=N`).
+    /// Network slots (`-machine microvm,net-slots=N`), filled at boot by
+    /// the configured NICs in order, the rest empty for QMP hotplug; 0
+    /// turns them off.
     pub net_slots: u8,
     /// Describe the machine to the guest with ACPI tables
     /// (`-machine microvm,acpi=on|off`).
     pub acpi: bool,
 }
 
-/// Default number of hotplug block slots (StratoVirt's microVM allows six
-/// disks in all; Kata hot-plugs its container disks into these).
+/// Default number of block slots, boot disks included (StratoVirt's
+/// microVM has four replaceable block devices; Kata hot-plugs its
+/// container disks into the ones its rootfs disk leaves free).
 pub const DEFAULT_BLK_SLOTS: u8 = 4;
 /// Most hotplug block slots (the IRQ lines are shared with every device).
 pub const MAX_BLK_SLOTS: u8 = 16;
-/// Default number of hotplug network slots (StratoVirt's microVM allows
-/// two NICs in all).
+/// Default number of network slots, boot NICs included (StratoVirt's
+/// microVM has two replaceable NICs).
 pub const DEFAULT_NET_SLOTS: u8 = 2;
 /// Most hotplug network slots.
 pub const MAX_NET_SLOTS: u8 = 8;
