@@ -14,6 +14,7 @@ pub mod hotplug;
 pub mod kvm_checks;
 pub mod legacy;
 pub mod net_hotplug;
+pub mod power_button;
 pub mod qmp_bridge;
 pub mod virtio_devices;
 
@@ -37,6 +38,7 @@ use guest_image::{GuestImage, PlatformSnapshot};
 use hotplug::{BlockHotplug, Hotplug};
 use legacy::LegacyDevices;
 use net_hotplug::NetHotplug;
+use power_button::PowerButton;
 use virtio_devices::VirtioDevices;
 
 /// Address of the 3-page region KVM needs for the TSS on Intel hosts
@@ -76,6 +78,7 @@ pub struct MicroVm {
     image: GuestImage,
     platform: PlatformSnapshot,
     hotplug: Arc<Mutex<Hotplug>>,
+    power_button: PowerButton,
     vm: VmFd,
     _kvm: Kvm,
     mem: GuestMemoryMmap,
@@ -119,14 +122,18 @@ impl MicroVm {
             net: NetHotplug::new(virtio.take_net_slots()),
         }));
         // ACPI tables (written with the boot structures; skipped with
-        // -machine acpi=off) describe the CPUs, COM1 and every window.
+        // -machine acpi=off) describe the CPUs, COM1, every window and the
+        // power button.
         let acpi = cfg.machine.acpi.then(|| AcpiLayout {
             vcpus: cfg.machine.nr_vcpus,
             virtio_mmio: virtio.mmio_windows(),
             com1: cfg.serial != SerialConfig::None,
             sleep_port: Some(devices::ACPI_SLEEP_PORT as u16),
+            ged: Some(power_button::ged_desc()),
         });
-        let tokens = device_tokens(&virtio, acpi.is_some(), &cfg.boot.cmdline);
+        let guest_acpi_off = boot_loader::acpi::cmdline_disables_acpi(&cfg.boot.cmdline);
+        let power_button = PowerButton::attach(&vm, &mut mmio_bus, acpi.is_some(), guest_acpi_off)?;
+        let tokens = device_tokens(&virtio, acpi.is_some(), guest_acpi_off);
         let image = GuestImage {
             kernel,
             initrd: cfg.boot.initrd.clone(),
@@ -189,6 +196,7 @@ impl MicroVm {
             image,
             platform,
             hotplug,
+            power_button,
             vm,
             _kvm: kvm,
             mem,
@@ -229,6 +237,7 @@ impl MicroVm {
             start_paused,
             image,
             platform,
+            power_button,
             vm,
             mem,
             ..
@@ -281,6 +290,7 @@ impl MicroVm {
                         image: &image,
                         platform: &platform,
                         virtio: &mut virtio,
+                        power_button: &power_button,
                     };
                     if let Some(reason) = control(call, &handles, &shared, &mut parts, listener) {
                         break reason;
@@ -304,18 +314,21 @@ impl MicroVm {
     }
 }
 
-/// What a system reset touches besides the vCPUs.
+/// What a system reset touches besides the vCPUs (and the power button,
+/// which `system_powerdown` presses).
 struct ResetParts<'a> {
     vm: &'a VmFd,
     mem: &'a GuestMemoryMmap,
     image: &'a GuestImage,
     platform: &'a PlatformSnapshot,
     virtio: &'a mut VirtioDevices,
+    power_button: &'a PowerButton,
 }
 
 /// Resets the machine in place: vCPUs stopped, devices reset (block
-/// devices flush), interrupt controllers and PIT restored, the guest image
-/// loaded again, vCPUs back in their boot state; running again if they were.
+/// devices flush, no power button event pending), interrupt controllers
+/// and PIT restored, the guest image loaded again, vCPUs back in their boot
+/// state; running again if they were.
 fn system_reset(
     handles: &[VcpuHandle],
     shared: &VmShared,
@@ -324,6 +337,7 @@ fn system_reset(
     let was = shared.status();
     handles.iter().for_each(VcpuHandle::pause);
     parts.virtio.reset_all();
+    parts.power_button.reset();
     parts
         .platform
         .restore(parts.vm)
@@ -380,15 +394,11 @@ fn control(
                     Some(ExitReason::Error(format!("system_reset failed: {e}"))),
                 ),
             },
-            ControlRequest::SystemPowerdown => (
-                Err(
-                    "system_powerdown: this microVM has no ACPI power button yet to deliver it; \
-                     use quit, or have the guest power off"
-                        .to_string(),
-                ),
-                None,
-                None,
-            ),
+            // The guest decides what to do; the VM keeps running meanwhile.
+            ControlRequest::SystemPowerdown => match parts.power_button.press() {
+                Ok(()) => (Ok(()), Some(("POWERDOWN", Value::Null)), None),
+                Err(e) => (Err(e), None, None),
+            },
         };
     // The answer goes out before the event it causes.
     let _ = call.reply.send(answer);
@@ -419,8 +429,8 @@ fn shutdown_cause(reason: &ExitReason) -> Option<(bool, &'static str)> {
 /// QEMU's microvm; listing them on the command line too would register
 /// each device twice, and under hardware-reduced ACPI the guest's IRQ
 /// numbers are not the GSIs the tokens name.
-fn device_tokens<'a>(virtio: &'a VirtioDevices, acpi_tables: bool, user: &str) -> &'a [String] {
-    if acpi_tables && !boot_loader::acpi::cmdline_disables_acpi(user) {
+fn device_tokens(virtio: &VirtioDevices, acpi_tables: bool, guest_acpi_off: bool) -> &[String] {
+    if acpi_tables && !guest_acpi_off {
         &[]
     } else {
         virtio.cmdline_tokens()
