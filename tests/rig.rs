@@ -11,6 +11,8 @@
 
 #[path = "rig/harness.rs"]
 mod harness;
+#[path = "rig/power_button.rs"]
+mod power_button;
 
 use harness::*;
 use std::time::Duration;

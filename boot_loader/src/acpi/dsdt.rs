@@ -139,7 +139,8 @@ pub(super) fn ged(g: &GedDesc) -> Vec<u8> {
     );
     let selector = Path::new("ESEL");
     let read = Store::new(&Local(0), &selector);
-    let masked = And::new(&Local(1), &Local(0), &GED_EVT_POWER_DOWN);
+    // No target (NullName, the byte 0): the result is only compared.
+    let masked = And::new(&aml::ZERO, &Local(0), &GED_EVT_POWER_DOWN);
     let is_power_down = Equal::new(&masked, &GED_EVT_POWER_DOWN);
     let button = Path::new("\\_SB_.PWRB");
     let notify = Notify::new(&button, &BUTTON_PRESSED);
