@@ -28,7 +28,7 @@ use boot_loader::{AcpiLayout, BootInfo};
 use cpu::{Vcpu, VcpuControl, VcpuEvent, VcpuHandle, VcpuRunState};
 use kvm_bindings::{kvm_pit_config, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::{Kvm, VmFd};
-use machine_manager::config::{SerialConfig, VmConfig};
+use machine_manager::config::{DeviceConfig, SerialConfig, VmConfig};
 
 pub use control::{ControlRequest, LifecycleListener, NoListener, VmShared, VmStatus};
 pub use error::MachineError;
@@ -118,6 +118,7 @@ impl MicroVm {
             block: BlockHotplug::new(
                 virtio.take_slots(),
                 cfg.devices.iter().map(|d| d.id().to_string()).collect(),
+                boot_disks(&cfg.devices),
             ),
             net: NetHotplug::new(virtio.take_net_slots()),
         }));
@@ -178,12 +179,8 @@ impl MicroVm {
             sender,
             boot,
             shared: {
-                let shared = VmShared::new(
-                    cfg.name.clone(),
-                    cfg.uuid.clone(),
-                    cfg.machine.nr_vcpus,
-                    cfg.machine.max_vcpus,
-                );
+                let shared =
+                    VmShared::new(cfg.name.clone(), cfg.uuid.clone(), cfg.machine.nr_vcpus);
                 // Without -S the VM is about to run: QMP clients that
                 // connect before the vCPU threads are up see "running", and
                 // a stop they send is applied as soon as the vCPUs start.
@@ -421,6 +418,23 @@ fn shutdown_cause(reason: &ExitReason) -> Option<(bool, &'static str)> {
         ExitReason::Quit => Some((false, "host-qmp-quit")),
         ExitReason::Error(_) => None,
     }
+}
+
+/// The disks among the boot-time devices, for `query-block`.
+fn boot_disks(devices: &[DeviceConfig]) -> Vec<hotplug::BootDisk> {
+    devices
+        .iter()
+        .filter_map(|d| match d {
+            DeviceConfig::Block { id, drive, .. } => Some(hotplug::BootDisk {
+                device: id.clone(),
+                drive: drive.id.clone(),
+                path: drive.path.clone(),
+                read_only: drive.read_only,
+                direct: drive.direct,
+            }),
+            _ => None,
+        })
+        .collect()
 }
 
 /// The `virtio_mmio.device=` tokens, when the guest will not read the ACPI
