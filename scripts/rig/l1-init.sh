@@ -373,7 +373,12 @@ sc_a_powerdown() {
     start $sc powerbutton
     listen /tmp/$sc.qmp /tmp/$sc.events
     if wait_for /tmp/$sc.serial L2-PWRBTN-READY 60; then
+        t0=$(now_cs)
         qmp /tmp/$sc.qmp '{"execute":"system_powerdown"}' | tr -d '\r' | sed "s/^/RIG $sc qmp-powerdown /"
+        # From the press to altovirt's exit (the QMP client's 0.5 s included).
+        i=0
+        while kill -0 $VMM 2>/dev/null && [ $i -lt 600 ]; do i=$((i + 1)); sleep 0.05; done
+        say $sc press-to-exit-ms $((($(now_cs) - t0) * 10))
     else
         say $sc not-ready
     fi

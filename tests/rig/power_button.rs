@@ -37,6 +37,10 @@ fn rig_system_powerdown_makes_linux_power_off_through_acpid() {
     let Some(run) = shared_rig() else { return };
     let sc = scenario(run, "a_powerdown");
     report_timing("a_powerdown", sc);
+    eprintln!(
+        "rig a_powerdown: system_powerdown to altovirt's exit {} ms (L1 clock, QMP client included)",
+        sc.get("press-to-exit-ms").unwrap_or("?")
+    );
     let ctx = sc.context();
     assert_button_driver_bound(sc, &ctx);
     assert!(
