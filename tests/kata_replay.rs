@@ -177,6 +177,12 @@ fn kata_qmp_sequence_replayed_byte_for_byte() {
     assert_eq!(cpus.len(), 2, "{cpus:?}");
     for (i, cpu) in cpus.iter().enumerate() {
         assert_eq!(cpu["CPU"], json!(i));
+        // govmm's CPUInfo decodes absent members as zero: a running vCPU's
+        // pc and halted are left out rather than made up.
+        assert!(
+            cpu.get("pc").is_none() && cpu.get("halted").is_none(),
+            "{cpu}"
+        );
         let tid = cpu["thread_id"].as_u64().expect("thread_id");
         let comm = std::fs::read_to_string(format!("/proc/{}/task/{tid}/comm", child.id()))
             .unwrap_or_else(|e| panic!("thread {tid} is not a thread of the VMM: {e}"));

@@ -13,6 +13,8 @@
 mod harness;
 #[path = "rig/slots.rs"]
 mod slots;
+#[path = "rig/power_button.rs"]
+mod power_button;
 
 use harness::*;
 use std::time::Duration;

@@ -20,7 +20,7 @@ use std::io::{Read, Seek};
 use address_space::GuestMemoryMmap;
 use vm_memory::{GuestAddress, ReadVolatile};
 
-pub use acpi::{AcpiError, AcpiLayout, MmioDeviceDesc};
+pub use acpi::{AcpiError, AcpiLayout, GedDesc, MmioDeviceDesc};
 pub use error::BootError;
 pub use kernel::{EntryMode, LoadedKernel};
 

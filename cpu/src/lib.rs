@@ -12,4 +12,5 @@ pub mod vcpu;
 pub use error::CpuError;
 pub use vcpu::{
     install_kick_handler, Vcpu, VcpuControl, VcpuEvent, VcpuEventSink, VcpuHandle, VcpuRunState,
+    VcpuStopState,
 };

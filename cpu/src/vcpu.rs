@@ -64,6 +64,16 @@ struct InitialState {
     mp_state: kvm_bindings::kvm_mp_state,
 }
 
+/// What a stopped vCPU was doing, read from KVM when it parked (registers
+/// can only be read while the vCPU is outside KVM_RUN).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VcpuStopState {
+    /// Linear address of the next instruction (RIP plus the CS base).
+    pub pc: u64,
+    /// The vCPU was waiting in HLT for an interrupt (KVM_MP_STATE_HALTED).
+    pub halted: bool,
+}
+
 /// The state a vCPU is asked to be in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum VcpuRunState {
@@ -83,6 +93,8 @@ struct ControlState {
     tid: Option<i32>,
     /// True while the vCPU thread is outside KVM_RUN honouring `requested`.
     parked: bool,
+    /// Read when the thread parked for a pause (or was reset while paused).
+    stopped: Option<VcpuStopState>,
 }
 
 /// Shared control block between a vCPU thread and the machine.
@@ -100,6 +112,7 @@ impl VcpuControl {
                 reset_requested: false,
                 tid: None,
                 parked: false,
+                stopped: None,
             }),
             changed: Condvar::new(),
         })
@@ -129,8 +142,21 @@ impl VcpuControl {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// What the vCPU was doing when it stopped: only while it is paused
+    /// (a running vCPU's registers cannot be read), None otherwise or if
+    /// KVM could not tell.
+    pub fn stopped_state(&self) -> Option<VcpuStopState> {
+        let st = self.lock();
+        if st.parked && st.requested == VcpuRunState::Paused {
+            st.stopped
+        } else {
+            None
+        }
+    }
+
     /// Blocks while paused; says what the vCPU thread must do next.
-    fn wait_runnable(&self) -> NextStep {
+    /// `capture` reads the vCPU's state when it parks for a pause.
+    fn wait_runnable(&self, capture: &mut dyn FnMut() -> Option<VcpuStopState>) -> NextStep {
         let mut st = self.lock();
         loop {
             if st.reset_requested && st.requested != VcpuRunState::Exiting {
@@ -139,9 +165,13 @@ impl VcpuControl {
             match st.requested {
                 VcpuRunState::Running => {
                     st.parked = false;
+                    st.stopped = None;
                     return NextStep::Run;
                 }
                 VcpuRunState::Paused => {
+                    if !st.parked || st.stopped.is_none() {
+                        st.stopped = capture();
+                    }
                     st.parked = true;
                     self.changed.notify_all();
                     st = self.changed.wait(st).unwrap_or_else(|p| p.into_inner());
@@ -155,8 +185,11 @@ impl VcpuControl {
         }
     }
 
-    fn reset_done(&self) {
-        self.lock().reset_requested = false;
+    /// The reset is done; `stopped` is the vCPU's state after it.
+    fn reset_done(&self, stopped: Option<VcpuStopState>) {
+        let mut st = self.lock();
+        st.reset_requested = false;
+        st.stopped = stopped;
         self.changed.notify_all();
     }
 
@@ -312,14 +345,14 @@ impl Vcpu {
         control.set_thread_id(tid);
         log::debug!("vCPU {id} running on thread {tid}");
         loop {
-            match control.wait_runnable() {
+            match control.wait_runnable(&mut || self.stop_state()) {
                 NextStep::Run => {}
                 NextStep::Exit => break,
                 NextStep::Reset => {
                     if let Err(e) = self.restore_initial() {
                         log::error!("vCPU {id}: reset failed: {e}");
                     }
-                    control.reset_done();
+                    control.reset_done(self.stop_state());
                     continue;
                 }
             }
@@ -330,6 +363,17 @@ impl Vcpu {
             }
         }
         control.mark_finished();
+    }
+
+    /// Reads where the (parked) vCPU is and whether it waits in HLT.
+    fn stop_state(&self) -> Option<VcpuStopState> {
+        let regs = self.fd.get_regs().ok()?;
+        let sregs = self.fd.get_sregs().ok()?;
+        let mp = self.fd.get_mp_state().ok()?;
+        Some(VcpuStopState {
+            pc: regs.rip.wrapping_add(sregs.cs.base),
+            halted: mp.mp_state == kvm_bindings::KVM_MP_STATE_HALTED,
+        })
     }
 
     /// Puts the vCPU back in the state it had before its first KVM_RUN

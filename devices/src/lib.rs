@@ -4,10 +4,13 @@
 //! - [`i8042::I8042`]: keyboard controller (IRQ 1): the reset command and the
 //!   probe replies a Linux guest waits for, with a keyboard that never types;
 //! - [`acpi_sleep::AcpiSleep`]: the ACPI sleep control/status port (S5 = off);
+//! - [`acpi_ged::AcpiGed`]: the ACPI Generic Event Device (the power button),
+//!   on the MMIO bus;
 //! - [`cmos_rtc::CmosRtc`]: CMOS real-time clock at 0x70/0x71, without interrupts;
 //! - [`boot_complete::BootCompletePort`]: a port the guest writes to when it
 //!   has booted, so boot time can be measured without parsing the console.
 
+pub mod acpi_ged;
 pub mod acpi_sleep;
 pub mod boot_complete;
 pub mod cmos_rtc;
@@ -35,6 +38,12 @@ pub const BOOT_COMPLETE_PORT: u64 = 0x3f0;
 /// I/O port of the ACPI sleep control and status registers (the FADT of
 /// `boot_loader::acpi` points at it).
 pub const ACPI_SLEEP_PORT: u64 = 0x600;
+/// Guest-physical address of the ACPI GED's event selector register (the
+/// address QEMU's microvm uses; inside the MMIO gap below the IOAPIC).
+pub const ACPI_GED_MMIO_BASE: u64 = 0xfea0_0000;
+/// GSI of the ACPI GED's interrupt: IRQ 3 (COM2's, unused here), as the
+/// virtio-mmio devices take 5 and up and COM1 has 4.
+pub const ACPI_GED_IRQ: u32 = 3;
 /// Byte the guest writes to [`BOOT_COMPLETE_PORT`] to signal boot completion
 /// (the same convention as Firecracker's boot timer).
 pub const BOOT_COMPLETE_MAGIC: u8 = 123;

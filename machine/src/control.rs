@@ -6,7 +6,7 @@ use std::sync::mpsc::{self, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use cpu::VcpuControl;
+use cpu::{VcpuControl, VcpuStopState};
 
 /// Run status, with the names QMP's `query-status` uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,8 +76,6 @@ pub struct VmShared {
     vcpus: Mutex<Vec<Arc<VcpuControl>>>,
     /// Number of vCPUs at boot.
     pub nr_vcpus: u8,
-    /// Maximum vCPUs (`maxcpus`).
-    pub max_vcpus: u8,
     /// Guest name.
     pub name: Option<String>,
     /// Guest UUID.
@@ -85,18 +83,12 @@ pub struct VmShared {
 }
 
 impl VmShared {
-    /// Shared state for a VM with the given identity and CPU counts.
-    pub fn new(
-        name: Option<String>,
-        uuid: Option<String>,
-        nr_vcpus: u8,
-        max_vcpus: u8,
-    ) -> Arc<Self> {
+    /// Shared state for a VM with the given identity and vCPU count.
+    pub fn new(name: Option<String>, uuid: Option<String>, nr_vcpus: u8) -> Arc<Self> {
         Arc::new(Self {
             status: Mutex::new(VmStatus::Prelaunch),
             vcpus: Mutex::new(Vec::new()),
             nr_vcpus,
-            max_vcpus,
             name,
             uuid,
         })
@@ -122,6 +114,15 @@ impl VmShared {
             .iter()
             .map(|c| c.wait_thread_id(Duration::from_secs(1)).unwrap_or(0))
             .collect()
+    }
+}
+
+impl VmShared {
+    /// What each vCPU was doing when it stopped, by vCPU index: `None` for
+    /// a vCPU that runs (its registers cannot be read then).
+    pub fn vcpu_stop_states(&self) -> Vec<Option<VcpuStopState>> {
+        let vcpus = self.vcpus.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        vcpus.iter().map(|c| c.stopped_state()).collect()
     }
 }
 

@@ -91,6 +91,30 @@ struct Node {
     boot: bool,
 }
 
+/// A disk created at boot (`-drive` + `-device virtio-blk-device`, or the
+/// JSON file), as `query-block` describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BootDisk {
+    /// Device id.
+    pub device: String,
+    /// Drive id (QEMU's block backend name).
+    pub drive: String,
+    /// Image path.
+    pub path: PathBuf,
+    /// Read-only (`readonly=on`).
+    pub read_only: bool,
+    /// O_DIRECT (`direct=on`).
+    pub direct: bool,
+}
+
+/// The `cache` member of `query-block`'s `inserted` for an image opened
+/// with (or without) O_DIRECT. `writeback`: the devices offer
+/// VIRTIO_BLK_F_FLUSH, so completed writes may sit in host caches until
+/// the guest flushes; `no-flush`: every flush is carried out (fdatasync).
+fn cache_info(direct: bool) -> Value {
+    json!({"writeback": true, "direct": direct, "no-flush": false})
+}
+
 /// One pre-created slot.
 pub struct Slot {
     block: Arc<Mutex<Block>>,
@@ -143,6 +167,8 @@ pub struct BlockHotplug {
     /// Ids of devices created at boot outside the slots (cannot be reused
     /// or deleted).
     cold_ids: Vec<String>,
+    /// The disks among them.
+    boot_disks: Vec<BootDisk>,
 }
 
 fn generic(desc: impl Into<String>) -> QmpError {
@@ -197,9 +223,10 @@ fn check_image_type(path: &std::path::Path) -> Result<(), QmpError> {
 }
 
 impl BlockHotplug {
-    /// State for `slots` (in slot order, boot disks included) and the ids
-    /// of the devices created at boot outside the slots.
-    pub fn new(mut slots: Vec<Slot>, cold_ids: Vec<String>) -> Self {
+    /// State for `slots` (in slot order, boot disks included), the ids of
+    /// the devices created at boot outside the slots, and the disks among
+    /// those (fixed windows with `blk-slots=0`), listed by `query-block`.
+    pub fn new(mut slots: Vec<Slot>, cold_ids: Vec<String>, boot_disks: Vec<BootDisk>) -> Self {
         let mut nodes = BTreeMap::new();
         for slot in &mut slots {
             if let (Some(node), Some((_, name))) = (slot.boot_node.take(), &slot.device) {
@@ -210,6 +237,7 @@ impl BlockHotplug {
             nodes,
             slots,
             cold_ids,
+            boot_disks,
         }
     }
 
@@ -371,27 +399,28 @@ impl BlockHotplug {
         Ok(format!("/machine/peripheral/{id}"))
     }
 
-    /// `query-block`: every slot, filled or not.
+    /// `query-block`: the boot-time disks (as QEMU lists `-drive` disks:
+    /// `device` is the drive id, no `slot`), then every slot, filled or not.
     pub fn query_block(&self) -> Value {
-        let list: Vec<Value> = self
-            .slots
-            .iter()
-            .enumerate()
-            .map(|(i, s)| {
-                let mut v = json!({"device": "", "slot": i, "locked": false,
+        let boot = self.boot_disks.iter().map(|d| {
+            json!({"device": d.drive, "qdev": format!("/machine/peripheral/{}", d.device),
+                   "locked": false, "removable": false, "type": "unknown",
+                   "inserted": {"file": d.path.display().to_string(), "ro": d.read_only,
+                                "drv": "raw", "cache": cache_info(d.direct)}})
+        });
+        let slots = self.slots.iter().enumerate().map(|(i, s)| {
+            let mut v = json!({"device": "", "slot": i, "locked": false,
                                    "removable": true, "type": "unknown"});
-                if let Some((id, node)) = &s.device {
-                    v["device"] = json!(id);
-                    v["qdev"] = json!(format!("/machine/peripheral/{id}"));
-                    if let Some(n) = self.nodes.get(node) {
-                        v["inserted"] = json!({"file": n.path.display().to_string(), "ro": n.read_only,
-                            "drv": "raw", "node-name": node,
-                            "cache": {"direct": n.direct, "writeback": true, "no-flush": false}});
-                    }
+            if let Some((id, node)) = &s.device {
+                v["device"] = json!(id);
+                v["qdev"] = json!(format!("/machine/peripheral/{id}"));
+                if let Some(n) = self.nodes.get(node) {
+                    v["inserted"] = json!({"file": n.path.display().to_string(), "ro": n.read_only,
+                            "drv": "raw", "node-name": node, "cache": cache_info(n.direct)});
                 }
-                v
-            })
-            .collect();
-        Value::Array(list)
+            }
+            v
+        });
+        Value::Array(boot.chain(slots).collect())
     }
 }

@@ -36,3 +36,19 @@ pub fn open_kvm() -> Result<Kvm, MachineError> {
     }
     Ok(kvm)
 }
+
+/// Path of the KVM device.
+const KVM_DEVICE: &str = "/dev/kvm";
+/// Device number of /dev/kvm: misc major 10, minor 232.
+const KVM_DEVICE_MAJOR: u32 = 10;
+const KVM_DEVICE_MINOR: u32 = 232;
+
+/// Whether `/dev/kvm` is, right now, the KVM character device (what QMP
+/// `query-kvm` reports as `present`).
+pub fn kvm_device_present() -> bool {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    std::fs::metadata(KVM_DEVICE).is_ok_and(|m| {
+        m.file_type().is_char_device()
+            && m.rdev() == libc::makedev(KVM_DEVICE_MAJOR, KVM_DEVICE_MINOR)
+    })
+}

@@ -15,6 +15,7 @@ pub mod hotplug;
 pub mod kvm_checks;
 pub mod legacy;
 pub mod net_hotplug;
+pub mod power_button;
 pub mod qmp_bridge;
 pub mod virtio_devices;
 
@@ -28,7 +29,7 @@ use boot_loader::{AcpiLayout, BootInfo};
 use cpu::{Vcpu, VcpuControl, VcpuEvent, VcpuHandle, VcpuRunState};
 use kvm_bindings::{kvm_pit_config, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::{Kvm, VmFd};
-use machine_manager::config::{SerialConfig, VmConfig};
+use machine_manager::config::{DeviceConfig, SerialConfig, VmConfig};
 
 pub use control::{ControlRequest, LifecycleListener, NoListener, VmShared, VmStatus};
 pub use error::MachineError;
@@ -38,6 +39,7 @@ use guest_image::{GuestImage, PlatformSnapshot};
 use hotplug::{BlockHotplug, Hotplug};
 use legacy::LegacyDevices;
 use net_hotplug::NetHotplug;
+use power_button::PowerButton;
 use virtio_devices::VirtioDevices;
 
 /// Address of the 3-page region KVM needs for the TSS on Intel hosts
@@ -77,6 +79,7 @@ pub struct MicroVm {
     image: GuestImage,
     platform: PlatformSnapshot,
     hotplug: Arc<Mutex<Hotplug>>,
+    power_button: PowerButton,
     vm: VmFd,
     _kvm: Kvm,
     mem: GuestMemoryMmap,
@@ -114,21 +117,29 @@ impl MicroVm {
             &cfg.iothread_of,
         )?;
         let hotplug = Arc::new(Mutex::new(Hotplug {
-            block: BlockHotplug::new(virtio.take_slots(), virtio.fixed_ids().to_vec()),
+            block: BlockHotplug::new(
+                virtio.take_slots(),
+                virtio.fixed_ids().to_vec(),
+                boot_disks(&cfg.devices, virtio.fixed_ids()),
+            ),
             net: NetHotplug::new(virtio.take_net_slots()),
         }));
         // ACPI tables (written with the boot structures; skipped with
-        // -machine acpi=off) describe the CPUs, COM1 and every window.
+        // -machine acpi=off) describe the CPUs, COM1, every window and the
+        // power button.
         let acpi = cfg.machine.acpi.then(|| AcpiLayout {
             vcpus: cfg.machine.nr_vcpus,
             virtio_mmio: virtio.mmio_windows(),
             com1: cfg.serial != SerialConfig::None,
             sleep_port: Some(devices::ACPI_SLEEP_PORT as u16),
+            ged: Some(power_button::ged_desc()),
         });
         // Every window also goes on the kernel command line, as QEMU's
         // microvm does without ACPI and Firecracker does always: a kernel
         // without ACPI (StratoVirt's microVM kernels) finds its devices
         // there, and one with both registers the DSDT's first (docs/devices.md).
+        let guest_acpi_off = boot_loader::acpi::cmdline_disables_acpi(&cfg.boot.cmdline);
+        let power_button = PowerButton::attach(&vm, &mut mmio_bus, acpi.is_some(), guest_acpi_off)?;
         let tokens = virtio.cmdline_tokens();
         let image = GuestImage {
             kernel,
@@ -176,12 +187,8 @@ impl MicroVm {
             sender,
             boot,
             shared: {
-                let shared = VmShared::new(
-                    cfg.name.clone(),
-                    cfg.uuid.clone(),
-                    cfg.machine.nr_vcpus,
-                    cfg.machine.max_vcpus,
-                );
+                let shared =
+                    VmShared::new(cfg.name.clone(), cfg.uuid.clone(), cfg.machine.nr_vcpus);
                 // Without -S the VM is about to run: QMP clients that
                 // connect before the vCPU threads are up see "running", and
                 // a stop they send is applied as soon as the vCPUs start.
@@ -194,6 +201,7 @@ impl MicroVm {
             image,
             platform,
             hotplug,
+            power_button,
             vm,
             _kvm: kvm,
             mem,
@@ -234,6 +242,7 @@ impl MicroVm {
             start_paused,
             image,
             platform,
+            power_button,
             vm,
             mem,
             ..
@@ -286,6 +295,7 @@ impl MicroVm {
                         image: &image,
                         platform: &platform,
                         virtio: &mut virtio,
+                        power_button: &power_button,
                     };
                     if let Some(reason) = control(call, &handles, &shared, &mut parts, listener) {
                         break reason;
@@ -309,18 +319,21 @@ impl MicroVm {
     }
 }
 
-/// What a system reset touches besides the vCPUs.
+/// What a system reset touches besides the vCPUs (and the power button,
+/// which `system_powerdown` presses).
 struct ResetParts<'a> {
     vm: &'a VmFd,
     mem: &'a GuestMemoryMmap,
     image: &'a GuestImage,
     platform: &'a PlatformSnapshot,
     virtio: &'a mut VirtioDevices,
+    power_button: &'a PowerButton,
 }
 
 /// Resets the machine in place: vCPUs stopped, devices reset (block
-/// devices flush), interrupt controllers and PIT restored, the guest image
-/// loaded again, vCPUs back in their boot state; running again if they were.
+/// devices flush, no power button event pending), interrupt controllers
+/// and PIT restored, the guest image loaded again, vCPUs back in their boot
+/// state; running again if they were.
 fn system_reset(
     handles: &[VcpuHandle],
     shared: &VmShared,
@@ -329,6 +342,7 @@ fn system_reset(
     let was = shared.status();
     handles.iter().for_each(VcpuHandle::pause);
     parts.virtio.reset_all();
+    parts.power_button.reset();
     parts
         .platform
         .restore(parts.vm)
@@ -385,15 +399,11 @@ fn control(
                     Some(ExitReason::Error(format!("system_reset failed: {e}"))),
                 ),
             },
-            ControlRequest::SystemPowerdown => (
-                Err(
-                    "system_powerdown: this microVM has no ACPI power button yet to deliver it; \
-                     use quit, or have the guest power off"
-                        .to_string(),
-                ),
-                None,
-                None,
-            ),
+            // The guest decides what to do; the VM keeps running meanwhile.
+            ControlRequest::SystemPowerdown => match parts.power_button.press() {
+                Ok(()) => (Ok(()), Some(("POWERDOWN", Value::Null)), None),
+                Err(e) => (Err(e), None, None),
+            },
         };
     // The answer goes out before the event it causes.
     let _ = call.reply.send(answer);
@@ -416,6 +426,24 @@ fn shutdown_cause(reason: &ExitReason) -> Option<(bool, &'static str)> {
         ExitReason::Quit => Some((false, "host-qmp-quit")),
         ExitReason::Error(_) => None,
     }
+}
+
+/// The boot-time disks outside the block slots (`fixed`: the ids of the
+/// devices with fixed windows), for `query-block`.
+fn boot_disks(devices: &[DeviceConfig], fixed: &[String]) -> Vec<hotplug::BootDisk> {
+    devices
+        .iter()
+        .filter_map(|d| match d {
+            DeviceConfig::Block { id, drive, .. } if fixed.contains(id) => Some(hotplug::BootDisk {
+                device: id.clone(),
+                drive: drive.id.clone(),
+                path: drive.path.clone(),
+                read_only: drive.read_only,
+                direct: drive.direct,
+            }),
+            _ => None,
+        })
+        .collect()
 }
 
 /// The user's command line followed by the device tokens the VMM adds.

@@ -12,6 +12,7 @@ use serde_json::{json, Value};
 use crate::control::{self, ControlRequest, LifecycleListener, VmShared, VmStatus};
 use crate::events::{EventSender, VmEvent};
 use crate::hotplug::Hotplug;
+use crate::kvm_checks;
 
 /// How long a QMP command waits for the control loop.
 const CONTROL_TIMEOUT: Duration = Duration::from_secs(30);
@@ -86,34 +87,34 @@ impl VmQmpHandler {
         Value::Array(cpus)
     }
 
+    /// The pre-6.0 `query-cpus`. `current` is true for vCPU 0, as in QEMU
+    /// (the monitor's default CPU). `halted` and `pc` can only be read from
+    /// a stopped vCPU: they are given while the VM is paused (`stop`, `-S`)
+    /// and left out while it runs, rather than guessed.
     fn query_cpus(&self) -> Value {
-        let running = self.shared.status() == VmStatus::Running;
-        let cpus: Vec<Value> = self
-            .shared
-            .vcpu_thread_ids()
+        let tids = self.shared.vcpu_thread_ids();
+        let stopped = self.shared.vcpu_stop_states();
+        let cpus: Vec<Value> = tids
             .iter()
             .enumerate()
             .map(|(i, tid)| {
-                json!({"CPU": i, "current": i == 0, "halted": !running, "qom_path": Self::qom_path(i),
-                       "thread_id": tid, "arch": "x86", "pc": 0, "props": Self::cpu_props(i)})
-            })
-            .collect();
-        Value::Array(cpus)
-    }
-
-    fn query_hotpluggable_cpus(&self) -> Value {
-        let present = usize::from(self.shared.nr_vcpus);
-        let cpus: Vec<Value> = (0..usize::from(self.shared.max_vcpus.max(self.shared.nr_vcpus)))
-            .map(|i| {
-                let mut cpu = json!({"type": "host-x86_64-cpu", "vcpus-count": 1,
-                                     "props": Self::cpu_props(i)});
-                if i < present {
-                    cpu["qom-path"] = Value::String(Self::qom_path(i));
+                let mut cpu = json!({"CPU": i, "current": i == 0, "qom_path": Self::qom_path(i),
+                                     "thread_id": tid, "arch": "x86", "props": Self::cpu_props(i)});
+                if let Some(Some(state)) = stopped.get(i) {
+                    cpu["halted"] = json!(state.halted);
+                    cpu["pc"] = json!(state.pc);
                 }
                 cpu
             })
             .collect();
         Value::Array(cpus)
+    }
+
+    /// `query-kvm`: `enabled` is true by construction (altovirt runs every
+    /// VM on KVM and exits without it); `present` is whether `/dev/kvm` is
+    /// the KVM device now.
+    fn query_kvm() -> Value {
+        json!({"enabled": true, "present": kvm_checks::kvm_device_present()})
     }
 }
 
@@ -138,10 +139,13 @@ impl QmpHandler for VmQmpHandler {
             }),
             QmpCommand::QueryUuid => Ok(json!({"UUID": self.shared.uuid.clone()
                 .unwrap_or_else(|| "00000000-0000-0000-0000-000000000000".into())})),
-            QmpCommand::QueryKvm => Ok(json!({"enabled": true, "present": true})),
+            QmpCommand::QueryKvm => Ok(Self::query_kvm()),
             QmpCommand::QueryCpus => Ok(self.query_cpus()),
             QmpCommand::QueryCpusFast => Ok(self.query_cpus_fast()),
-            QmpCommand::QueryHotpluggableCpus => Ok(self.query_hotpluggable_cpus()),
+            // As on QEMU's microvm: the vCPUs are fixed at boot.
+            QmpCommand::QueryHotpluggableCpus => Err(QmpError::generic(
+                "machine does not support hot-plugging CPUs",
+            )),
             QmpCommand::BlockdevAdd(args) => self.hotplug().block.blockdev_add(&args),
             QmpCommand::BlockdevDel { node_name } => self.hotplug().block.blockdev_del(&node_name),
             QmpCommand::DeviceAdd(args) => self.hotplug().device_add(&args),

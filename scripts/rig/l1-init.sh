@@ -395,6 +395,49 @@ sc_b_kata() {
     tr -d '\r' </tmp/$sc.l1got | sed "s/^/RIG $sc vsock-l1-listener-got /"
 }
 
+# The ACPI power button (kernel (a)): QMP system_powerdown presses it; the
+# GED's interrupt runs its _EVT, which notifies the PNP0C0C button, and
+# Linux's button driver reports KEY_POWER. In a_powerdown busybox acpid
+# reacts (as a distribution's acpid or systemd-logind would) and the guest
+# powers off; in a_powerdown_ignored nothing listens and the guest runs on
+# until QMP quit.
+sc_a_powerdown() {
+    sc=a_powerdown
+    start $sc powerbutton
+    listen /tmp/$sc.qmp /tmp/$sc.events
+    if wait_for /tmp/$sc.serial L2-PWRBTN-READY 60; then
+        t0=$(now_cs)
+        qmp /tmp/$sc.qmp '{"execute":"system_powerdown"}' | tr -d '\r' | sed "s/^/RIG $sc qmp-powerdown /"
+        # From the press to altovirt's exit (the QMP client's 0.5 s included).
+        i=0
+        while kill -0 $VMM 2>/dev/null && [ $i -lt 600 ]; do i=$((i + 1)); sleep 0.05; done
+        say $sc press-to-exit-ms $((($(now_cs) - t0) * 10))
+    else
+        say $sc not-ready
+    fi
+    finish $sc 60
+}
+sc_a_powerdown_ignored() {
+    sc=a_powerdown_ignored
+    start $sc ignorebutton
+    listen /tmp/$sc.qmp /tmp/$sc.events
+    if wait_for /tmp/$sc.serial "L2-TICK 3 " 60; then
+        qmp /tmp/$sc.qmp '{"execute":"system_powerdown"}' | tr -d '\r' | sed "s/^/RIG $sc qmp-powerdown /"
+        # The guest saw the interrupt once its GED count moves; then 2 s.
+        wait_for /tmp/$sc.serial "L2-TICK .* ged=1" 30 || say $sc no-ged-irq
+        n1=$(grep -c L2-TICK /tmp/$sc.serial)
+        sleep 2
+        n2=$(grep -c L2-TICK /tmp/$sc.serial)
+        say $sc ticks-after-powerdown $((n2 - n1))
+        qmp /tmp/$sc.qmp '{"execute":"query-status"}' '{"execute":"quit"}' |
+            tr -d '\r' | sed "s/^/RIG $sc qmp-status-quit /"
+    else
+        say $sc no-heartbeat
+        qmp /tmp/$sc.qmp '{"execute":"quit"}' >/dev/null
+    fi
+    finish $sc 30
+}
+
 scenarios=
 for w in $(cat /proc/cmdline); do
     case "$w" in rig.scenarios=*) scenarios="${w#rig.scenarios=}" ;; esac

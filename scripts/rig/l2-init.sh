@@ -14,6 +14,11 @@
 #   hotplug    wait for a disk in the empty slot vda (L1 plugs it over QMP),
 #              read its marker, wait for its removal; then wait for eth0's
 #              carrier (a NIC plugged into the empty net slot) and ping L1
+#   powerbutton  load the ACPI button and evdev drivers, run busybox acpid
+#              (as a distribution runs acpid or systemd-logind): on the
+#              power button (QMP system_powerdown) its handler powers off
+#   ignorebutton  the same drivers, no acpid: L2-TICK lines forever, with
+#              the GED's interrupt count (the press arrives, nobody acts)
 /bin/busybox mkdir -p /bin /sbin /usr/bin /usr/sbin /proc /sys /dev /tmp /mnt
 /bin/busybox --install -s
 export PATH=/bin:/sbin:/usr/bin:/usr/sbin
@@ -45,6 +50,22 @@ wait_until() {
         [ $n -le 0 ] && return 1
         sleep 0.1
     done
+}
+# The ACPI button and evdev drivers (modules of kernel (a)), then what they
+# made of the DSDT's power button.
+button_drivers() {
+    for m in button evdev; do
+        [ -e /lib/modules/$m.ko ] && { insmod /lib/modules/$m.ko || echo "L2-INSMOD-FAILED $m"; }
+    done
+    for d in /sys/class/input/input*; do
+        [ "$(cat $d/name 2>/dev/null)" = "Power Button" ] || continue
+        echo "L2-PWRBTN-DEVICE $(cat $d/phys) $(ls -d $d/event* 2>/dev/null | sed 's|.*/||')"
+    done
+}
+# Interrupts the ACPI GED driver has handled (all CPUs), from /proc/interrupts.
+ged_irqs() {
+    awk '/ACPI:Ged/ { n = 0; for (i = 2; i <= NF; i++) if ($i ~ /^[0-9]+$/) n += $i; print n; f = 1 }
+         END { if (!f) print "none" }' /proc/interrupts
 }
 size_is() { [ "$(cat /sys/block/$1/size 2>/dev/null)" "$2" 0 ]; }
 carrier_is() { [ "$(cat /sys/class/net/$1/carrier 2>/dev/null)" = "$2" ]; }
@@ -192,6 +213,41 @@ poweroff)
     sleep 1
     echo "L2-POWEROFF"
     poweroff -f
+    ;;
+powerbutton)
+    button_drivers
+    # busybox acpid's built-in tables map KEY_POWER to the action
+    # PWRF/00000080, which it runs from /etc/acpi.
+    mkdir -p /etc/acpi/PWRF
+    {
+        echo '#!/bin/sh'
+        echo 'exec >/dev/console 2>&1'
+        echo 'echo "L2-PWRBTN-PRESSED $(grep ACPI:Ged /proc/interrupts | tr -s " ")"'
+        echo 'echo "L2-POWEROFF"'
+        echo 'poweroff -f'
+    } >/etc/acpi/PWRF/00000080
+    chmod 0755 /etc/acpi/PWRF/00000080
+    acpid -d &   # -d: in the foreground, logging to the console
+    acpid=$!
+    # Ready once acpid holds the event devices open (no press is missed).
+    if wait_until 10 eval 'ls -l /proc/$acpid/fd 2>/dev/null | grep -q /dev/input/event'; then
+        echo "L2-ACPID $(ls -l /proc/$acpid/fd | grep -o '/dev/input/event[0-9]*' | tr '\n' ' ')"
+    else
+        echo "L2-ACPID no-event-devices"
+    fi
+    echo "L2-GED-IRQS $(ged_irqs)"
+    echo "L2-PWRBTN-READY"
+    sleep 1000
+    ;;
+ignorebutton)
+    button_drivers
+    echo "L2-PWRBTN-READY"
+    i=0
+    while :; do
+        echo "L2-TICK $i ged=$(ged_irqs)"
+        i=$((i + 1))
+        sleep 0.2
+    done
     ;;
 *)
     echo "L2-DONE"

@@ -66,6 +66,11 @@ ko() {
     for m in virtio_ring virtio virtio_mmio virtio_blk failover net_failover virtio_net virtio-rng; do
         [ -f "$cache/modules/$m.ko" ] && echo "file /lib/modules/$m.ko $cache/modules/$m.ko 0644"
     done
+    # The ACPI power button's input device and its /dev/input node (the
+    # power button scenarios).
+    for m in button evdev; do
+        echo "file /lib/modules/$m.ko $(ko $m) 0644"
+    done
 } >"$work/l2.manifest"
 # The initramfs loader wants the modules in dependency order; the loop above
 # lists them so.

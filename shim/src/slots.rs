@@ -163,15 +163,19 @@ impl SlotTable {
     }
 
     /// Rebuilds the table from altovirt's `query-block` reply (one entry per
-    /// slot with `slot`, and `device` + `inserted` when filled). Returns
-    /// false (table untouched) if the reply has another shape.
+    /// slot with `slot`, and `device` + `inserted` when filled; disks created
+    /// at boot come first, without `slot`, and are not slots). Returns false
+    /// (table untouched) if the reply has another shape.
     pub fn sync_from_query_block(&mut self, reply: &Value) -> bool {
         let Some(list) = reply.as_array() else {
             return false;
         };
         let mut slots: Vec<Option<SlotEntry>> = Vec::new();
         for b in list {
-            let Some(i) = b.get("slot").and_then(Value::as_u64) else {
+            let Some(slot) = b.get("slot") else {
+                continue;
+            };
+            let Some(i) = slot.as_u64() else {
                 return false;
             };
             let i = i as usize;
@@ -273,23 +277,29 @@ mod tests {
         let mut t = SlotTable::new("blk", 4);
         t.allocate(None, e("stale")).unwrap();
         let reply = json!([
+            {"device": "rootfs", "qdev": "/machine/peripheral/virtio-blk0", "removable": false,
+             "inserted": {"file": "/root.img", "ro": true, "drv": "raw"}},
             {"device": "", "slot": 0, "locked": false, "removable": true, "type": "unknown"},
             {"device": "vd1", "slot": 1, "qdev": "/machine/peripheral/vd1", "inserted":
                 {"node-name": "drive-vd1", "file": "/x.img", "ro": false, "drv": "raw"}},
             {"device": "", "slot": 2}
         ]);
         assert!(t.sync_from_query_block(&reply));
-        assert_eq!(t.len(), 3);
+        assert_eq!(t.len(), 3, "the boot disk is not a slot");
         assert_eq!(t.find("stale"), None);
+        assert_eq!(t.find("rootfs"), None);
         let (i, got) = t.find("vd1").unwrap();
         assert_eq!(
             (i, got.backend.as_str(), got.source.as_str()),
             (1, "drive-vd1", "/x.img")
         );
         assert_eq!(t.choose(None), Ok(0));
-        // QEMU's query-block has no slots: the table is left alone.
-        assert!(!t.sync_from_query_block(&json!([{"device": "x"}])));
+        // Malformed replies leave the table alone.
         assert!(!t.sync_from_query_block(&json!({})));
+        assert!(!t.sync_from_query_block(&json!([{"device": "", "slot": "0"}])));
         assert_eq!(t.len(), 3);
+        // Boot disks only (blk-slots=0): no slot to plug into.
+        assert!(t.sync_from_query_block(&json!([{"device": "rootfs"}])));
+        assert_eq!(t.len(), 0);
     }
 }

@@ -11,8 +11,11 @@
  * table's checksum and length, reads the FADT (hardware-reduced flag, the
  * DSDT address), counts the MADT's enabled processors, and parses the
  * DSDT's AML (Scope, Device and Name objects with integer, string and
- * buffer data: what the VMM writes) for LNRO0005 (virtio-mmio) devices and
- * their _CRS: Memory32Fixed base and size, extended interrupt and its flags.
+ * buffer data, OperationRegion, Field and Method: what the VMM writes) for
+ * LNRO0005 (virtio-mmio) devices and their _CRS: Memory32Fixed base and
+ * size, extended interrupt and its flags; and for the Generic Event Device
+ * (ACPI0013: interrupt, event selector region and field, _EVT) and the
+ * power button (PNP0C0C) it notifies. Method bodies are skipped.
  *
  * Unless the command line says acpi=off, the LNRO0005 devices become the
  * virtio devices, ahead of the virtio_mmio.device= words (what a Linux
@@ -26,6 +29,9 @@
  *           uarts=<PNP0501 devices> lnro=<LNRO0005 devices>
  *     acpi: lnro base=0x<hex> size=<bytes> gsi=<n> edge=<0|1> low=<0|1>
  *           (one per device, in DSDT order)
+ *     acpi: ged gsi=<n> edge=<0|1> low=<0|1> sel=<mem|io|space N>:0x<hex>/<bytes> \
+ *           field=<access>:<bits> evt=<0|1> pwrb=<PNP0C0C devices>
+ *           (when there is a GED)
  *     or: acpi: no rsdp  |  acpi: error <what>
  */
 
@@ -42,6 +48,7 @@
 #define SEG_HID 0x4449485f		/* "_HID" */
 #define SEG_CRS 0x5352435f		/* "_CRS" */
 #define SEG_S5 0x5f35535f		/* "_S5_" */
+#define SEG_EVT 0x5456455f		/* "_EVT" */
 #define EISAID_PNP0501 0x0105d041	/* 16550 UART */
 
 struct acpi_dev {
@@ -49,6 +56,12 @@ struct acpi_dev {
 	u32 gsi;
 	u8 irq_flags;
 	int lnro, uart, has_mem, has_irq;
+	int ged, pwrb, has_evt;
+	/* OperationRegion (space, offset, length) and its first field. */
+	u8 region_space, field_access;
+	u64 region_base, region_len;
+	u32 field_bits;
+	int has_region;
 };
 
 static struct {
@@ -63,6 +76,9 @@ static struct {
 	u32 cpus, ioapics, uarts;
 	u32 n_lnro;
 	struct acpi_dev lnro[ACPI_MAX_DEVS];
+	int has_ged;
+	struct acpi_dev ged;	/* the ACPI0013 device, if any */
+	u32 pwrbs;		/* PNP0C0C devices */
 } acpi;
 
 static void acpi_fail(const char *what)
@@ -274,6 +290,11 @@ static void aml_terms(struct aml *a, struct acpi_dev *dev, int depth)
 				if (d.lnro && acpi.n_lnro < ACPI_MAX_DEVS)
 					acpi.lnro[acpi.n_lnro++] = d;
 				acpi.uarts += d.uart;
+				acpi.pwrbs += d.pwrb;
+				if (d.ged && !acpi.has_ged) {
+					acpi.ged = d;
+					acpi.has_ged = 1;
+				}
 			} else {
 				aml_terms(&inner, dev, depth + 1);
 			}
@@ -288,6 +309,10 @@ static void aml_terms(struct aml *a, struct acpi_dev *dev, int depth)
 					a->p++;
 				if (dev && seg == SEG_HID && token_is(s, a->p - s, "LNRO0005"))
 					dev->lnro = 1;
+				if (dev && seg == SEG_HID && token_is(s, a->p - s, "ACPI0013"))
+					dev->ged = 1;
+				if (dev && seg == SEG_HID && token_is(s, a->p - s, "PNP0C0C"))
+					dev->pwrb = 1;
 				a->p++;
 			} else if (kind == 0x12) {
 				/* Package (\_S5): skipped whole */
@@ -315,6 +340,45 @@ static void aml_terms(struct aml *a, struct acpi_dev *dev, int depth)
 				if (dev && seg == SEG_HID && v == EISAID_PNP0501)
 					dev->uart = 1;
 			}
+		} else if (op == 0x5b && rd8(a->p) == 0x80) {
+			/* OperationRegion (NAME, space, offset, length) */
+			a->p++;
+			aml_name(a);
+			u8 space = rd8(a->p++);
+			u64 base = aml_integer(a);
+			u64 len = aml_integer(a);
+			if (dev && !dev->has_region) {
+				dev->region_space = space;
+				dev->region_base = base;
+				dev->region_len = len;
+				dev->has_region = 1;
+			}
+		} else if (op == 0x5b && rd8(a->p) == 0x81) {
+			/* Field (REGION, flags) { NAME, bits, ... }: the first entry */
+			a->p++;
+			u64 end = aml_pkg_end(a);
+			if (!end)
+				return;
+			aml_name(a);
+			u8 flags = rd8(a->p++);
+			if (dev && a->p + 4 < end) {
+				a->p += 4;
+				u64 bits_at = a->p;
+				/* A field's PkgLength counts bits. */
+				struct aml f = { a->p, ~0ull };
+				u64 bits_end = aml_pkg_end(&f);
+				dev->field_access = flags & 0xf;
+				dev->field_bits = (u32)(bits_end - bits_at);
+			}
+			a->p = end;
+		} else if (op == 0x14) {
+			/* Method (NAME, flags) { ... }: only its name matters here */
+			u64 end = aml_pkg_end(a);
+			if (!end)
+				return;
+			if (dev && aml_name(a) == SEG_EVT)
+				dev->has_evt = 1;
+			a->p = end;
 		} else {
 			acpi_fail("unexpected AML opcode");
 		}
@@ -408,6 +472,46 @@ static void acpi_print(void)
 		puts_serial(" low=");
 		put_dec((d->irq_flags >> 2) & 1);
 		if (!d->has_mem || !d->has_irq)
+			puts_serial(" incomplete");
+		putc_serial('\n');
+	}
+	if (acpi.has_ged) {
+		static const char *const access[] = {
+			"any", "byte", "word", "dword", "qword", "buffer"
+		};
+		const struct acpi_dev *g = &acpi.ged;
+		puts_serial("acpi: ged gsi=");
+		put_dec(g->gsi);
+		puts_serial(" edge=");
+		put_dec((g->irq_flags >> 1) & 1);
+		puts_serial(" low=");
+		put_dec((g->irq_flags >> 2) & 1);
+		puts_serial(" sel=");
+		if (!g->has_region) {
+			puts_serial("none");
+		} else {
+			if (g->region_space == 0)
+				puts_serial("mem");
+			else if (g->region_space == 1)
+				puts_serial("io");
+			else {
+				puts_serial("space");
+				put_dec(g->region_space);
+			}
+			putc_serial(':');
+			put_hex_short(g->region_base);
+			putc_serial('/');
+			put_dec(g->region_len);
+		}
+		puts_serial(" field=");
+		puts_serial(g->field_access <= 5 ? access[g->field_access] : "?");
+		putc_serial(':');
+		put_dec(g->field_bits);
+		puts_serial(" evt=");
+		put_dec(g->has_evt);
+		puts_serial(" pwrb=");
+		put_dec(acpi.pwrbs);
+		if (!g->has_irq)
 			puts_serial(" incomplete");
 		putc_serial('\n');
 	}

@@ -15,6 +15,7 @@
  *   virtio: ..., blk: ..., rng: ..., console: ..., blk-bad: ..., net: ...
  *       (with virtio_mmio.device= or guest.virtio= words, or virtio-mmio
  *       devices in the ACPI DSDT; see virtio.c and acpi.c)
+ *   ged: ...    (only with guest.ged=; see ged.c)
  *   boot-complete
  * then 123 goes to the boot-complete port 0x3F0 and the action chosen by
  * guest.exit= (reset, triplefault, halt, spin, poweroff) runs.
@@ -489,6 +490,10 @@ static void __attribute__((noreturn)) do_exit(enum exit_action action)
 
 #include "acpi.c"
 
+/* ---- ACPI Generic Event Device (guest.ged=; the power button) ---------------- */
+
+#include "ged.c"
+
 /* ---- Main ------------------------------------------------------------------ */
 
 static const char *const boot_names[] = { "elf64", "pvh", "bzimage" };
@@ -543,6 +548,7 @@ void __attribute__((noreturn)) guest_main(u32 kind, u64 boot_block)
 
 	/* Read the exit action before the AP trampoline overwrites low memory. */
 	enum exit_action action = parse_exit_action(info.cmdline);
+	enum ged_mode ged = ged_parse(info.cmdline);
 	virtio_parse_cmdline(info.cmdline);
 	acpi_run(kind, boot_block, info.cmdline);
 
@@ -557,6 +563,7 @@ void __attribute__((noreturn)) guest_main(u32 kind, u64 boot_block)
 	putc_serial('\n');
 
 	virtio_run();
+	ged_run(ged);
 
 	puts_serial("boot-complete\n");
 	outb(BOOT_COMPLETE_PORT, BOOT_COMPLETE_VALUE);

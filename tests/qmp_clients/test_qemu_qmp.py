@@ -95,7 +95,19 @@ async def lifecycle(tmp):
     kvm = await qmp.execute("query-kvm")
     check("query-kvm", kvm == {"enabled": True, "present": True}, kvm)
     names = {c["name"] for c in await qmp.execute("query-commands")}
-    check("query-commands", {"stop", "cont", "quit", "query-status"} <= names, names)
+    check("query-commands", {"stop", "cont", "quit", "query-status", "system_powerdown"} <= names, names)
+    check("query-hotpluggable-cpus not listed", "query-hotpluggable-cpus" not in names, names)
+    try:
+        await qmp.execute("query-hotpluggable-cpus")
+        check("query-hotpluggable-cpus fails", False)
+    except ExecuteError as e:
+        check("query-hotpluggable-cpus fails as on QEMU's microvm",
+              e.error_class == "GenericError" and str(e) == "machine does not support hot-plugging CPUs", e)
+
+    # The ACPI power button: the guest (halted) ignores it and runs on.
+    check("system_powerdown", await qmp.execute("system_powerdown") == {})
+    await next_event(qmp, "POWERDOWN")
+    check("running after system_powerdown", (await qmp.execute("query-status"))["status"] == "running")
 
     try:
         await qmp.execute("no-such-command")

@@ -16,6 +16,8 @@ pub(crate) const SCENARIOS: &[&str] = &[
     "poweroff",
     "a_devices",
     "a_hotplug",
+    "a_powerdown",
+    "a_powerdown_ignored",
 ];
 /// Kernel (b) scenarios, added when scripts/rig/build-kernel-b.sh has
 /// already built that kernel (building it takes minutes, so the suite never

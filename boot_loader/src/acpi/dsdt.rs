@@ -20,6 +20,23 @@
 //!         })
 //!     }
 //!     ...
+//!     Device (GED_) {                       // with a GED (the power button)
+//!         Name (_HID, "ACPI0013")
+//!         Name (_UID, 0)
+//!         Name (_CRS, ResourceTemplate () {
+//!             Interrupt (ResourceConsumer, Edge, ActiveHigh, Exclusive) { gsi }
+//!         })
+//!         OperationRegion (EREG, SystemMemory, base, 4)
+//!         Field (EREG, DWordAcc, NoLock, WriteAsZeros) { ESEL, 32 }
+//!         Method (_EVT, 1, Serialized) {
+//!             Local0 = ESEL                     // reading clears the events
+//!             If ((Local0 & 2) == 2) { Notify (\_SB.PWRB, 0x80) }
+//!         }
+//!     }
+//!     Device (PWRB) {                       // with a GED
+//!         Name (_HID, "PNP0C0C")
+//!         Name (_UID, 0)
+//!     }
 //! }
 //! ```
 //!
@@ -29,18 +46,20 @@
 //! its IRQ 4 would not be routed.
 
 use acpi_tables::aml::{
-    self, Device, EISAName, Interrupt, Memory32Fixed, Name, Package, ResourceTemplate, Scope, IO,
+    self, And, Device, EISAName, Equal, Field, FieldAccessType, FieldEntry, FieldLockRule,
+    FieldUpdateRule, If, Interrupt, Local, Memory32Fixed, Method, Name, Notify, OpRegion,
+    OpRegionSpace, Package, Path, ResourceTemplate, Scope, Store, IO,
 };
 use acpi_tables::Aml;
 
-use super::{AcpiLayout, MmioDeviceDesc};
+use super::{AcpiLayout, GedDesc, MmioDeviceDesc};
 
 /// The ACPI hardware id Linux's virtio_mmio driver matches.
 pub const VIRTIO_MMIO_HID: &str = "LNRO0005";
 /// COM1's I/O ports and IRQ.
 const COM1_PORT: u16 = 0x3f8;
 const COM1_PORT_LEN: u8 = 8;
-const COM1_GSI: u32 = 4;
+pub(super) const COM1_GSI: u32 = 4;
 
 fn bytes_of(aml: &dyn Aml) -> Vec<u8> {
     let mut out = Vec::new();
@@ -87,6 +106,70 @@ pub(super) fn virtio_device(index: usize, d: &MmioDeviceDesc) -> Vec<u8> {
     ))
 }
 
+/// The ACPI hardware id of the Generic Event Device.
+pub const GED_HID: &str = "ACPI0013";
+/// The ACPI hardware id of a control-method power button.
+pub const POWER_BUTTON_HID: &str = "PNP0C0C";
+/// Bytes of the GED's event selector register.
+const GED_SELECTOR_LEN: u8 = 4;
+/// The selector bit `_EVT` turns into a power button notification.
+const GED_EVT_POWER_DOWN: u8 = 2;
+/// Notify value of a pressed button ("status change", ACPI 6.5 table 5.166).
+const BUTTON_PRESSED: u8 = 0x80;
+
+/// `Device (GED_)`: its interrupt, the event selector as an operation
+/// region, and `_EVT` notifying `\_SB.PWRB` when the power-down bit is set.
+pub(super) fn ged(g: &GedDesc) -> Vec<u8> {
+    let irq = edge_interrupt(g.gsi);
+    let crs = ResourceTemplate::new(vec![&irq]);
+    // The caller checked that the register lies below 4 GiB.
+    let base = g.base as u32;
+    let region = OpRegion::new(
+        "EREG".into(),
+        OpRegionSpace::SystemMemory,
+        &base,
+        &GED_SELECTOR_LEN,
+    );
+    let field = Field::new(
+        "EREG".into(),
+        FieldAccessType::DWord,
+        FieldLockRule::NoLock,
+        FieldUpdateRule::WriteAsZeroes,
+        vec![FieldEntry::Named(*b"ESEL", 32)],
+    );
+    let selector = Path::new("ESEL");
+    let read = Store::new(&Local(0), &selector);
+    // No target (NullName, the byte 0): the result is only compared.
+    let masked = And::new(&aml::ZERO, &Local(0), &GED_EVT_POWER_DOWN);
+    let is_power_down = Equal::new(&masked, &GED_EVT_POWER_DOWN);
+    let button = Path::new("\\_SB_.PWRB");
+    let notify = Notify::new(&button, &BUTTON_PRESSED);
+    let on_power_down = If::new(&is_power_down, vec![&notify]);
+    let evt = Method::new("_EVT".into(), 1, true, vec![&read, &on_power_down]);
+    bytes_of(&Device::new(
+        "GED_".into(),
+        vec![
+            &Name::new("_HID".into(), &GED_HID),
+            &Name::new("_UID".into(), &aml::ZERO),
+            &Name::new("_CRS".into(), &crs),
+            &region,
+            &field,
+            &evt,
+        ],
+    ))
+}
+
+/// `Device (PWRB)`: the power button the GED notifies.
+pub(super) fn power_button() -> Vec<u8> {
+    bytes_of(&Device::new(
+        "PWRB".into(),
+        vec![
+            &Name::new("_HID".into(), &POWER_BUTTON_HID),
+            &Name::new("_UID".into(), &aml::ZERO),
+        ],
+    ))
+}
+
 /// SLP_TYP of S5 in `\_S5` (what the guest writes to the sleep control
 /// register to power off).
 pub const S5_SLP_TYP: u8 = 5;
@@ -109,6 +192,10 @@ pub fn dsdt_aml(layout: &AcpiLayout) -> Vec<u8> {
     }
     for (i, d) in layout.virtio_mmio.iter().enumerate() {
         children.extend(virtio_device(i, d));
+    }
+    if let Some(g) = &layout.ged {
+        children.extend(ged(g));
+        children.extend(power_button());
     }
     let mut aml = Scope::raw("\\_SB_".into(), children);
     if layout.sleep_port.is_some() {

@@ -3,6 +3,8 @@
 //! window as an `LNRO0005` device with its memory range and interrupt, the
 //! way QEMU's microvm and Firecracker do, so a kernel whose virtio_mmio
 //! driver has no command-line device support still finds the devices.
+//! With a Generic Event Device the DSDT also has the power button (`GED_`
+//! and `PWRB`), as on QEMU's microvm.
 //!
 //! Everything lives in the legacy BIOS area
 //! ([`ACPI_START`]`..`[`ACPI_END`], reserved in the e820 map): the RSDP at
@@ -22,6 +24,7 @@ use vm_memory::{Bytes, GuestAddress};
 use crate::layout::{ACPI_END, ACPI_START};
 
 pub use dsdt::dsdt_aml;
+use dsdt::COM1_GSI;
 
 /// Pins of the IOAPIC, hence the GSIs a device can use.
 pub const IOAPIC_PINS: u32 = 24;
@@ -40,6 +43,16 @@ pub struct MmioDeviceDesc {
     pub gsi: u32,
 }
 
+/// The Generic Event Device (`ACPI0013`) as the DSDT describes it: the
+/// interrupt it raises and its 32-bit event selector register.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GedDesc {
+    /// Guest-physical address of the event selector (system memory).
+    pub base: u64,
+    /// The IOAPIC input (GSI) of its interrupt.
+    pub gsi: u32,
+}
+
 /// What the ACPI tables describe.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AcpiLayout {
@@ -55,6 +68,9 @@ pub struct AcpiLayout {
     /// them: the FADT points at it and the DSDT gets `\_S5`, so the guest
     /// can power off.
     pub sleep_port: Option<u16>,
+    /// A Generic Event Device carrying the power button: the DSDT gets
+    /// `GED_` (its `_EVT` notifies the button) and `PWRB` (`PNP0C0C`).
+    pub ged: Option<GedDesc>,
 }
 
 /// The ACPI tables could not be built or written.
@@ -79,6 +95,12 @@ pub enum AcpiError {
         /// The GSI asked for.
         gsi: u32,
     },
+    /// The GED's register lies (partly) above 4 GiB.
+    #[error("the GED register at {0:#x} does not fit below 4 GiB")]
+    GedAbove4G(u64),
+    /// The GED's GSI is not an IOAPIC pin, or another device uses it.
+    #[error("the GED cannot use GSI {0}: not a free IOAPIC pin")]
+    GedGsi(u32),
     /// More windows than device names `V000`..`V999`.
     #[error("{0} virtio-mmio windows; at most 1000 can be named in the DSDT")]
     TooManyDevices(usize),
@@ -143,6 +165,16 @@ fn check(layout: &AcpiLayout) -> Result<(), AcpiError> {
             });
         }
     }
+    if let Some(g) = &layout.ged {
+        if g.base.checked_add(4).is_none_or(|end| end > 1 << 32) {
+            return Err(AcpiError::GedAbove4G(g.base));
+        }
+        let taken =
+            (layout.com1 && g.gsi == COM1_GSI) || layout.virtio_mmio.iter().any(|d| d.gsi == g.gsi);
+        if g.gsi >= IOAPIC_PINS || taken {
+            return Err(AcpiError::GedGsi(g.gsi));
+        }
+    }
     Ok(())
 }
 
@@ -203,13 +235,18 @@ pub fn write_tables(mem: &GuestMemoryMmap, layout: &AcpiLayout) -> Result<GuestA
             .map_err(|source| AcpiError::GuestWrite { what, source })?;
     }
     log::info!(
-        "ACPI tables: RSDP {:#x}, XSDT {:#x}, FADT {:#x}, MADT {:#x}, DSDT {:#x} ({} virtio-mmio devices)",
+        "ACPI tables: RSDP {:#x}, XSDT {:#x}, FADT {:#x}, MADT {:#x}, DSDT {:#x} ({} virtio-mmio devices{})",
         addrs.rsdp,
         addrs.xsdt,
         addrs.fadt,
         addrs.madt,
         addrs.dsdt,
-        layout.virtio_mmio.len()
+        layout.virtio_mmio.len(),
+        if layout.ged.is_some() {
+            ", GED power button"
+        } else {
+            ""
+        }
     );
     Ok(GuestAddress(addrs.rsdp))
 }

@@ -36,6 +36,7 @@ fn layout(vcpus: u8, devices: u32, com1: bool) -> AcpiLayout {
         virtio_mmio: virtio(devices),
         com1,
         sleep_port: None,
+        ged: None,
     }
 }
 
@@ -234,6 +235,12 @@ enum Node {
     Scope(String, Vec<Node>),
     Device(String, Vec<Node>),
     Name(String, Value),
+    /// OperationRegion: name, space, offset, length.
+    OpRegion(String, u8, u64, u64),
+    /// Field: region, flags, (name, bits) entries.
+    Field(String, u8, Vec<(String, usize)>),
+    /// Method: name, flags, the body's bytes (not parsed).
+    Method(String, u8, Vec<u8>),
 }
 
 struct Aml<'a> {
@@ -354,6 +361,35 @@ impl Aml<'_> {
                     let name = self.name_string();
                     out.push(Node::Name(name, self.data()));
                 }
+                0x5b if self.b[self.i] == 0x80 => {
+                    self.i += 1;
+                    let name = self.name_seg();
+                    let space = self.byte();
+                    let (offset, len) = (self.integer(), self.integer());
+                    out.push(Node::OpRegion(name, space, offset, len));
+                }
+                0x5b if self.b[self.i] == 0x81 => {
+                    self.i += 1;
+                    let e = self.pkg_end();
+                    let region = self.name_seg();
+                    let flags = self.byte();
+                    let mut fields = vec![];
+                    while self.i < e {
+                        let name = self.name_seg();
+                        // A field's PkgLength counts bits, not bytes.
+                        let start = self.i;
+                        let bits = self.pkg_end() - start;
+                        fields.push((name, bits));
+                    }
+                    out.push(Node::Field(region, flags, fields));
+                }
+                0x14 => {
+                    let e = self.pkg_end();
+                    let name = self.name_seg();
+                    let flags = self.byte();
+                    out.push(Node::Method(name, flags, self.b[self.i..e].to_vec()));
+                    self.i = e;
+                }
                 op => panic!("unexpected opcode {op:#x} at {}", self.i - 1),
             }
         }
@@ -466,6 +502,8 @@ fn sb_devices(dsdt_body: &[u8]) -> Vec<(String, Vec<Node>)> {
         })
         .collect()
 }
+
+mod ged;
 
 #[test]
 fn dsdt_has_one_lnro0005_device_per_window_with_its_resources() {
