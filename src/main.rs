@@ -7,6 +7,7 @@ use std::time::Instant;
 use std::sync::Arc;
 
 use machine::qmp_bridge::{QmpEvents, VmQmpHandler};
+use machine::seccomp::ThreadKind;
 use machine::{ExitReason, KernelSource, MicroVm, VmEvent};
 use machine_manager::config::{
     parse_cmdline, single_line, Command, LogTarget, SerialConfig, VmConfig, USAGE,
@@ -15,7 +16,7 @@ use machine_manager::logger;
 use machine_manager::process::{
     block_terminating_signals, daemonize, spawn_signal_thread, PidFile, TerminalGuard,
 };
-use qmp::{EventHub, QmpServer, QmpServerHandle};
+use qmp::{EventHub, QmpServer, QmpServerHandle, QmpThreadFilters};
 
 /// The guest booted when no `-kernel` is given: prints what it sees
 /// (memory map, command line, CPUs) on the serial console and resets.
@@ -84,10 +85,17 @@ fn start_qmp(
         vm.hotplug(),
         hub.emitter(),
     ));
+    let seccomp = vm.seccomp_filters();
+    let filters = QmpThreadFilters {
+        accept: seccomp.get(ThreadKind::QmpAccept),
+        reader: seccomp.get(ThreadKind::QmpReader),
+        writer: seccomp.get(ThreadKind::QmpWriter),
+    };
     cfg.qmp
         .iter()
         .map(|path| {
             QmpServer::bind(path, handler.clone(), hub)
+                .map(|server| server.confine(filters.clone()))
                 .and_then(QmpServer::start)
                 .map_err(|e| (EXIT_FAILURE, format!("-qmp: {e}")))
         })
@@ -133,8 +141,10 @@ fn run(cfg: &VmConfig, start: Instant) -> Result<ExitCode, Failure> {
     let events = vm.event_sender();
     let hub = EventHub::new();
     let qmp_servers = start_qmp(cfg, &vm, &hub)?;
-    spawn_signal_thread(move |sig| events.send(VmEvent::HostSignal(sig)))
-        .map_err(|e| fail(EXIT_FAILURE)(&e))?;
+    spawn_signal_thread(vm.seccomp_filters().get(ThreadKind::Signals), move |sig| {
+        events.send(VmEvent::HostSignal(sig))
+    })
+    .map_err(|e| fail(EXIT_FAILURE)(&e))?;
     if let Some(d) = daemon.as_mut() {
         d.ready();
     }

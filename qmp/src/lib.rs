@@ -40,7 +40,7 @@ pub use hotplug::{
     NetdevBackend, TapNetdevArgs,
 };
 pub use protocol::{greeting_line, QmpHandler, QmpVersion, Response};
-pub use server::{QmpServer, QmpServerHandle, MAX_CLIENTS};
+pub use server::{QmpServer, QmpServerHandle, QmpThreadFilters, MAX_CLIENTS};
 
 /// Locks a mutex, ignoring poisoning (the data stays usable: every critical
 /// section here leaves it consistent).
