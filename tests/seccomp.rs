@@ -68,7 +68,18 @@ fn every_thread_is_confined_by_default() {
         return;
     }
     let (child, client) = vm_with_client("seccomp-on", &[]);
-    let threads = thread_confinement(child.id());
+    // QMP serves before the vCPUs are started (and the main thread confines
+    // itself right after starting them): wait for that point.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let threads = loop {
+        let threads = thread_confinement(child.id());
+        let started = threads.get("vcpu").is_some_and(|v| v.len() == 2)
+            && threads.get("altovirt").is_some_and(|m| m[0].0 == 2);
+        if started || std::time::Instant::now() > deadline {
+            break threads;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
     for name in [
         "altovirt",
         "vcpu",

@@ -290,8 +290,24 @@ fn accept_loop(
                 let mut conns = lock(conns);
                 reap(&mut conns);
                 if conns.len() >= MAX_CLIENTS {
-                    log::warn!("QMP: {MAX_CLIENTS} clients already connected, refusing one");
-                    continue;
+                    // Keep a way in: the oldest client still in negotiation
+                    // mode gives up its place; if every client negotiated,
+                    // the new one is refused.
+                    match conns.iter().find(|c| !c.conn.negotiated()) {
+                        Some(idle) => {
+                            log::warn!(
+                                "QMP: {MAX_CLIENTS} clients connected; closing the oldest \
+                                 one that never negotiated to admit a new one"
+                            );
+                            idle.conn.close();
+                        }
+                        None => {
+                            log::warn!(
+                                "QMP: {MAX_CLIENTS} clients already connected, refusing one"
+                            );
+                            continue;
+                        }
+                    }
                 }
                 match spawn_connection(stream, shared) {
                     Ok(c) => conns.push(c),

@@ -404,6 +404,23 @@ fn qmp_reader(r: &mut Rules) -> Result<(), BackendError> {
     ioctls(r, &vhost_ioctls())?;
     // `stop` kicks the vCPUs out of KVM_RUN.
     allow(r, &[libc::SYS_tgkill]);
+    // The negotiation deadline (SO_RCVTIMEO), nothing else.
+    r.entry(libc::SYS_setsockopt)
+        .or_default()
+        .push(SeccompRule::new(vec![
+            SeccompCondition::new(
+                1,
+                SeccompCmpArgLen::Dword,
+                SeccompCmpOp::Eq,
+                libc::SOL_SOCKET as u64,
+            )?,
+            SeccompCondition::new(
+                2,
+                SeccompCmpArgLen::Dword,
+                SeccompCmpOp::Eq,
+                libc::SO_RCVTIMEO as u64,
+            )?,
+        ])?);
     Ok(())
 }
 
