@@ -7,6 +7,7 @@ use std::time::Instant;
 use std::sync::Arc;
 
 use machine::qmp_bridge::{QmpEvents, VmQmpHandler};
+use machine::seccomp::ThreadKind;
 use machine::{ExitReason, KernelSource, MicroVm, VmEvent};
 use machine_manager::config::{
     parse_cmdline, single_line, Command, LogTarget, SerialConfig, VmConfig, USAGE,
@@ -15,7 +16,7 @@ use machine_manager::logger::{self, LoggerError};
 use machine_manager::process::{
     block_terminating_signals, daemonize, spawn_signal_thread, PidFile, ProcessError, TerminalGuard,
 };
-use qmp::{EventHub, QmpServer, QmpServerError, QmpServerHandle};
+use qmp::{EventHub, QmpServer, QmpServerError, QmpServerHandle, QmpThreadFilters};
 
 /// The guest booted when no `-kernel` is given: prints what it sees
 /// (memory map, command line, CPUs) on the serial console and resets.
@@ -112,14 +113,39 @@ fn start_qmp(
         vm.hotplug(),
         hub.emitter(),
     ));
+    let seccomp = vm.seccomp_filters();
+    let filters = QmpThreadFilters {
+        accept: seccomp.get(ThreadKind::QmpAccept),
+        reader: seccomp.get(ThreadKind::QmpReader),
+        writer: seccomp.get(ThreadKind::QmpWriter),
+    };
     cfg.qmp
         .iter()
         .map(|path| {
             QmpServer::bind(path, handler.clone(), hub)
+                .map(|server| server.confine(filters.clone()))
                 .and_then(QmpServer::start)
                 .map_err(|e| (qmp_status(&e), format!("-qmp: {e}")))
         })
         .collect()
+}
+
+/// Reports a panic (a bug: the handlers that catch it go on) as one line
+/// naming the thread, without a backtrace: resolving one reads files that
+/// no thread's seccomp filter allows, whatever RUST_BACKTRACE says.
+fn report_panics_in_one_line(to_log_file: bool) {
+    std::panic::set_hook(Box::new(move |info| {
+        let current = std::thread::current();
+        let line = format!(
+            "thread '{}' {}",
+            current.name().unwrap_or("unnamed"),
+            single_line(&info.to_string())
+        );
+        if to_log_file {
+            log::error!("{line}");
+        }
+        eprintln!("altovirt: {line}");
+    }));
 }
 
 /// Runs the VM described by `cfg`; returns the process exit status.
@@ -170,11 +196,16 @@ fn run(cfg: &VmConfig, start: Instant) -> Result<ExitCode, Failure> {
         };
         (code, e.to_string())
     })?;
+    if vm.seccomp_filters().enabled() {
+        report_panics_in_one_line(matches!(cfg.log, LogTarget::File(_)));
+    }
     let events = vm.event_sender();
     let hub = EventHub::new();
     let qmp_servers = start_qmp(cfg, &vm, &hub)?;
-    spawn_signal_thread(move |sig| events.send(VmEvent::HostSignal(sig)))
-        .map_err(|e| fail(EXIT_FAILURE)(&e))?;
+    spawn_signal_thread(vm.seccomp_filters().get(ThreadKind::Signals), move |sig| {
+        events.send(VmEvent::HostSignal(sig))
+    })
+    .map_err(|e| fail(EXIT_FAILURE)(&e))?;
     if let Some(d) = daemon.as_mut() {
         d.ready();
     }

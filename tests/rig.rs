@@ -11,10 +11,10 @@
 
 #[path = "rig/harness.rs"]
 mod harness;
-#[path = "rig/slots.rs"]
-mod slots;
 #[path = "rig/power_button.rs"]
 mod power_button;
+#[path = "rig/slots.rs"]
+mod slots;
 
 use harness::*;
 use std::time::Duration;

@@ -323,13 +323,31 @@ impl Vcpu {
         })
     }
 
-    /// Starts the vCPU on its own thread, named `vcpu<N>`.
-    pub fn start(self, control: Arc<VcpuControl>) -> Result<VcpuHandle, CpuError> {
+    /// Starts the vCPU on its own thread, named `vcpu<N>`. The thread
+    /// installs `filter` (a seccomp program) before its first KVM_RUN; if
+    /// that fails the vCPU reports an error and never runs.
+    pub fn start(
+        self,
+        control: Arc<VcpuControl>,
+        filter: Option<Arc<seccompiler::BpfProgram>>,
+    ) -> Result<VcpuHandle, CpuError> {
         let id = self.id;
         let thread_control = control.clone();
         let thread = std::thread::Builder::new()
             .name(format!("vcpu{id}"))
-            .spawn(move || self.run_loop(&thread_control))
+            .spawn(move || {
+                if let Some(filter) = filter {
+                    if let Err(e) = seccompiler::apply_filter(&filter) {
+                        self.events.vcpu_event(
+                            id,
+                            VcpuEvent::Error(format!("cannot install the seccomp filter: {e}")),
+                        );
+                        thread_control.mark_finished();
+                        return;
+                    }
+                }
+                self.run_loop(&thread_control)
+            })
             .map_err(|source| CpuError::Spawn { id, source })?;
         Ok(VcpuHandle {
             id,

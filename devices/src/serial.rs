@@ -89,13 +89,23 @@ impl BusDevice for SerialDevice {
 
 /// Feeds bytes from `input` into the UART until `input` reaches EOF or
 /// fails. Runs on its own thread; waits while the guest's FIFO is full.
+/// The thread first installs `filter` (a seccomp program) and ends the
+/// process if it cannot.
 pub fn spawn_input_thread(
     device: Arc<Mutex<SerialDevice>>,
     mut input: Box<dyn Read + Send>,
+    filter: Option<Arc<seccompiler::BpfProgram>>,
 ) -> Result<(), DeviceError> {
     std::thread::Builder::new()
         .name("serial-in".into())
         .spawn(move || {
+            if let Some(filter) = filter {
+                if let Err(e) = seccompiler::apply_filter(&filter) {
+                    log::error!("serial-in: cannot install the seccomp filter: {e}");
+                    eprintln!("altovirt: serial-in: cannot install the seccomp filter: {e}");
+                    std::process::exit(1);
+                }
+            }
             let mut buf = [0u8; 64];
             loop {
                 let n = match input.read(&mut buf) {

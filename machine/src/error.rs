@@ -74,6 +74,9 @@ pub enum MachineError {
     /// A legacy device could not be created.
     #[error("{0}")]
     Device(#[from] devices::DeviceError),
+    /// A seccomp filter could not be built or installed.
+    #[error("{0}")]
+    Seccomp(#[from] crate::seccomp::SeccompError),
     /// A vCPU could not be created or started.
     #[error("{0}")]
     Cpu(#[from] cpu::CpuError),

@@ -38,6 +38,7 @@ impl LegacyDevices {
         serial_cfg: &SerialConfig,
         events: EventSender,
         start: Instant,
+        stdin_filter: Option<Arc<seccompiler::BpfProgram>>,
     ) -> Result<Self, MachineError> {
         let bus_err = |what| move |source| MachineError::Bus { what, source };
         let serial = match serial_output(serial_cfg)? {
@@ -55,7 +56,7 @@ impl LegacyDevices {
                     .insert(COM1_PORT, COM1_PORT_LEN, dev.clone())
                     .map_err(bus_err("serial"))?;
                 if matches!(serial_cfg, SerialConfig::Stdio) {
-                    spawn_input_thread(dev.clone(), Box::new(std::io::stdin()))?;
+                    spawn_input_thread(dev.clone(), Box::new(std::io::stdin()), stdin_filter)?;
                 }
                 Some(dev)
             }

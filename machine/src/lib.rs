@@ -17,6 +17,7 @@ pub mod legacy;
 pub mod net_hotplug;
 pub mod power_button;
 pub mod qmp_bridge;
+pub mod seccomp;
 pub mod virtio_devices;
 
 use std::sync::mpsc::Receiver;
@@ -40,6 +41,7 @@ use hotplug::{BlockHotplug, Hotplug};
 use legacy::LegacyDevices;
 use net_hotplug::NetHotplug;
 use power_button::PowerButton;
+use seccomp::{ThreadFilters, ThreadKind};
 use virtio_devices::VirtioDevices;
 
 /// Address of the 3-page region KVM needs for the TSS on Intel hosts
@@ -83,6 +85,7 @@ pub struct MicroVm {
     vm: VmFd,
     _kvm: Kvm,
     mem: GuestMemoryMmap,
+    seccomp: ThreadFilters,
 }
 
 impl MicroVm {
@@ -94,6 +97,9 @@ impl MicroVm {
         start: Instant,
     ) -> Result<Self, MachineError> {
         host_memory::check_guest_ram(cfg.machine.mem_size, cfg.machine.mem_overcommit)?;
+        // Compiled first: a host without seccomp filtering fails before
+        // anything is created.
+        let seccomp = ThreadFilters::new(!cfg.disable_seccomp)?;
         let kvm = kvm_checks::open_kvm()?;
         let vm = create_vm(&kvm)?;
         let platform = PlatformSnapshot::capture(&vm)?;
@@ -161,7 +167,14 @@ impl MicroVm {
 
         let (sender, events) = events::channel();
         let mut io_bus = Bus::new();
-        let legacy = LegacyDevices::attach(&vm, &mut io_bus, &cfg.serial, sender.clone(), start)?;
+        let legacy = LegacyDevices::attach(
+            &vm,
+            &mut io_bus,
+            &cfg.serial,
+            sender.clone(),
+            start,
+            seccomp.get(ThreadKind::SerialIn),
+        )?;
         let io_bus = Arc::new(io_bus);
         let mmio_bus = Arc::new(mmio_bus);
 
@@ -205,7 +218,15 @@ impl MicroVm {
             vm,
             _kvm: kvm,
             mem,
+            seccomp,
         })
+    }
+
+    /// The seccomp filters of every thread kind (empty with
+    /// `-disable-seccomp`), for the threads the binary starts itself (QMP,
+    /// signals).
+    pub fn seccomp_filters(&self) -> &ThreadFilters {
+        &self.seccomp
     }
 
     /// Where and how the guest was loaded.
@@ -245,8 +266,15 @@ impl MicroVm {
             power_button,
             vm,
             mem,
+            seccomp,
             ..
         } = self;
+        // Every thread confines itself before the guest runs: the device
+        // loops now, each vCPU before its first KVM_RUN, this thread once
+        // the vCPUs are started.
+        for event_loop in virtio.event_loops() {
+            seccomp.install_on_loop(event_loop, ThreadKind::VirtioIo)?;
+        }
         let nr_vcpus = vcpus.len();
         let initial = if start_paused {
             VcpuRunState::Paused
@@ -255,8 +283,9 @@ impl MicroVm {
         };
         let mut handles: Vec<VcpuHandle> = Vec::with_capacity(nr_vcpus);
         for vcpu in vcpus {
-            handles.push(vcpu.start(VcpuControl::new(initial))?);
+            handles.push(vcpu.start(VcpuControl::new(initial), seccomp.get(ThreadKind::Vcpu))?);
         }
+        seccomp.install_here(ThreadKind::Vmm)?;
         shared.set_vcpus(handles.iter().map(|h| h.control().clone()).collect());
         shared.set_status(if start_paused {
             VmStatus::Prelaunch
@@ -434,13 +463,15 @@ fn boot_disks(devices: &[DeviceConfig], fixed: &[String]) -> Vec<hotplug::BootDi
     devices
         .iter()
         .filter_map(|d| match d {
-            DeviceConfig::Block { id, drive, .. } if fixed.contains(id) => Some(hotplug::BootDisk {
-                device: id.clone(),
-                drive: drive.id.clone(),
-                path: drive.path.clone(),
-                read_only: drive.read_only,
-                direct: drive.direct,
-            }),
+            DeviceConfig::Block { id, drive, .. } if fixed.contains(id) => {
+                Some(hotplug::BootDisk {
+                    device: id.clone(),
+                    drive: drive.id.clone(),
+                    path: drive.path.clone(),
+                    read_only: drive.read_only,
+                    direct: drive.direct,
+                })
+            }
             _ => None,
         })
         .collect()

@@ -217,6 +217,11 @@ impl VirtioDevices {
         Ok(base)
     }
 
+    /// The device event loops: `virtio-io` and the iothreads.
+    pub fn event_loops(&self) -> impl Iterator<Item = &EventLoop> {
+        std::iter::once(&self.event_loop).chain(self.iothreads.values())
+    }
+
     /// The block hotplug slots, taken once by the machine.
     pub fn take_slots(&mut self) -> Vec<Slot> {
         std::mem::take(&mut self.slots)

@@ -6,6 +6,7 @@ use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// Errors of process set-up.
 #[derive(Debug, thiserror::Error)]
@@ -188,22 +189,39 @@ pub fn block_terminating_signals() -> Result<(), ProcessError> {
 }
 
 /// Starts a thread that waits for the (blocked) terminating signals and
-/// calls `on_signal` for each.
+/// calls `on_signal` for each. The thread first installs `filter` (a
+/// seccomp program), and ends the process if it cannot.
 pub fn spawn_signal_thread(
+    filter: Option<Arc<seccompiler::BpfProgram>>,
     on_signal: impl Fn(libc::c_int) + Send + 'static,
 ) -> Result<(), ProcessError> {
     let set = terminating_set();
     std::thread::Builder::new()
         .name("signals".into())
-        .spawn(move || loop {
-            let mut sig = 0;
-            // SAFETY: sigwait on an initialised set.
-            if unsafe { libc::sigwait(&set, &mut sig) } == 0 {
-                on_signal(sig);
+        .spawn(move || {
+            if let Some(f) = filter {
+                confine_or_exit("signals", &f);
+            }
+            loop {
+                let mut sig = 0;
+                // SAFETY: sigwait on an initialised set.
+                if unsafe { libc::sigwait(&set, &mut sig) } == 0 {
+                    on_signal(sig);
+                }
             }
         })
         .map(|_| ())
         .map_err(ProcessError::Signals)
+}
+
+/// Installs `filter` on the calling thread; a thread that cannot confine
+/// itself ends the process (status 1) rather than run unconfined.
+pub fn confine_or_exit(thread: &str, filter: &seccompiler::BpfProgram) {
+    if let Err(e) = seccompiler::apply_filter(filter) {
+        log::error!("{thread}: cannot install the seccomp filter: {e}");
+        eprintln!("altovirt: {thread}: cannot install the seccomp filter: {e}");
+        std::process::exit(1);
+    }
 }
 
 /// Puts a terminal on stdin into raw-ish mode (no line buffering, no echo;

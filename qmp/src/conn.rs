@@ -13,6 +13,7 @@ use std::io;
 use std::net::Shutdown;
 use std::os::unix::net::UnixStream;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use crate::fds::{recv_with_fds, send_all};
 use crate::framer::Framer;
@@ -29,6 +30,11 @@ const READER_PAUSE_AT: usize = 64;
 
 /// Size of one read.
 const READ_CHUNK: usize = 64 * 1024;
+
+/// A client that has not completed `qmp_capabilities` this long after it
+/// connected is disconnected, so idle
+/// connections cannot hold every client slot.
+pub const NEGOTIATION_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Default)]
 struct ConnState {
@@ -103,6 +109,11 @@ impl Conn {
             self.cond.notify_all();
         }
         true
+    }
+
+    /// Whether the client has completed capabilities negotiation.
+    pub(crate) fn negotiated(&self) -> bool {
+        self.state().negotiated
     }
 
     /// Marks the start of a request: events raised from now on wait for its
@@ -202,15 +213,53 @@ pub(crate) fn writer_loop(conn: Arc<Conn>) {
 }
 
 /// Body of a connection's reader thread.
+fn log_negotiation_timeout() {
+    log::info!(
+        "QMP: closing a client that did not negotiate capabilities within {} s",
+        NEGOTIATION_TIMEOUT.as_secs()
+    );
+}
+
 pub(crate) fn reader_loop(conn: Arc<Conn>, mut session: Session) {
     let mut framer = Framer::new();
     let mut buf = vec![0u8; READ_CHUNK];
     let mut fds = Vec::new();
+    // Until negotiation completes, reads time out at a fixed deadline.
+    let deadline = Instant::now() + NEGOTIATION_TIMEOUT;
+    let mut waiting_for_negotiation = true;
     'read: while conn.wait_for_room() {
+        if waiting_for_negotiation {
+            let timeout = if session.negotiated() {
+                waiting_for_negotiation = false;
+                None
+            } else {
+                match deadline.checked_duration_since(Instant::now()) {
+                    Some(left) if !left.is_zero() => Some(left),
+                    _ => {
+                        log_negotiation_timeout();
+                        break;
+                    }
+                }
+            };
+            if let Err(e) = conn.stream.set_read_timeout(timeout) {
+                log::debug!("QMP: cannot set the negotiation timeout: {e}");
+                break;
+            }
+        }
         let n = match recv_with_fds(&conn.stream, &mut buf, &mut fds) {
             Ok(0) => break,
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e)
+                if waiting_for_negotiation
+                    && matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) =>
+            {
+                log_negotiation_timeout();
+                break;
+            }
             Err(e) => {
                 log::debug!("QMP: read error: {e}");
                 break;

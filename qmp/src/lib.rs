@@ -29,7 +29,7 @@ mod server;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 pub use command::{QmpCapability, QmpCommand, COMMAND_NAMES};
-pub use conn::MAX_QUEUED_LINES;
+pub use conn::{MAX_QUEUED_LINES, NEGOTIATION_TIMEOUT};
 pub use error::{ErrorClass, QmpError, QmpServerError};
 pub use events::{event_line, EventEmitter, EventHub, Timestamp};
 pub use fds::{FdLookup, FdStore, MAX_PENDING_FDS, MAX_STORED_FDS};
@@ -40,7 +40,7 @@ pub use hotplug::{
     NetdevBackend, TapNetdevArgs,
 };
 pub use protocol::{greeting_line, QmpHandler, QmpVersion, Response};
-pub use server::{QmpServer, QmpServerHandle, MAX_CLIENTS};
+pub use server::{QmpServer, QmpServerHandle, QmpThreadFilters, MAX_CLIENTS};
 
 /// Locks a mutex, ignoring poisoning (the data stays usable: every critical
 /// section here leaves it consistent).

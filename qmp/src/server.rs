@@ -53,6 +53,33 @@ struct Shared {
     handler: Arc<dyn QmpHandler>,
     hub: EventHub,
     fds: Arc<Mutex<FdStore>>,
+    filters: QmpThreadFilters,
+}
+
+/// The seccomp programs the server's threads install before they touch a
+/// client's input: the accept thread's, and each client's reader's and
+/// writer's (which also inherit the accept thread's filter, so that one
+/// must allow what they do). `None` installs nothing.
+#[derive(Clone, Default)]
+pub struct QmpThreadFilters {
+    /// For the `qmp-accept` thread.
+    pub accept: Option<Arc<seccompiler::BpfProgram>>,
+    /// For each `qmp-reader` thread.
+    pub reader: Option<Arc<seccompiler::BpfProgram>>,
+    /// For each `qmp-writer` thread.
+    pub writer: Option<Arc<seccompiler::BpfProgram>>,
+}
+
+/// Installs `filter` on the calling thread; a thread that cannot confine
+/// itself ends the process (status 1) rather than serve a client unconfined.
+fn confine_or_exit(thread: &str, filter: Option<&seccompiler::BpfProgram>) {
+    if let Some(filter) = filter {
+        if let Err(e) = seccompiler::apply_filter(filter) {
+            log::error!("{thread}: cannot install the seccomp filter: {e}");
+            eprintln!("altovirt: {thread}: cannot install the seccomp filter: {e}");
+            std::process::exit(1);
+        }
+    }
 }
 
 /// A bound, listening QMP socket that does not serve clients yet.
@@ -84,8 +111,18 @@ impl QmpServer {
                 handler,
                 hub: events.clone(),
                 fds: Arc::new(Mutex::new(FdStore::default())),
+                filters: QmpThreadFilters::default(),
             }),
         })
+    }
+
+    /// Makes the server's threads install `filters` (seccomp) when they
+    /// start; call before [`QmpServer::start`].
+    pub fn confine(mut self, filters: QmpThreadFilters) -> Self {
+        if let Some(shared) = Arc::get_mut(&mut self.shared) {
+            shared.filters = filters;
+        }
+        self
     }
 
     /// The socket path.
@@ -111,7 +148,10 @@ impl QmpServer {
             let conns = conns.clone();
             thread::Builder::new()
                 .name("qmp-accept".into())
-                .spawn(move || accept_loop(listener, &stop, &shared, &conns))
+                .spawn(move || {
+                    confine_or_exit("qmp-accept", shared.filters.accept.as_deref());
+                    accept_loop(listener, &stop, &shared, &conns)
+                })
                 .map_err(QmpServerError::Thread)?
         };
         Ok(QmpServerHandle {
@@ -250,8 +290,24 @@ fn accept_loop(
                 let mut conns = lock(conns);
                 reap(&mut conns);
                 if conns.len() >= MAX_CLIENTS {
-                    log::warn!("QMP: {MAX_CLIENTS} clients already connected, refusing one");
-                    continue;
+                    // Keep a way in: the oldest client still in negotiation
+                    // mode gives up its place; if every client negotiated,
+                    // the new one is refused.
+                    match conns.iter().find(|c| !c.conn.negotiated()) {
+                        Some(idle) => {
+                            log::warn!(
+                                "QMP: {MAX_CLIENTS} clients connected; closing the oldest \
+                                 one that never negotiated to admit a new one"
+                            );
+                            idle.conn.close();
+                        }
+                        None => {
+                            log::warn!(
+                                "QMP: {MAX_CLIENTS} clients already connected, refusing one"
+                            );
+                            continue;
+                        }
+                    }
                 }
                 match spawn_connection(stream, shared) {
                     Ok(c) => conns.push(c),
@@ -275,15 +331,23 @@ fn spawn_connection(stream: UnixStream, shared: &Shared) -> io::Result<ConnThrea
     let session = Session::new(shared.handler.clone(), shared.fds.clone());
     let writer = {
         let conn = conn.clone();
+        let filter = shared.filters.writer.clone();
         thread::Builder::new()
             .name("qmp-writer".into())
-            .spawn(move || writer_loop(conn))?
+            .spawn(move || {
+                confine_or_exit("qmp-writer", filter.as_deref());
+                writer_loop(conn)
+            })?
     };
     let reader = {
         let conn2 = conn.clone();
+        let filter = shared.filters.reader.clone();
         thread::Builder::new()
             .name("qmp-reader".into())
-            .spawn(move || reader_loop(conn2, session))
+            .spawn(move || {
+                confine_or_exit("qmp-reader", filter.as_deref());
+                reader_loop(conn2, session)
+            })
     };
     let reader = match reader {
         Ok(r) => r,

@@ -43,7 +43,7 @@ Usage: altovirt [OPTIONS]
   -nographic            no graphical output (accepted for compatibility)
   -no-reboot            exit when the guest reboots
   -D [LOGFILE]          write the VMM log to LOGFILE, or to stderr without a value
-  -disable-seccomp      do not install the seccomp filter
+  -disable-seccomp      do not install the per-thread seccomp filters (on by default)
   -daemonize            run in the background after startup
   -pidfile PATH         write the process id to PATH
   -config FILE          read the JSON configuration file FILE (flags override it)
