@@ -190,7 +190,7 @@ fn query_kvm_reports_dev_kvm_as_it_is_now() {
 }
 
 #[test]
-fn query_block_lists_boot_disks_with_their_own_settings_then_the_slots() {
+fn query_block_lists_boot_disks_in_their_slots_with_their_own_settings() {
     if !kvm_usable("qmp_query_block") {
         return;
     }
@@ -208,7 +208,7 @@ fn query_block_lists_boot_disks_with_their_own_settings_then_the_slots() {
             "-append",
             "guest.exit=halt",
             "-machine",
-            "microvm,blk-slots=1,net-slots=0",
+            "microvm,blk-slots=3,net-slots=0",
             "-drive",
             &drive_a,
             "-device",
@@ -225,15 +225,15 @@ fn query_block_lists_boot_disks_with_their_own_settings_then_the_slots() {
     assert_eq!(
         r["return"],
         json!([
-            {"device": "root", "qdev": "/machine/peripheral/virtio-blk0", "locked": false,
-             "removable": false, "type": "unknown",
+            {"device": "virtio-blk0", "slot": 0, "qdev": "/machine/peripheral/virtio-blk0",
+             "locked": false, "removable": true, "type": "unknown",
              "inserted": {"file": a.display().to_string(), "ro": true, "drv": "raw",
-                          "cache": cache(true)}},
-            {"device": "data", "qdev": "/machine/peripheral/virtio-blk1", "locked": false,
-             "removable": false, "type": "unknown",
+                          "node-name": "root", "cache": cache(true)}},
+            {"device": "virtio-blk1", "slot": 1, "qdev": "/machine/peripheral/virtio-blk1",
+             "locked": false, "removable": true, "type": "unknown",
              "inserted": {"file": b.display().to_string(), "ro": false, "drv": "raw",
-                          "cache": cache(false)}},
-            {"device": "", "slot": 0, "locked": false, "removable": true, "type": "unknown"},
+                          "node-name": "data", "cache": cache(false)}},
+            {"device": "", "slot": 2, "locked": false, "removable": true, "type": "unknown"},
         ]),
         "{r}"
     );

@@ -179,7 +179,9 @@ log "booting L1 (scenarios: $sc)"
 # - once in a while (about 1 run in 6 on this host) L1 prints nothing at
 #   all: it hangs before its kernel's first message. With no output after
 #   ${RIG_FIRST_OUTPUT_S:-60} s, L1's registers go to stderr (QEMU's monitor
-#   over QMP) and L1 is booted again, once.
+#   over QMP) and L1 is booted again, up to ${RIG_L1_ATTEMPTS:-5} boots in
+#   all (the hang happened in about 4 of 12 boots on 2026-12-05, twice in a
+#   row twice; its cause is not found yet, see docs/rig.md).
 # - L1 reboots right after RIG-DONE (QEMU -no-reboot then exits); should it
 #   hang on the way out, QEMU is ended 10 s after RIG-DONE.
 fifo="$work/console"
@@ -232,9 +234,11 @@ boot_l1() {
 }
 st=0
 boot_l1 || st=$?
-if [ "$st" = 2 ]; then
-    log "booting L1 again"
+attempt=1
+while [ "$st" = 2 ] && [ "$attempt" -lt "${RIG_L1_ATTEMPTS:-5}" ]; do
+    attempt=$((attempt + 1))
+    log "booting L1 again (attempt $attempt of ${RIG_L1_ATTEMPTS:-5})"
     st=0
     boot_l1 || st=$?
-fi
+done
 exit "$st"
