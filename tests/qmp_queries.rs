@@ -305,8 +305,18 @@ fn query_hotpluggable_cpus_fails_as_on_qemus_microvm_and_is_not_listed() {
             "{listed} missing: {names:?}"
         );
     }
-    // The vCPUs that exist are the ones query-cpus-fast lists.
-    let fast = c.execute("query-cpus-fast");
+    // The vCPUs that exist are the ones query-cpus-fast lists (QMP serves
+    // before the vCPU threads are started: wait for them).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let fast = loop {
+        let fast = c.execute("query-cpus-fast");
+        if fast["return"].as_array().is_some_and(|a| !a.is_empty())
+            || std::time::Instant::now() > deadline
+        {
+            break fast;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
     assert_eq!(fast["return"].as_array().unwrap().len(), 2, "{fast}");
     vm.quit(&mut c);
     let _ = std::fs::remove_dir_all(dir);

@@ -138,7 +138,9 @@ pub fn rules(kind: ThreadKind) -> Result<Rules, BackendError> {
         }
         ThreadKind::QmpReader => qmp_reader(&mut r)?,
         ThreadKind::QmpWriter => qmp_writer(&mut r)?,
-        ThreadKind::SerialIn => allow(&mut r, &[libc::SYS_read]),
+        // fcntl: seen from this thread when the VMM exits early (a -qmp
+        // error) while it reads stdin.
+        ThreadKind::SerialIn => allow(&mut r, &[libc::SYS_read, libc::SYS_fcntl]),
         ThreadKind::Signals => allow(&mut r, &[libc::SYS_rt_sigtimedwait]),
     }
     Ok(r)
