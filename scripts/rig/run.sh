@@ -178,7 +178,7 @@ log "booting L1 (scenarios: $sc)"
 # L1's console is the only output on stdout. Two watchdogs:
 # - once in a while (about 1 run in 6 on this host) L1 prints nothing at
 #   all: it hangs before its kernel's first message. With no output after
-#   ${RIG_FIRST_OUTPUT_S:-60} s, L1's registers go to stderr (QEMU's monitor
+#   ${RIG_FIRST_OUTPUT_S:-180} s, L1's registers go to stderr (QEMU's monitor
 #   over QMP) and L1 is booted again, up to ${RIG_L1_ATTEMPTS:-5} boots in
 #   all (the hang happened in about 4 of 12 boots on 2026-12-05, twice in a
 #   row twice; its cause is not found yet, see docs/rig.md).
@@ -201,8 +201,8 @@ boot_l1() {
     first=1
     while :; do
         if [ "$first" = 1 ]; then
-            if ! IFS= read -r -t "${RIG_FIRST_OUTPUT_S:-60}" line <&3; then
-                log "L1 printed nothing in ${RIG_FIRST_OUTPUT_S:-60} s; its state:"
+            if ! IFS= read -r -t "${RIG_FIRST_OUTPUT_S:-180}" line <&3; then
+                log "L1 printed nothing in ${RIG_FIRST_OUTPUT_S:-180} s; its state:"
                 printf '%s\n' '{"execute":"qmp_capabilities"}' \
                     '{"execute":"human-monitor-command","arguments":{"command-line":"info registers"}}' |
                     socat -t 2 - "UNIX-CONNECT:$l1qmp" 2>&1 | sed 's/\\r\\n/\n/g' | head -n 40 >&2 || true
