@@ -12,6 +12,7 @@ use machine::{ExitReason, KernelSource, MicroVm, VmEvent};
 use machine_manager::config::{
     parse_cmdline, single_line, Command, LogTarget, SerialConfig, VmConfig, USAGE,
 };
+use machine_manager::log_limit::LogStats;
 use machine_manager::logger::{self, LoggerError};
 use machine_manager::process::{
     block_terminating_signals, daemonize, spawn_signal_thread, PidFile, ProcessError, TerminalGuard,
@@ -106,13 +107,12 @@ fn start_qmp(
     cfg: &VmConfig,
     vm: &MicroVm,
     hub: &EventHub,
+    log_stats: Arc<LogStats>,
 ) -> Result<Vec<QmpServerHandle>, Failure> {
-    let handler = Arc::new(VmQmpHandler::new(
-        vm.shared(),
-        vm.event_sender(),
-        vm.hotplug(),
-        hub.emitter(),
-    ));
+    let handler = Arc::new(
+        VmQmpHandler::new(vm.shared(), vm.event_sender(), vm.hotplug(), hub.emitter())
+            .with_log_stats(log_stats),
+    );
     let seccomp = vm.seccomp_filters();
     let filters = QmpThreadFilters {
         accept: seccomp.get(ThreadKind::QmpAccept),
@@ -148,6 +148,15 @@ fn report_panics_in_one_line(to_log_file: bool) {
     }));
 }
 
+/// Says once, at exit, how many lines the rate limiter dropped in all (the
+/// last drops of a site are otherwise never reported).
+fn report_dropped_log_lines(stats: &LogStats) {
+    let dropped = stats.total_dropped();
+    if dropped > 0 {
+        log::warn!("{dropped} log lines were suppressed by rate limiting in all");
+    }
+}
+
 /// Runs the VM described by `cfg`; returns the process exit status.
 fn run(cfg: &VmConfig, start: Instant) -> Result<ExitCode, Failure> {
     if cfg.daemonize && cfg.serial == SerialConfig::Stdio {
@@ -158,7 +167,7 @@ fn run(cfg: &VmConfig, start: Instant) -> Result<ExitCode, Failure> {
                 .into(),
         ));
     }
-    logger::init(&cfg.log, start).map_err(|e| {
+    let log_stats = logger::init(&cfg.log, start).map_err(|e| {
         let code = match &e {
             LoggerError::Open { source, .. } => path_status(source),
             _ => EXIT_FAILURE,
@@ -201,7 +210,7 @@ fn run(cfg: &VmConfig, start: Instant) -> Result<ExitCode, Failure> {
     }
     let events = vm.event_sender();
     let hub = EventHub::new();
-    let qmp_servers = start_qmp(cfg, &vm, &hub)?;
+    let qmp_servers = start_qmp(cfg, &vm, &hub, log_stats.clone())?;
     spawn_signal_thread(vm.seccomp_filters().get(ThreadKind::Signals), move |sig| {
         events.send(VmEvent::HostSignal(sig))
     })
@@ -215,6 +224,7 @@ fn run(cfg: &VmConfig, start: Instant) -> Result<ExitCode, Failure> {
     // Dropping the servers flushes pending replies and events (the SHUTDOWN
     // event included) and removes the sockets.
     drop(qmp_servers);
+    report_dropped_log_lines(&log_stats);
     let reason = result.map_err(|e| fail(EXIT_FAILURE)(&e))?;
     match reason {
         ExitReason::Reset => log::info!("guest reset: exiting"),

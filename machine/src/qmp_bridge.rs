@@ -6,6 +6,7 @@
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use machine_manager::log_limit::LogStats;
 use qmp::{EventEmitter, FdLookup, QmpCommand, QmpError, QmpHandler};
 use serde_json::{json, Value};
 
@@ -23,6 +24,7 @@ pub struct VmQmpHandler {
     sender: EventSender,
     hotplug: Arc<Mutex<Hotplug>>,
     events: EventEmitter,
+    log_stats: Option<Arc<LogStats>>,
 }
 
 impl VmQmpHandler {
@@ -39,7 +41,31 @@ impl VmQmpHandler {
             sender,
             hotplug,
             events,
+            log_stats: None,
         }
+    }
+
+    /// Answers `__io.altovirt_query-log-stats` from `stats` (the counts the
+    /// process logger keeps); without it the command fails.
+    pub fn with_log_stats(mut self, stats: Arc<LogStats>) -> Self {
+        self.log_stats = Some(stats);
+        self
+    }
+
+    /// `{"error": {"logged": N, "dropped": M}, "warn": …, …}`.
+    fn query_log_stats(&self) -> Result<Value, QmpError> {
+        let stats = self
+            .log_stats
+            .as_ref()
+            .ok_or_else(|| QmpError::generic("no log statistics are kept"))?;
+        let mut out = serde_json::Map::new();
+        for (name, counts) in stats.snapshot() {
+            out.insert(
+                name.to_string(),
+                json!({"logged": counts.logged, "dropped": counts.dropped}),
+            );
+        }
+        Ok(Value::Object(out))
     }
 
     fn hotplug(&self) -> MutexGuard<'_, Hotplug> {
@@ -153,6 +179,7 @@ impl QmpHandler for VmQmpHandler {
             QmpCommand::NetdevAdd(args) => self.hotplug().netdev_add(&args, fds),
             QmpCommand::NetdevDel { id } => self.hotplug().net.netdev_del(&id),
             QmpCommand::QueryBlock => Ok(self.hotplug().block.query_block()),
+            QmpCommand::QueryLogStats => self.query_log_stats(),
             other => Err(QmpError::not_supported(other.name())),
         }
     }

@@ -5,5 +5,6 @@
 
 pub mod config;
 pub mod event_loop;
+pub mod log_limit;
 pub mod logger;
 pub mod process;

@@ -3,15 +3,18 @@
 //!
 //! Without `-D`, warnings and errors still go to stderr. With `-D`, the
 //! level is `info`; `ALTOVIRT_LOG=error|warn|info|debug|trace` overrides it.
+//! Error, warning and info lines are rate-limited per call site
+//! ([`crate::log_limit`]), so a guest cannot flood the log.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use log::{LevelFilter, Log, Metadata, Record};
+use log::{Level, LevelFilter, Log, Metadata, Record};
 
 use crate::config::LogTarget;
+use crate::log_limit::{LogStats, RateLimiter, Verdict};
 
 /// Errors while setting up logging.
 #[derive(Debug, thiserror::Error)]
@@ -38,6 +41,34 @@ struct Logger {
     start: Instant,
     sink: Sink,
     level: LevelFilter,
+    limiter: Mutex<RateLimiter>,
+    stats: Arc<LogStats>,
+}
+
+impl Logger {
+    /// Whether a line passes the per-site limiter (debug and trace always
+    /// do), and how many of its site's lines were dropped before it.
+    fn admit(&self, record: &Record<'_>) -> Option<u64> {
+        if record.level() > Level::Info {
+            return Some(0);
+        }
+        let site = (
+            record.file_static().unwrap_or("?"),
+            record.line().unwrap_or(0),
+        );
+        let verdict = self
+            .limiter
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .check(site, Instant::now());
+        match verdict {
+            Verdict::Log { dropped_before } => Some(dropped_before),
+            Verdict::Drop => {
+                self.stats.count_dropped(record.level());
+                None
+            }
+        }
+    }
 }
 
 impl Log for Logger {
@@ -49,9 +80,17 @@ impl Log for Logger {
         if !self.enabled(record.metadata()) {
             return;
         }
+        let Some(dropped_before) = self.admit(record) else {
+            return;
+        };
+        self.stats.count_logged(record.level());
         let t = self.start.elapsed();
+        let dropped = match dropped_before {
+            0 => String::new(),
+            n => format!(" ({n} similar lines suppressed)"),
+        };
         let line = format!(
-            "[{:>5}.{:06}] {:<5} {}: {}\n",
+            "[{:>5}.{:06}] {:<5} {}: {}{dropped}\n",
             t.as_secs(),
             t.subsec_micros(),
             record.level(),
@@ -89,7 +128,8 @@ fn level_from_env(default: LevelFilter) -> LevelFilter {
 }
 
 /// Installs the process logger for `target`; `start` is the VMM start time.
-pub fn init(target: &LogTarget, start: Instant) -> Result<(), LoggerError> {
+/// Returns the counts of lines it writes and drops.
+pub fn init(target: &LogTarget, start: Instant) -> Result<Arc<LogStats>, LoggerError> {
     let (sink, default) = match target {
         LogTarget::None => (Sink::Stderr, LevelFilter::Warn),
         LogTarget::Stderr => (Sink::Stderr, LevelFilter::Info),
@@ -106,8 +146,15 @@ pub fn init(target: &LogTarget, start: Instant) -> Result<(), LoggerError> {
         }
     };
     let level = level_from_env(default);
-    log::set_boxed_logger(Box::new(Logger { start, sink, level }))
-        .map_err(|_| LoggerError::AlreadySet)?;
+    let stats = Arc::new(LogStats::default());
+    let logger = Logger {
+        start,
+        sink,
+        level,
+        limiter: Mutex::new(RateLimiter::default()),
+        stats: stats.clone(),
+    };
+    log::set_boxed_logger(Box::new(logger)).map_err(|_| LoggerError::AlreadySet)?;
     log::set_max_level(level);
-    Ok(())
+    Ok(stats)
 }

@@ -89,7 +89,14 @@ pub enum QmpCommand {
     },
     /// `query-block`: block devices.
     QueryBlock,
+    /// `__io.altovirt_query-log-stats` (a downstream extension, named as
+    /// the QMP specification asks): log lines written and dropped by the
+    /// rate limiter, per level.
+    QueryLogStats,
 }
+
+/// The wire name of [`QmpCommand::QueryLogStats`].
+pub const QUERY_LOG_STATS: &str = "__io.altovirt_query-log-stats";
 
 /// The command names `query-commands` lists: every command altovirt
 /// carries out. (`query-hotpluggable-cpus` is understood but always fails
@@ -118,6 +125,7 @@ pub const COMMAND_NAMES: &[&str] = &[
     "netdev_add",
     "netdev_del",
     "query-block",
+    QUERY_LOG_STATS,
 ];
 
 impl QmpCommand {
@@ -163,6 +171,7 @@ impl QmpCommand {
             "query-cpus-fast" => QmpCommand::QueryCpusFast,
             "query-hotpluggable-cpus" => QmpCommand::QueryHotpluggableCpus,
             "query-block" => QmpCommand::QueryBlock,
+            QUERY_LOG_STATS => QmpCommand::QueryLogStats,
             "getfd" => QmpCommand::Getfd {
                 fdname: a.req_str("fdname")?,
             },
@@ -219,6 +228,7 @@ impl QmpCommand {
             QmpCommand::NetdevAdd(_) => "netdev_add",
             QmpCommand::NetdevDel { .. } => "netdev_del",
             QmpCommand::QueryBlock => "query-block",
+            QmpCommand::QueryLogStats => QUERY_LOG_STATS,
         }
     }
 

@@ -28,7 +28,7 @@ mod server;
 
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
-pub use command::{QmpCapability, QmpCommand, COMMAND_NAMES};
+pub use command::{QmpCapability, QmpCommand, COMMAND_NAMES, QUERY_LOG_STATS};
 pub use conn::{MAX_QUEUED_LINES, NEGOTIATION_TIMEOUT};
 pub use error::{ErrorClass, QmpError, QmpServerError};
 pub use events::{event_line, EventEmitter, EventHub, Timestamp};

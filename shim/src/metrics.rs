@@ -225,6 +225,10 @@ pub fn collect(h: &mut Hypervisor) -> Result<Vec<Family>, DriverError> {
         ),
     ];
     if h.flavour() == Flavour::StratoVirt {
+        // altovirt's extension; StratoVirt itself has no such command.
+        if let Ok(stats) = h.qmp_execute("__io.altovirt_query-log-stats", None) {
+            f.push(log_lines(&stats));
+        }
         if let Some(list) = blocks.as_array() {
             let mut t = h.block_slots().clone();
             if t.sync_from_query_block(&Value::Array(list.clone())) {
@@ -250,6 +254,31 @@ pub fn collect(h: &mut Hypervisor) -> Result<Vec<Family>, DriverError> {
         }
     }
     Ok(f)
+}
+
+/// `altovirt_vmm_log_lines_total{level, outcome}` from the reply of
+/// `__io.altovirt_query-log-stats`: lines written and lines dropped by the
+/// VMM's per-site rate limiter (a guest flooding the log shows here).
+fn log_lines(stats: &Value) -> Family {
+    let mut samples = Vec::new();
+    if let Some(levels) = stats.as_object() {
+        for (level, counts) in levels {
+            for outcome in ["logged", "dropped"] {
+                if let Some(n) = counts.get(outcome).and_then(Value::as_u64) {
+                    samples.push((
+                        vec![("level", level.clone()), ("outcome", outcome.to_string())],
+                        n as f64,
+                    ));
+                }
+            }
+        }
+    }
+    family(
+        "altovirt_vmm_log_lines_total",
+        "counter",
+        "Log lines of the VMM by level, written or dropped by its rate limiter.",
+        samples,
+    )
 }
 
 /// [`collect`] rendered with the sandbox and hypervisor labels.

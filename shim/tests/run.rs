@@ -234,8 +234,17 @@ fn check_metrics(rd: &Path, id: &str, flavour: &str, vmm_pid: u32, used_blk: f64
             .iter()
             .find(|(l, _)| l["kind"] == "blk" && l["state"] == "used");
         assert_eq!(used.unwrap().1, used_blk);
+        // altovirt's log counters: every level, both outcomes, nothing
+        // dropped by a quiet guest.
+        let lines = m.get("altovirt_vmm_log_lines_total").unwrap();
+        assert_eq!(lines.len(), 10, "{t}");
+        let dropped_warn = lines
+            .iter()
+            .find(|(l, _)| l["level"] == "warn" && l["outcome"] == "dropped");
+        assert_eq!(dropped_warn.unwrap().1, 0.0, "{t}");
     } else {
         assert!(slots.is_none(), "QEMU has no hotplug slots");
+        assert!(m.get("altovirt_vmm_log_lines_total").is_none());
     }
 }
 

@@ -11,7 +11,8 @@
  *       parses it (size with an optional K/M/G suffix; numbers in decimal,
  *       0x hex or 0 octal)
  *   guest.virtio=<test>[,<test>...]  blk, rng, console, blk-bad, net, vsock,
- *                                    blkbench, hotplug, net-hotplug, fs (run
+ *                                    blkbench, hotplug, net-hotplug, fs,
+ *                                    log-flood (run
  *                                    in the order given; net-hotplug is in
  *                                    nethotplug.c, fs in virtiofs.c)
  *   guest.blkwrite=1                 blk also writes, flushes and re-reads
@@ -57,6 +58,8 @@
  *          vsock: accepted rx timeout     (with guest.vsocklisten=)
  *   vsock: accepted done
  *   vsock: done
+ *   log-flood: writes=<n>          (n invalid queue sizes written to the rng
+ *                                   device, each one a host warning)
  *   blkbench: bytes=<b> count=<requests issued> errors=<non-zero status or timeout>
  *   hotplug: at boot slot=<i> capacity=<N> sum=0x<fnv1a32 of sector 0>
  *            (per blk device already holding a disk; "read status=<n>"
@@ -1842,6 +1845,36 @@ static void virtio_probe(void)
 	}
 }
 
+/*
+ * log-flood: a hostile driver making the host warn in a loop. Writes an
+ * invalid queue size (not a power of two) to the rng device's queue 0
+ * LOG_FLOOD_WRITES times; the host must rate-limit its log line.
+ */
+#define LOG_FLOOD_WRITES 5000
+
+static void test_log_flood(void)
+{
+	const struct vdev *d = vdev_find(ID_RNG);
+
+	if (!d) {
+		say("log-flood", "no device");
+		return;
+	}
+	if (!vdev_reset(d)) {
+		say("log-flood", "reset failed");
+		return;
+	}
+	vdev_set_status(d, ST_ACKNOWLEDGE);
+	vdev_set_status(d, ST_DRIVER);
+	vm_wr(d->base, VM_QUEUE_SEL, 0);
+	for (u32 i = 0; i < LOG_FLOOD_WRITES; i++)
+		vm_wr(d->base, VM_QUEUE_NUM, 3);
+	vdev_reset(d);
+	puts_serial("log-flood: writes=");
+	put_dec(LOG_FLOOD_WRITES);
+	putc_serial('\n');
+}
+
 /* Compares the test name [s, s+len) with a literal. */
 static int name_is(const char *s, u32 len, const char *lit)
 {
@@ -1884,6 +1917,8 @@ static void virtio_run(void)
 			test_net_hotplug();
 		else if (name_is(t, len, "fs"))
 			test_fs();
+		else if (name_is(t, len, "log-flood"))
+			test_log_flood();
 		else if (len) {
 			puts_serial("virtio: unknown test ");
 			for (u32 i = 0; i < len; i++)

@@ -554,7 +554,7 @@ fn parse_mac_accepts_only_unicast_colon_hex() {
 fn empty_slot_gets_a_backend_then_loses_it() {
     let mem = guest_memory();
     let el = EventLoop::new("net-hotplug").unwrap();
-    let mut net = Net::new_empty("net-slot0", el.clone()).unwrap();
+    let net = Net::new_empty("net-slot0", el.clone()).unwrap();
     assert!(net.is_empty());
     let mut cfg = [0u8; CONFIG_LEN];
     net.read_config(0, &mut cfg);
