@@ -8,6 +8,8 @@
 //! ignores them. The power button: the guests find the Generic Event
 //! Device in the DSDT, route its interrupt through the IOAPIC and read its
 //! event selector when QMP `system_powerdown` presses the button.
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 

@@ -1,5 +1,7 @@
 //! Boots the tiny test guests (ELF64, PVH, bzImage) under the real
 //! `altovirt` binary and checks what the guest saw and how the VMM ended.
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 

@@ -1,6 +1,8 @@
 //! The command line and process behaviour of the real binary: clear
 //! one-line errors with exit status 2, -version/-help, -pidfile,
 //! -daemonize, and termination by signal.
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 

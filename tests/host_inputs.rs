@@ -2,6 +2,8 @@
 //! character devices as disk images (at boot and over QMP), ELF kernels
 //! with nothing to load, guest RAM above the host's, paths the user got
 //! wrong, duplicate JSON keys, and image locks shared with real QEMU.
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 

@@ -1,6 +1,8 @@
 //! Block hotplug over QMP into the pre-created slots, with Kata's argument
 //! shapes, watched from inside the guest: the disk appears (capacity and a
 //! marker sector's checksum) and disappears; errors leave the VM unchanged.
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 

@@ -5,6 +5,8 @@
 //! maps (keys sorted, so "arguments" before "execute"), no ids, one command
 //! per newline-terminated line. The tiny guest watches the slots and
 //! reports each disk appearing and disappearing.
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 

@@ -2,6 +2,8 @@
 //! size 5,000 times gets a handful of warning lines, the rest are counted
 //! and reported (in the next line of that call site, in QMP
 //! `__io.altovirt_query-log-stats`, and once at exit).
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 

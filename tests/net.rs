@@ -2,6 +2,8 @@
 //! tap and receives a reply, inside a network namespace the test creates
 //! (so no traffic leaves the test). Both ways Kata and users attach a tap
 //! are covered: by name (`ifname=`) and as an inherited descriptor (`fd=`).
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
@@ -295,9 +297,9 @@ fn open_tap_in(ns: &Netns) -> std::os::fd::OwnedFd {
     let path = format!("/var/run/netns/{}", ns.0);
     std::thread::spawn(move || {
         let nsf = std::fs::File::open(&path).expect("open netns");
-        // SAFETY: joins the namespace with a valid descriptor; only this
-        // short-lived thread is affected.
         assert_eq!(
+            // SAFETY: joins the namespace with a valid descriptor; only this
+            // short-lived thread is affected.
             unsafe { libc::setns(nsf.as_raw_fd(), libc::CLONE_NEWNET) },
             0
         );

@@ -1,6 +1,8 @@
 //! QMP against the real binary with a booted tiny guest: raw-socket
 //! framing cases, a line-based client that behaves like Kata's govmm,
 //! reconnect storms, misbehaving clients, and QEMU's own Python library.
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
@@ -139,7 +141,7 @@ fn govmm_style_line_client_with_interleaved_events() {
     let mut c = Client::negotiated(&vm.sock);
     // Newline-delimited commands without ids; replies matched by order.
     c.send(b"{\"execute\":\"stop\"}\n");
-    let mut lines = vec![c.recv(), c.recv()];
+    let mut lines = [c.recv(), c.recv()];
     lines.sort_by_key(|v| v.get("event").is_some());
     assert_eq!(lines[0], json!({"return": {}}));
     assert_eq!(lines[1]["event"], json!("STOP"));

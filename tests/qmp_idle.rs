@@ -2,6 +2,8 @@
 //! not complete `qmp_capabilities` within qmp::NEGOTIATION_TIMEOUT is
 //! disconnected, and when every client slot is taken the oldest client
 //! still in negotiation mode makes room for a new one.
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 

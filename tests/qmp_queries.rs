@@ -4,6 +4,8 @@
 //! disks with their own `readonly`/`direct` settings, and
 //! `query-hotpluggable-cpus` fails as on QEMU's microvm (no CPU hotplug)
 //! and is not listed by `query-commands`.
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 

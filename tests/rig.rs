@@ -8,6 +8,8 @@
 //! The rig needs `qemu-system-x86_64` and Debian's package registry (or a
 //! filled cache). Without them the tests print why and skip, except under
 //! CI=true or ALTOVIRT_REQUIRE_RIG=1, where they fail instead.
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 #[path = "rig/harness.rs"]
 mod harness;

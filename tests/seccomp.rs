@@ -4,6 +4,8 @@
 //! What each filter refuses is proven per thread kind in
 //! machine/src/seccomp/tests.rs; every other integration test (and the
 //! rig) runs with the filters on.
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 

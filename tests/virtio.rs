@@ -2,6 +2,8 @@
 //! minimal virtio drivers: block round trips checked on the host file,
 //! read-only refusal, image locking, rng, console through a unix socket,
 //! and malformed queues that must leave the VMM alive.
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 

@@ -2,6 +2,8 @@
 //! StratoVirt flags verbatim with a Python backend (stdlib only) serving
 //! FUSE_INIT to the tiny guest; refusals for private RAM and a missing
 //! backend; a backend that dies while the VM runs.
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 

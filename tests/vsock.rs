@@ -1,6 +1,8 @@
 //! Hybrid (userspace) vsock under the real binary, Firecracker-style: the
 //! guest connects out to a host port served on `<uds>_<port>`, and the host
 //! connects in by writing `CONNECT <port>\n` on the device's unix socket.
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 

@@ -68,7 +68,7 @@ pub struct MemoryOptions {
 
 /// Splits `mem_size` bytes of RAM around the MMIO gap.
 pub fn ram_ranges(mem_size: u64) -> Result<Vec<(GuestAddress, u64)>, MemoryError> {
-    if mem_size == 0 || mem_size % 4096 != 0 || mem_size > (1u64 << 46) {
+    if mem_size == 0 || !mem_size.is_multiple_of(4096) || mem_size > (1u64 << 46) {
         return Err(MemoryError::InvalidSize(mem_size));
     }
     if mem_size <= MMIO_GAP_START {

@@ -126,13 +126,15 @@ pub fn write_zero_page(
     initrd: Option<(u64, u64)>,
     rsdp: Option<u64>,
 ) -> Result<u64, BootError> {
-    let mut params = boot_params::default();
-    params.hdr = kernel.setup_header.unwrap_or_else(|| setup_header {
-        boot_flag: 0xaa55,
-        header: 0x5372_6448,
-        kernel_alignment: 0x0100_0000,
+    let mut params = boot_params {
+        hdr: kernel.setup_header.unwrap_or_else(|| setup_header {
+            boot_flag: 0xaa55,
+            header: 0x5372_6448,
+            kernel_alignment: 0x0100_0000,
+            ..Default::default()
+        }),
         ..Default::default()
-    });
+    };
     params.hdr.type_of_loader = LOADER_TYPE_UNDEFINED;
     params.hdr.cmd_line_ptr = CMDLINE_START as u32;
     params.hdr.cmdline_size = cmdline.len() as u32 + 1;

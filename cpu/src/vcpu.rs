@@ -498,7 +498,7 @@ impl VcpuHandle {
     }
 
     fn finished(&self) -> bool {
-        self.thread.as_ref().map_or(true, |t| t.is_finished())
+        self.thread.as_ref().is_none_or(|t| t.is_finished())
     }
 
     /// Sends kick signals until the vCPU parks (or its thread ends).

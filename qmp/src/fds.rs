@@ -219,16 +219,20 @@ mod tests {
     /// Sends `data` with the given descriptors attached.
     pub(crate) fn send_with_fds(sock: &UnixStream, data: &[u8], fds: &[RawFd]) {
         let mut cmsg = CmsgBuffer([0; 1280]);
+        // SAFETY: CMSG_SPACE is a pure computation on its argument.
         let len = unsafe { libc::CMSG_SPACE(std::mem::size_of_val(fds) as u32) } as usize;
         let mut iov = libc::iovec {
             iov_base: data.as_ptr() as *mut _,
             iov_len: data.len(),
         };
+        // SAFETY: msghdr is plain data; all-zero is a valid empty header.
         let mut msg: libc::msghdr = unsafe { mem::zeroed() };
         msg.msg_iov = &mut iov;
         msg.msg_iovlen = 1;
         msg.msg_control = cmsg.0.as_mut_ptr().cast();
         msg.msg_controllen = len as _;
+        // SAFETY: the control buffer holds `len` bytes, room for one header
+        // and `fds`; msg points at live buffers for the call.
         unsafe {
             let hdr = libc::CMSG_FIRSTHDR(&msg);
             (*hdr).cmsg_level = libc::SOL_SOCKET;
@@ -266,6 +270,7 @@ mod tests {
         assert_eq!(recv_with_fds(&b, &mut buf, &mut fds).unwrap(), 1);
         assert_eq!(fds.len(), 2);
         for fd in &fds {
+            // SAFETY: fcntl(F_GETFD) on a descriptor we own.
             let flags = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFD) };
             assert!(flags & libc::FD_CLOEXEC != 0);
         }

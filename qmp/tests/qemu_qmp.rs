@@ -1,5 +1,7 @@
 //! QEMU's own Python client library (qemu.qmp) against the server. Skipped
 //! (with a message) when python3 or qemu.qmp is not installed.
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 

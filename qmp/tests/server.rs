@@ -1,5 +1,7 @@
 //! Server behaviour over real unix sockets: socket file, reconnects,
 //! events, slow and stuck clients, file descriptor passing, shutdown.
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 

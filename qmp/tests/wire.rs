@@ -1,5 +1,7 @@
 //! The wire protocol over a real unix socket: framing, negotiation, ids,
 //! parse errors and argument validation.
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 

@@ -159,15 +159,19 @@ fn getfd_sends_scm_rights() {
                 iov_base: buf.as_mut_ptr() as *mut _,
                 iov_len: buf.len(),
             };
+            // SAFETY: msghdr is plain data; all-zero is a valid empty header.
             let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
             msg.msg_iov = &mut iov;
             msg.msg_iovlen = 1;
             msg.msg_control = cbuf.as_mut_ptr() as *mut _;
             msg.msg_controllen = std::mem::size_of_val(&cbuf) as _;
+            // SAFETY: msg points at live buffers of the lengths given.
             let n = unsafe { libc::recvmsg(s.as_raw_fd(), &mut msg, 0) };
             if n <= 0 {
                 return;
             }
+            // SAFETY: walks the control buffer recvmsg filled, within
+            // msg_controllen.
             unsafe {
                 let c = libc::CMSG_FIRSTHDR(&msg);
                 if !c.is_null() && (*c).cmsg_type == libc::SCM_RIGHTS {

@@ -1,4 +1,6 @@
 //! `altovirt-shim check` and `env` on this host.
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -28,6 +30,7 @@ fn check_reports_kvm_and_boots_as_root() {
     if cpuinfo.contains(" hypervisor") && !cpuinfo.contains(" vmx") && !cpuinfo.contains(" svm") {
         assert!(so.contains("nested/paravirtual KVM"), "{so}");
     }
+    // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } == 0 {
         assert!(so.contains("can create microVMs"), "{so}");
     }
@@ -35,6 +38,7 @@ fn check_reports_kvm_and_boots_as_root() {
 
 #[test]
 fn check_fails_with_reason_when_vmm_cannot_boot() {
+    // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         return;
     }

@@ -3,6 +3,8 @@
 //! readiness, pause/resume, thread ids, hotplug (altovirt: block into its
 //! slots, network if the VMM build has it; QEMU: typed "unsupported"),
 //! stop.
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

@@ -194,6 +194,7 @@ pub enum ConfigError {
         reason: String,
     },
 
+    /// An unknown `-serial` back-end.
     #[error(
         "{at}: unsupported serial backend '{value}' (expected stdio, file:PATH, none or null)"
     )]

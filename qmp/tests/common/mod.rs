@@ -266,11 +266,15 @@ pub fn send_with_fds(sock: &UnixStream, data: &[u8], fds: &[RawFd]) {
         iov_base: data.as_ptr() as *mut _,
         iov_len: data.len(),
     };
+    // SAFETY: msghdr is plain data; all-zero is a valid empty header.
     let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
     msg.msg_iov = &mut iov;
     msg.msg_iovlen = 1;
     msg.msg_control = cmsg.0.as_mut_ptr().cast();
+    // SAFETY: CMSG_SPACE is a pure computation on its argument.
     msg.msg_controllen = unsafe { libc::CMSG_SPACE(payload) } as _;
+    // SAFETY: the control buffer has room for one header and `fds`; msg
+    // points at live buffers for the call.
     unsafe {
         let hdr = libc::CMSG_FIRSTHDR(&msg);
         (*hdr).cmsg_level = libc::SOL_SOCKET;

@@ -43,8 +43,8 @@ fn open_image(path: &Path, read_only: bool, extra: libc::c_int) -> io::Result<Fi
 fn clear_nonblock(file: &File) -> io::Result<()> {
     // SAFETY: fcntl on a descriptor we own.
     let flags = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETFL) };
-    // SAFETY: as above.
     if flags < 0
+        // SAFETY: as above.
         || unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETFL, flags & !libc::O_NONBLOCK) } < 0
     {
         return Err(io::Error::last_os_error());

@@ -368,8 +368,8 @@ fn hung_up_backend_stops_being_watched_and_tx_still_completes() {
     let mem = guest_memory();
     let r = rig(&mem, "net-hangup");
     post_rx(&r, 0, 1526);
-    // SAFETY: plain syscall on our socket.
     assert_eq!(
+        // SAFETY: plain syscall on our socket.
         unsafe { libc::shutdown(r.host.as_raw_fd(), libc::SHUT_RDWR) },
         0
     );

@@ -44,6 +44,7 @@ fn requests(log: &[Msg]) -> Vec<u32> {
 fn fstat_ino(fd: i32) -> (u64, u64) {
     // SAFETY: zeroed stat is valid; fd is open.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: st is a valid stat buffer; fd is open.
     assert_eq!(unsafe { libc::fstat(fd, &mut st) }, 0);
     (st.st_dev, st.st_ino)
 }
