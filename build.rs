@@ -117,7 +117,12 @@ fn le_u16(b: &[u8], off: usize) -> u64 {
     u64::from(u16::from_le_bytes([b[off], b[off + 1]]))
 }
 fn le_u32(b: &[u8], off: usize) -> u64 {
-    u64::from(u32::from_le_bytes([b[off], b[off + 1], b[off + 2], b[off + 3]]))
+    u64::from(u32::from_le_bytes([
+        b[off],
+        b[off + 1],
+        b[off + 2],
+        b[off + 3],
+    ]))
 }
 fn le_u64(b: &[u8], off: usize) -> u64 {
     let mut bytes = [0u8; 8];

@@ -99,13 +99,7 @@ pub fn spawn_input_thread(
     std::thread::Builder::new()
         .name("serial-in".into())
         .spawn(move || {
-            if let Some(filter) = filter {
-                if let Err(e) = seccompiler::apply_filter(&filter) {
-                    log::error!("serial-in: cannot install the seccomp filter: {e}");
-                    eprintln!("altovirt: serial-in: cannot install the seccomp filter: {e}");
-                    std::process::exit(1);
-                }
-            }
+            util::confine::confine_or_exit("serial-in", filter.as_deref());
             let mut buf = [0u8; 64];
             loop {
                 let n = match input.read(&mut buf) {

@@ -115,7 +115,7 @@ pub enum MachineError {
     },
     /// The device event loop could not be started.
     #[error("cannot start the device event loop: {0}")]
-    EventLoop(machine_manager::event_loop::EventLoopError),
+    EventLoop(util::event_loop::EventLoopError),
     /// A configured device type is not implemented yet.
     #[error("{0}: not supported yet by this altovirt build")]
     Unsupported(String),

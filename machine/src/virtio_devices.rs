@@ -13,7 +13,7 @@ use address_space::{Bus, BusDevice, GuestMemoryMmap};
 use boot_loader::MmioDeviceDesc;
 use kvm_ioctls::{IoEventAddress, VmFd};
 use machine_manager::config::{ChardevBackend, DeviceConfig, NetBackend};
-use machine_manager::event_loop::EventLoop;
+use util::event_loop::EventLoop;
 use virtio::block::{Block, BlockConfig};
 use virtio::console::{Console, ConsoleBackend, FileBackend, UnixSocketBackend};
 use virtio::fs::{FsConfig, VhostUserFs};

@@ -4,7 +4,6 @@
 //! configuration file into a validated [`config::VmConfig`].
 
 pub mod config;
-pub mod event_loop;
 pub mod log_limit;
 pub mod logger;
 pub mod process;

@@ -199,9 +199,7 @@ pub fn spawn_signal_thread(
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
-            if let Some(f) = filter {
-                confine_or_exit("signals", &f);
-            }
+            util::confine::confine_or_exit("signals", filter.as_deref());
             loop {
                 let mut sig = 0;
                 // SAFETY: sigwait on an initialised set.
@@ -212,16 +210,6 @@ pub fn spawn_signal_thread(
         })
         .map(|_| ())
         .map_err(ProcessError::Signals)
-}
-
-/// Installs `filter` on the calling thread; a thread that cannot confine
-/// itself ends the process (status 1) rather than run unconfined.
-pub fn confine_or_exit(thread: &str, filter: &seccompiler::BpfProgram) {
-    if let Err(e) = seccompiler::apply_filter(filter) {
-        log::error!("{thread}: cannot install the seccomp filter: {e}");
-        eprintln!("altovirt: {thread}: cannot install the seccomp filter: {e}");
-        std::process::exit(1);
-    }
 }
 
 /// Puts a terminal on stdin into raw-ish mode (no line buffering, no echo;

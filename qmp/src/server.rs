@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
+use util::confine::confine_or_exit;
 
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
@@ -68,18 +69,6 @@ pub struct QmpThreadFilters {
     pub reader: Option<Arc<seccompiler::BpfProgram>>,
     /// For each `qmp-writer` thread.
     pub writer: Option<Arc<seccompiler::BpfProgram>>,
-}
-
-/// Installs `filter` on the calling thread; a thread that cannot confine
-/// itself ends the process (status 1) rather than serve a client unconfined.
-fn confine_or_exit(thread: &str, filter: Option<&seccompiler::BpfProgram>) {
-    if let Some(filter) = filter {
-        if let Err(e) = seccompiler::apply_filter(filter) {
-            log::error!("{thread}: cannot install the seccomp filter: {e}");
-            eprintln!("altovirt: {thread}: cannot install the seccomp filter: {e}");
-            std::process::exit(1);
-        }
-    }
 }
 
 /// A bound, listening QMP socket that does not serve clients yet.

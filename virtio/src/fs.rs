@@ -18,7 +18,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use address_space::GuestMemoryMmap;
-use machine_manager::event_loop::{EventLoop, Token};
+use util::event_loop::{EventLoop, Token};
 use virtio_queue::Queue;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
@@ -59,7 +59,7 @@ pub enum FsError {
     NotModern,
     /// The hang-up watch could not be registered.
     #[error("cannot watch the backend socket: {0}")]
-    EventLoop(#[from] machine_manager::event_loop::EventLoopError),
+    EventLoop(#[from] util::event_loop::EventLoopError),
     /// The socket could not be duplicated for the hang-up watch.
     #[error("cannot watch the backend socket: {0}")]
     Io(#[from] std::io::Error),

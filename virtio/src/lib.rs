@@ -3,7 +3,7 @@
 //! - [`MmioTransport`]: the virtio-mmio (version 2, modern only) register
 //!   block; a [`address_space::BusDevice`] placed in a 4 KiB MMIO window.
 //! - [`VirtioDevice`]: what a device model implements; devices process their
-//!   queues on a [`machine_manager::event_loop::EventLoop`] thread, never on
+//!   queues on a [`util::event_loop::EventLoop`] thread, never on
 //!   vCPU threads.
 //! - Devices: [`block::Block`] (virtio-blk), [`rng::Rng`] (virtio-rng) and
 //!   [`console::Console`] (virtio-console, single port), [`fs::VhostUserFs`]
@@ -37,7 +37,7 @@ pub use mmio::{MmioError, MmioTransport, MMIO_WINDOW_SIZE, NOTIFY_REG_OFFSET};
 pub use virtio_queue::{Queue, QueueT};
 pub use vmm_sys_util::eventfd::EventFd;
 
-use machine_manager::event_loop::EventLoopError;
+use util::event_loop::EventLoopError;
 
 /// virtio device ID of a network card.
 pub const TYPE_NET: u32 = 1;

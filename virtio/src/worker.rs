@@ -6,7 +6,7 @@ use std::os::fd::AsRawFd;
 use std::sync::{Arc, Mutex};
 
 use address_space::GuestMemoryMmap;
-use machine_manager::event_loop::{EventLoop, EventLoopError, Token};
+use util::event_loop::{EventLoop, EventLoopError, Token};
 use virtio_queue::{Queue, QueueT};
 use vmm_sys_util::eventfd::EventFd;
 

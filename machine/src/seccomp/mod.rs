@@ -16,8 +16,8 @@ use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::Duration;
 
-use machine_manager::event_loop::EventLoop;
 use seccompiler::{BpfProgram, SeccompAction, SeccompFilter, SeccompRule, TargetArch};
+use util::event_loop::EventLoop;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 pub use rules::ThreadKind;

@@ -1,7 +1,7 @@
 //! The allow list of every thread kind. Anything not listed traps.
 //!
 //! Lists are built from what each thread's code calls (read beside the
-//! thread's code: cpu/src/vcpu.rs, machine_manager/src/event_loop.rs and the
+//! thread's code: cpu/src/vcpu.rs, util/src/event_loop.rs and the
 //! virtio devices, qmp/src/server.rs and the hotplug paths it runs,
 //! devices/src/serial.rs, machine_manager/src/process.rs, machine/src/lib.rs)
 //! and checked by running the whole test suite, the nested rig included,

@@ -16,7 +16,7 @@
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use machine_manager::event_loop::EventLoop;
+use util::event_loop::EventLoop;
 
 use super::request::BlockWorker;
 use super::{

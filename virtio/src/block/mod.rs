@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use address_space::GuestMemoryMmap;
-use machine_manager::event_loop::EventLoop;
+use util::event_loop::EventLoop;
 use virtio_queue::Queue;
 use vmm_sys_util::eventfd::EventFd;
 

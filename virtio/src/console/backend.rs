@@ -9,7 +9,7 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use machine_manager::event_loop::{EventLoop, EventLoopError, Token};
+use util::event_loop::{EventLoop, EventLoopError, Token};
 
 use crate::lock;
 

@@ -11,7 +11,7 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, Weak};
 
 use address_space::GuestMemoryMmap;
-use machine_manager::event_loop::EventLoop;
+use util::event_loop::EventLoop;
 use virtio_queue::Queue;
 use vmm_sys_util::eventfd::EventFd;
 

@@ -403,7 +403,7 @@ fn hostile_register_fuzz_never_panics() {
 #[test]
 fn block_device_end_to_end_through_registers() {
     use crate::block::{Block, BlockConfig, VIRTIO_BLK_S_OK, VIRTIO_BLK_T_IN};
-    use machine_manager::event_loop::EventLoop;
+    use util::event_loop::EventLoop;
 
     let dir = temp_dir("mmio-blk");
     let path = dir.join("disk.img");

@@ -68,7 +68,7 @@ impl Net {
     /// until then is derived from `slot_name`.
     pub fn new_empty(
         slot_name: &str,
-        event_loop: machine_manager::event_loop::EventLoop,
+        event_loop: util::event_loop::EventLoop,
     ) -> Result<Net, NetError> {
         let io = Unplugged::new().map_err(NetError::Backend)?;
         let mut net = Net::with_backend(Box::new(io), Some(derived_mac(slot_name)), event_loop)?;

@@ -18,7 +18,7 @@ use std::os::fd::AsRawFd;
 use std::sync::{Arc, Mutex};
 
 use address_space::GuestMemoryMmap;
-use machine_manager::event_loop::EventLoop;
+use util::event_loop::EventLoop;
 use virtio_queue::Queue;
 use vmm_sys_util::eventfd::EventFd;
 

@@ -16,7 +16,7 @@ use std::fmt;
 use std::io;
 use std::sync::{Arc, Mutex, Weak};
 
-use machine_manager::event_loop::{EventLoop, Token};
+use util::event_loop::{EventLoop, Token};
 
 use super::{FrameIo, ETH_HLEN, MAX_FRAME_LEN, MAX_TX_CHAIN_LEN, NET_HDR_LEN, RXQ, TXQ};
 use crate::chain::{descs_in_memory, Chain, Cursor, Desc};

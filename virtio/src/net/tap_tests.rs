@@ -10,7 +10,7 @@ use super::*;
 use crate::net::{Net, NetConfig};
 use crate::test_utils::*;
 use crate::{EventFd, Interrupt, VirtioDevice};
-use machine_manager::event_loop::EventLoop;
+use util::event_loop::EventLoop;
 use virtio_queue::mock::MockSplitQueue;
 use vm_memory::GuestAddress;
 use vmm_sys_util::eventfd::EFD_NONBLOCK;

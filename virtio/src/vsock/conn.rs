@@ -15,7 +15,7 @@ use std::net::Shutdown;
 use std::os::unix::net::UnixStream;
 use std::time::Instant;
 
-use machine_manager::event_loop::Token;
+use util::event_loop::Token;
 
 use super::host::{bad_line, parse_connect, send};
 use super::packet::{

@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
-use machine_manager::event_loop::{EventLoop, EventLoopError, Token};
+use util::event_loop::{EventLoop, EventLoopError, Token};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::conn::{Conn, State};

@@ -14,7 +14,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use address_space::GuestMemoryMmap;
-use machine_manager::event_loop::EventLoop;
+use util::event_loop::EventLoop;
 use virtio_queue::{Queue, QueueT};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
