@@ -55,3 +55,9 @@ pub const APIC_START: u64 = 0xfee0_0000;
 pub const E820_RAM: u32 = 1;
 /// e820 type of reserved memory.
 pub const E820_RESERVED: u32 = 2;
+
+/// The IOAPIC's id: the first one after the local APICs `0..nr_cpus` (the
+/// MP table and the MADT both use it).
+pub fn ioapic_id(nr_cpus: u8) -> u8 {
+    nr_cpus
+}

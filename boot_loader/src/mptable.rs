@@ -8,7 +8,7 @@ use address_space::GuestMemoryMmap;
 use vm_memory::{Bytes, GuestAddress};
 
 use crate::error::BootError;
-use crate::layout::{APIC_START, EBDA_START, IOAPIC_START};
+use crate::layout::{ioapic_id, APIC_START, EBDA_START, IOAPIC_START};
 
 const SPEC_REV: u8 = 4;
 const APIC_VERSION: u8 = 0x14;
@@ -35,12 +35,6 @@ pub const MAX_CPUS: u8 = 254;
 
 fn checksum(bytes: &[u8]) -> u8 {
     bytes.iter().fold(0u8, |acc, b| acc.wrapping_sub(*b))
-}
-
-/// The IOAPIC's id: the first one after the local APICs `0..nr_cpus` (the
-/// MADT uses the same).
-pub fn ioapic_id(nr_cpus: u8) -> u8 {
-    nr_cpus
 }
 
 /// Builds the configuration table (header and entries), to sit at `table_addr`.

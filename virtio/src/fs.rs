@@ -16,6 +16,7 @@ use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
+use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
 
 use address_space::GuestMemoryMmap;
 use util::event_loop::{EventLoop, Token};
@@ -30,7 +31,7 @@ use crate::{
 };
 
 /// virtio device ID of a file system device.
-pub const TYPE_FS: u32 = 26;
+pub const TYPE_FS: u32 = virtio_bindings::virtio_ids::VIRTIO_ID_FS;
 /// Longest mount tag (bytes of the configuration field).
 pub const MAX_TAG_LEN: usize = 36;
 /// Default size of every queue.
@@ -39,8 +40,6 @@ pub const DEFAULT_QUEUE_SIZE: u16 = 128;
 pub const MAX_QUEUE_SIZE: u16 = 1024;
 /// Most request queues (the transport has 64 queues, one is hiprio).
 pub const MAX_REQUEST_QUEUES: u16 = 63;
-/// Feature bit: the guest may use the event index, served by the backend.
-const VIRTIO_RING_F_EVENT_IDX: u32 = 29;
 
 /// Errors while creating a virtio-fs device.
 #[derive(Debug, thiserror::Error)]

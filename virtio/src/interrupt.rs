@@ -7,9 +7,9 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 /// InterruptStatus bit: a queue's used ring was updated.
-pub const VIRTIO_MMIO_INT_VRING: u32 = 1;
+pub const VIRTIO_MMIO_INT_VRING: u32 = virtio_bindings::virtio_mmio::VIRTIO_MMIO_INT_VRING;
 /// InterruptStatus bit: the device configuration (or status) changed.
-pub const VIRTIO_MMIO_INT_CONFIG: u32 = 2;
+pub const VIRTIO_MMIO_INT_CONFIG: u32 = virtio_bindings::virtio_mmio::VIRTIO_MMIO_INT_CONFIG;
 
 /// Interrupt state shared by a transport and its device.
 #[derive(Debug)]

@@ -40,31 +40,33 @@ pub use vmm_sys_util::eventfd::EventFd;
 use util::event_loop::EventLoopError;
 
 /// virtio device ID of a network card.
-pub const TYPE_NET: u32 = 1;
+pub const TYPE_NET: u32 = virtio_bindings::virtio_ids::VIRTIO_ID_NET;
 /// virtio device ID of a block device.
-pub const TYPE_BLOCK: u32 = 2;
+pub const TYPE_BLOCK: u32 = virtio_bindings::virtio_ids::VIRTIO_ID_BLOCK;
 /// virtio device ID of a console.
-pub const TYPE_CONSOLE: u32 = 3;
+pub const TYPE_CONSOLE: u32 = virtio_bindings::virtio_ids::VIRTIO_ID_CONSOLE;
 /// virtio device ID of an entropy source.
-pub const TYPE_RNG: u32 = 4;
+pub const TYPE_RNG: u32 = virtio_bindings::virtio_ids::VIRTIO_ID_RNG;
 
 /// Feature bit: the device complies with virtio 1.0 or later.
-pub const VIRTIO_F_VERSION_1: u32 = 32;
+pub const VIRTIO_F_VERSION_1: u32 = virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 /// Feature bit: the driver may use indirect descriptor tables.
-pub const VIRTIO_RING_F_INDIRECT_DESC: u32 = 28;
+pub const VIRTIO_RING_F_INDIRECT_DESC: u32 =
+    virtio_bindings::virtio_ring::VIRTIO_RING_F_INDIRECT_DESC;
 
 /// Device status bit: the guest noticed the device.
-pub const STATUS_ACKNOWLEDGE: u32 = 1;
+pub const STATUS_ACKNOWLEDGE: u32 = virtio_bindings::virtio_config::VIRTIO_CONFIG_S_ACKNOWLEDGE;
 /// Device status bit: the guest knows how to drive the device.
-pub const STATUS_DRIVER: u32 = 2;
+pub const STATUS_DRIVER: u32 = virtio_bindings::virtio_config::VIRTIO_CONFIG_S_DRIVER;
 /// Device status bit: the driver is set up and ready.
-pub const STATUS_DRIVER_OK: u32 = 4;
+pub const STATUS_DRIVER_OK: u32 = virtio_bindings::virtio_config::VIRTIO_CONFIG_S_DRIVER_OK;
 /// Device status bit: feature negotiation is complete.
-pub const STATUS_FEATURES_OK: u32 = 8;
+pub const STATUS_FEATURES_OK: u32 = virtio_bindings::virtio_config::VIRTIO_CONFIG_S_FEATURES_OK;
 /// Device status bit: the device hit an error and needs a reset.
-pub const STATUS_DEVICE_NEEDS_RESET: u32 = 64;
+pub const STATUS_DEVICE_NEEDS_RESET: u32 =
+    virtio_bindings::virtio_config::VIRTIO_CONFIG_S_NEEDS_RESET;
 /// Device status bit: the guest gave up on the device.
-pub const STATUS_FAILED: u32 = 128;
+pub const STATUS_FAILED: u32 = virtio_bindings::virtio_config::VIRTIO_CONFIG_S_FAILED;
 
 /// Errors raised while activating a device.
 #[derive(Debug, thiserror::Error)]

@@ -8,8 +8,7 @@ use acpi_tables::Aml;
 
 use super::sdt::{table, HEADER_LEN, OEM_ID, OEM_REVISION};
 use super::AcpiLayout;
-use crate::layout::{APIC_START, IOAPIC_START};
-use crate::mptable::ioapic_id;
+use crate::layout::{ioapic_id, APIC_START, IOAPIC_START};
 
 /// Size of a revision 2 RSDP.
 pub(crate) const RSDP_LEN: usize = 36;

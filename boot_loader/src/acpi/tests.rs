@@ -142,7 +142,7 @@ fn madt_lists_every_cpu_and_the_ioapic_with_identity_isa_irqs() {
     assert_eq!(ioapics.len(), 1);
     assert_eq!(
         ioapics[0][0],
-        crate::mptable::ioapic_id(3),
+        crate::layout::ioapic_id(3),
         "same id as the MP table"
     );
     assert_eq!(u32_at(ioapics[0], 2), IOAPIC_START as u32);

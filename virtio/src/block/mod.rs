@@ -46,39 +46,40 @@ pub const MAX_WRITE_ZEROES_SECTORS: u32 = 1 << 17;
 pub const MAX_DISCARD_SEGMENTS: u32 = 16;
 
 /// Feature bit: read-only device.
-pub const VIRTIO_BLK_F_RO: u32 = 5;
+pub const VIRTIO_BLK_F_RO: u32 = virtio_bindings::virtio_blk::VIRTIO_BLK_F_RO;
 /// Feature bit: seg_max is valid.
-pub const VIRTIO_BLK_F_SEG_MAX: u32 = 2;
+pub const VIRTIO_BLK_F_SEG_MAX: u32 = virtio_bindings::virtio_blk::VIRTIO_BLK_F_SEG_MAX;
 /// Feature bit: blk_size is valid.
-pub const VIRTIO_BLK_F_BLK_SIZE: u32 = 6;
+pub const VIRTIO_BLK_F_BLK_SIZE: u32 = virtio_bindings::virtio_blk::VIRTIO_BLK_F_BLK_SIZE;
 /// Feature bit: FLUSH is supported.
-pub const VIRTIO_BLK_F_FLUSH: u32 = 9;
+pub const VIRTIO_BLK_F_FLUSH: u32 = virtio_bindings::virtio_blk::VIRTIO_BLK_F_FLUSH;
 /// Feature bit: DISCARD is supported.
-pub const VIRTIO_BLK_F_DISCARD: u32 = 13;
+pub const VIRTIO_BLK_F_DISCARD: u32 = virtio_bindings::virtio_blk::VIRTIO_BLK_F_DISCARD;
 /// Feature bit: WRITE_ZEROES is supported.
-pub const VIRTIO_BLK_F_WRITE_ZEROES: u32 = 14;
+pub const VIRTIO_BLK_F_WRITE_ZEROES: u32 = virtio_bindings::virtio_blk::VIRTIO_BLK_F_WRITE_ZEROES;
 
 /// Request type: read.
-pub const VIRTIO_BLK_T_IN: u32 = 0;
+pub const VIRTIO_BLK_T_IN: u32 = virtio_bindings::virtio_blk::VIRTIO_BLK_T_IN;
 /// Request type: write.
-pub const VIRTIO_BLK_T_OUT: u32 = 1;
+pub const VIRTIO_BLK_T_OUT: u32 = virtio_bindings::virtio_blk::VIRTIO_BLK_T_OUT;
 /// Request type: flush.
-pub const VIRTIO_BLK_T_FLUSH: u32 = 4;
+pub const VIRTIO_BLK_T_FLUSH: u32 = virtio_bindings::virtio_blk::VIRTIO_BLK_T_FLUSH;
 /// Request type: get the serial number.
-pub const VIRTIO_BLK_T_GET_ID: u32 = 8;
+pub const VIRTIO_BLK_T_GET_ID: u32 = virtio_bindings::virtio_blk::VIRTIO_BLK_T_GET_ID;
 /// Request type: discard ranges.
-pub const VIRTIO_BLK_T_DISCARD: u32 = 11;
+pub const VIRTIO_BLK_T_DISCARD: u32 = virtio_bindings::virtio_blk::VIRTIO_BLK_T_DISCARD;
 /// Request type: zero ranges.
-pub const VIRTIO_BLK_T_WRITE_ZEROES: u32 = 13;
+pub const VIRTIO_BLK_T_WRITE_ZEROES: u32 = virtio_bindings::virtio_blk::VIRTIO_BLK_T_WRITE_ZEROES;
 /// WRITE_ZEROES segment flag: the range may be deallocated.
-pub const VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP: u32 = 1;
+pub const VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP: u32 =
+    virtio_bindings::virtio_blk::VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP;
 
 /// Request status: success.
-pub const VIRTIO_BLK_S_OK: u8 = 0;
+pub const VIRTIO_BLK_S_OK: u8 = virtio_bindings::virtio_blk::VIRTIO_BLK_S_OK as u8;
 /// Request status: I/O error (or invalid request).
-pub const VIRTIO_BLK_S_IOERR: u8 = 1;
+pub const VIRTIO_BLK_S_IOERR: u8 = virtio_bindings::virtio_blk::VIRTIO_BLK_S_IOERR as u8;
 /// Request status: unsupported request.
-pub const VIRTIO_BLK_S_UNSUPP: u8 = 2;
+pub const VIRTIO_BLK_S_UNSUPP: u8 = virtio_bindings::virtio_blk::VIRTIO_BLK_S_UNSUPP as u8;
 
 /// Errors while creating a block device.
 #[derive(Debug, thiserror::Error)]

@@ -24,9 +24,9 @@ use crate::{
 /// Size of the MMIO window of one device.
 pub const MMIO_WINDOW_SIZE: u64 = 0x1000;
 /// Offset of the QueueNotify register (for ioeventfd registration).
-pub const NOTIFY_REG_OFFSET: u64 = 0x50;
+pub const NOTIFY_REG_OFFSET: u64 = mmio_reg(virtio_bindings::virtio_mmio::VIRTIO_MMIO_QUEUE_NOTIFY);
 /// Offset of the device configuration space.
-pub const CONFIG_SPACE_OFFSET: u64 = 0x100;
+pub const CONFIG_SPACE_OFFSET: u64 = mmio_reg(virtio_bindings::virtio_mmio::VIRTIO_MMIO_CONFIG);
 /// MagicValue: "virt" in little endian.
 pub const MMIO_MAGIC_VALUE: u32 = 0x7472_6976;
 /// Version of the register layout (2 = virtio 1.x).
@@ -38,34 +38,50 @@ pub const MMIO_VENDOR_ID: u32 = u32::from_le_bytes(*b"AVRT");
 const MAX_QUEUES: usize = 64;
 
 // Register offsets (virtio 1.x, 4.2.2).
-const REG_MAGIC: u64 = 0x000;
-const REG_VERSION: u64 = 0x004;
-const REG_DEVICE_ID: u64 = 0x008;
-const REG_VENDOR_ID: u64 = 0x00c;
-const REG_DEVICE_FEATURES: u64 = 0x010;
-const REG_DEVICE_FEATURES_SEL: u64 = 0x014;
-const REG_DRIVER_FEATURES: u64 = 0x020;
-const REG_DRIVER_FEATURES_SEL: u64 = 0x024;
-const REG_QUEUE_SEL: u64 = 0x030;
-const REG_QUEUE_NUM_MAX: u64 = 0x034;
-const REG_QUEUE_NUM: u64 = 0x038;
-const REG_QUEUE_READY: u64 = 0x044;
+/// A register offset of linux/virtio_mmio.h (virtio-bindings) as a bus offset.
+const fn mmio_reg(offset: u32) -> u64 {
+    offset as u64
+}
+
+const REG_MAGIC: u64 = mmio_reg(virtio_bindings::virtio_mmio::VIRTIO_MMIO_MAGIC_VALUE);
+const REG_VERSION: u64 = mmio_reg(virtio_bindings::virtio_mmio::VIRTIO_MMIO_VERSION);
+const REG_DEVICE_ID: u64 = mmio_reg(virtio_bindings::virtio_mmio::VIRTIO_MMIO_DEVICE_ID);
+const REG_VENDOR_ID: u64 = mmio_reg(virtio_bindings::virtio_mmio::VIRTIO_MMIO_VENDOR_ID);
+const REG_DEVICE_FEATURES: u64 =
+    mmio_reg(virtio_bindings::virtio_mmio::VIRTIO_MMIO_DEVICE_FEATURES);
+const REG_DEVICE_FEATURES_SEL: u64 =
+    mmio_reg(virtio_bindings::virtio_mmio::VIRTIO_MMIO_DEVICE_FEATURES_SEL);
+const REG_DRIVER_FEATURES: u64 =
+    mmio_reg(virtio_bindings::virtio_mmio::VIRTIO_MMIO_DRIVER_FEATURES);
+const REG_DRIVER_FEATURES_SEL: u64 =
+    mmio_reg(virtio_bindings::virtio_mmio::VIRTIO_MMIO_DRIVER_FEATURES_SEL);
+const REG_QUEUE_SEL: u64 = mmio_reg(virtio_bindings::virtio_mmio::VIRTIO_MMIO_QUEUE_SEL);
+const REG_QUEUE_NUM_MAX: u64 = mmio_reg(virtio_bindings::virtio_mmio::VIRTIO_MMIO_QUEUE_NUM_MAX);
+const REG_QUEUE_NUM: u64 = mmio_reg(virtio_bindings::virtio_mmio::VIRTIO_MMIO_QUEUE_NUM);
+const REG_QUEUE_READY: u64 = mmio_reg(virtio_bindings::virtio_mmio::VIRTIO_MMIO_QUEUE_READY);
 const REG_QUEUE_NOTIFY: u64 = NOTIFY_REG_OFFSET;
-const REG_INTERRUPT_STATUS: u64 = 0x060;
-const REG_INTERRUPT_ACK: u64 = 0x064;
-const REG_STATUS: u64 = 0x070;
-const REG_QUEUE_DESC_LOW: u64 = 0x080;
-const REG_QUEUE_DESC_HIGH: u64 = 0x084;
-const REG_QUEUE_DRIVER_LOW: u64 = 0x090;
-const REG_QUEUE_DRIVER_HIGH: u64 = 0x094;
-const REG_QUEUE_DEVICE_LOW: u64 = 0x0a0;
-const REG_QUEUE_DEVICE_HIGH: u64 = 0x0a4;
-const REG_SHM_SEL: u64 = 0x0ac;
-const REG_SHM_LEN_LOW: u64 = 0x0b0;
-const REG_SHM_LEN_HIGH: u64 = 0x0b4;
-const REG_SHM_BASE_LOW: u64 = 0x0b8;
-const REG_SHM_BASE_HIGH: u64 = 0x0bc;
-const REG_CONFIG_GENERATION: u64 = 0x0fc;
+const REG_INTERRUPT_STATUS: u64 =
+    mmio_reg(virtio_bindings::virtio_mmio::VIRTIO_MMIO_INTERRUPT_STATUS);
+const REG_INTERRUPT_ACK: u64 = mmio_reg(virtio_bindings::virtio_mmio::VIRTIO_MMIO_INTERRUPT_ACK);
+const REG_STATUS: u64 = mmio_reg(virtio_bindings::virtio_mmio::VIRTIO_MMIO_STATUS);
+const REG_QUEUE_DESC_LOW: u64 = mmio_reg(virtio_bindings::virtio_mmio::VIRTIO_MMIO_QUEUE_DESC_LOW);
+const REG_QUEUE_DESC_HIGH: u64 =
+    mmio_reg(virtio_bindings::virtio_mmio::VIRTIO_MMIO_QUEUE_DESC_HIGH);
+const REG_QUEUE_DRIVER_LOW: u64 =
+    mmio_reg(virtio_bindings::virtio_mmio::VIRTIO_MMIO_QUEUE_AVAIL_LOW);
+const REG_QUEUE_DRIVER_HIGH: u64 =
+    mmio_reg(virtio_bindings::virtio_mmio::VIRTIO_MMIO_QUEUE_AVAIL_HIGH);
+const REG_QUEUE_DEVICE_LOW: u64 =
+    mmio_reg(virtio_bindings::virtio_mmio::VIRTIO_MMIO_QUEUE_USED_LOW);
+const REG_QUEUE_DEVICE_HIGH: u64 =
+    mmio_reg(virtio_bindings::virtio_mmio::VIRTIO_MMIO_QUEUE_USED_HIGH);
+const REG_SHM_SEL: u64 = mmio_reg(virtio_bindings::virtio_mmio::VIRTIO_MMIO_SHM_SEL);
+const REG_SHM_LEN_LOW: u64 = mmio_reg(virtio_bindings::virtio_mmio::VIRTIO_MMIO_SHM_LEN_LOW);
+const REG_SHM_LEN_HIGH: u64 = mmio_reg(virtio_bindings::virtio_mmio::VIRTIO_MMIO_SHM_LEN_HIGH);
+const REG_SHM_BASE_LOW: u64 = mmio_reg(virtio_bindings::virtio_mmio::VIRTIO_MMIO_SHM_BASE_LOW);
+const REG_SHM_BASE_HIGH: u64 = mmio_reg(virtio_bindings::virtio_mmio::VIRTIO_MMIO_SHM_BASE_HIGH);
+const REG_CONFIG_GENERATION: u64 =
+    mmio_reg(virtio_bindings::virtio_mmio::VIRTIO_MMIO_CONFIG_GENERATION);
 
 /// Errors while creating a transport.
 #[derive(Debug, thiserror::Error)]

@@ -49,11 +49,11 @@ pub const MAX_TX_CHAIN_LEN: usize = NET_HDR_LEN + MAX_FRAME_LEN;
 pub const CONFIG_LEN: usize = 10;
 
 /// Feature bit: the configuration space holds the MAC address.
-pub const VIRTIO_NET_F_MAC: u32 = 5;
+pub const VIRTIO_NET_F_MAC: u32 = virtio_bindings::virtio_net::VIRTIO_NET_F_MAC;
 /// Feature bit: the configuration space holds the link status.
-pub const VIRTIO_NET_F_STATUS: u32 = 16;
+pub const VIRTIO_NET_F_STATUS: u32 = virtio_bindings::virtio_net::VIRTIO_NET_F_STATUS;
 /// Link status bit: the link is up.
-pub const VIRTIO_NET_S_LINK_UP: u16 = 1;
+pub const VIRTIO_NET_S_LINK_UP: u16 = virtio_bindings::virtio_net::VIRTIO_NET_S_LINK_UP as u16;
 
 /// Index of the receive queue.
 pub(crate) const RXQ: usize = 0;

@@ -40,7 +40,7 @@ use crate::{lock, read_config_bytes, ActivateError, Interrupt, VirtioDevice, VIR
 use muxer::{Muxer, RXQ};
 
 /// virtio device ID of a socket device.
-pub const TYPE_VSOCK: u32 = 19;
+pub const TYPE_VSOCK: u32 = virtio_bindings::virtio_ids::VIRTIO_ID_VSOCK;
 /// Size of each queue.
 pub const QUEUE_SIZE: u16 = 256;
 /// Number of queues (receive, transmit, event).

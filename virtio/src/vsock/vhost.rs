@@ -12,6 +12,7 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
+use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
 
 use address_space::GuestMemoryMmap;
 use util::event_loop::EventLoop;
@@ -28,9 +29,6 @@ use crate::{
 
 /// The kernel's vhost-vsock device node.
 pub const VHOST_VSOCK_PATH: &str = "/dev/vhost-vsock";
-/// Feature bit: the guest may use the event index (notification
-/// suppression), served by the kernel.
-const VIRTIO_RING_F_EVENT_IDX: u32 = 29;
 /// Queues served by the kernel (receive, transmit); the event queue stays
 /// with the VMM, which never posts events.
 const KERNEL_QUEUES: usize = 2;
