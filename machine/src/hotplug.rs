@@ -17,10 +17,12 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use machine_manager::config::DriveConfig;
-use qmp::{BlockdevAddArgs, BlockdevDriver, BlockdevRef, DeviceAddArgs, FdLookup, QmpError};
-use serde_json::{json, Value};
 use virtio::block::{Block, BlockConfig, BlockError};
 
+use crate::hotplug_request::{
+    BlockEntry, BlockdevRequest, DeviceRequest, FdSource, HotplugError, ImageInfo, ImageSource,
+    TapRequest,
+};
 use crate::net_hotplug::{choose_slot, NetHotplug};
 
 /// Everything QMP can plug: block and network slots, whose device ids
@@ -34,7 +36,7 @@ pub struct Hotplug {
 
 impl Hotplug {
     /// `device_add`: dispatches on the driver.
-    pub fn device_add(&mut self, args: &DeviceAddArgs) -> Result<Value, QmpError> {
+    pub fn device_add(&mut self, args: &DeviceRequest) -> Result<(), HotplugError> {
         match args.driver.as_str() {
             "virtio-blk-mmio" | "virtio-blk-device" => {
                 if let Some(id) = &args.id {
@@ -62,7 +64,7 @@ impl Hotplug {
     }
 
     /// `device_del`: returns the QMP path of the removed device.
-    pub fn device_del(&mut self, id: &str) -> Result<String, QmpError> {
+    pub fn device_del(&mut self, id: &str) -> Result<String, HotplugError> {
         match self.net.device_del(id) {
             Some(result) => result,
             None => self.block.device_del(id),
@@ -72,9 +74,9 @@ impl Hotplug {
     /// `netdev_add`.
     pub fn netdev_add(
         &mut self,
-        args: &qmp::NetdevAddArgs,
-        fds: &mut dyn FdLookup,
-    ) -> Result<Value, QmpError> {
+        args: &TapRequest,
+        fds: &mut dyn FdSource,
+    ) -> Result<(), HotplugError> {
         self.net.netdev_add(args, fds)
     }
 }
@@ -105,14 +107,6 @@ pub struct BootDisk {
     pub read_only: bool,
     /// O_DIRECT (`direct=on`).
     pub direct: bool,
-}
-
-/// The `cache` member of `query-block`'s `inserted` for an image opened
-/// with (or without) O_DIRECT. `writeback`: the devices offer
-/// VIRTIO_BLK_F_FLUSH, so completed writes may sit in host caches until
-/// the guest flushes; `no-flush`: every flush is carried out (fdatasync).
-fn cache_info(direct: bool) -> Value {
-    json!({"writeback": true, "direct": direct, "no-flush": false})
 }
 
 /// One pre-created slot.
@@ -171,36 +165,29 @@ pub struct BlockHotplug {
     boot_disks: Vec<BootDisk>,
 }
 
-fn generic(desc: impl Into<String>) -> QmpError {
-    QmpError::generic(desc)
+fn generic(desc: impl Into<String>) -> HotplugError {
+    HotplugError::refused(desc)
 }
 
-/// The file name and driver checks of a `blockdev-add` node.
+/// The image path of a new node and the read-only and O_DIRECT defaults
+/// it takes from the node or inline definition it refers to.
 fn node_file(
-    driver: &BlockdevDriver,
+    source: &ImageSource,
     nodes: &BTreeMap<String, Node>,
-) -> Result<(PathBuf, Option<bool>, Option<bool>), QmpError> {
-    match driver {
-        BlockdevDriver::File(f) | BlockdevDriver::HostDevice(f) => {
-            Ok((PathBuf::from(&f.filename), None, None))
-        }
-        BlockdevDriver::Raw(raw) => {
-            if raw.offset.is_some() || raw.size.is_some() {
-                return Err(generic("raw offset/size are not supported"));
-            }
-            match &raw.file {
-                BlockdevRef::Reference(name) => nodes
-                    .get(name)
-                    .map(|n| (n.path.clone(), Some(n.read_only), Some(n.direct)))
-                    .ok_or_else(|| {
-                        generic(format!("Cannot find device='' nor node-name='{name}'"))
-                    }),
-                BlockdevRef::Inline(child) => {
-                    let (path, _, _) = node_file(&child.driver, nodes)?;
-                    let direct = child.common.cache.as_ref().and_then(|c| c.direct);
-                    Ok((path, child.common.read_only, direct))
-                }
-            }
+) -> Result<(PathBuf, Option<bool>, Option<bool>), HotplugError> {
+    match source {
+        ImageSource::Path(path) => Ok((path.clone(), None, None)),
+        ImageSource::Node(name) => nodes
+            .get(name)
+            .map(|n| (n.path.clone(), Some(n.read_only), Some(n.direct)))
+            .ok_or_else(|| generic(format!("Cannot find device='' nor node-name='{name}'"))),
+        ImageSource::Nested {
+            source,
+            read_only,
+            direct,
+        } => {
+            let (path, _, _) = node_file(source, nodes)?;
+            Ok((path, *read_only, *direct))
         }
     }
 }
@@ -208,7 +195,7 @@ fn node_file(
 /// `blockdev-add` only accepts what can be an image: a regular file or a
 /// block device (checked with stat, which never blocks, unlike opening a
 /// FIFO). The open at `device_add` checks again on the descriptor.
-fn check_image_type(path: &std::path::Path) -> Result<(), QmpError> {
+fn check_image_type(path: &std::path::Path) -> Result<(), HotplugError> {
     let meta = std::fs::metadata(path)
         .map_err(|e| generic(format!("Could not open '{}': {e}", path.display())))?;
     let kind = meta.file_type();
@@ -251,21 +238,15 @@ impl BlockHotplug {
     }
 
     /// `blockdev-add`.
-    pub fn blockdev_add(&mut self, args: &BlockdevAddArgs) -> Result<Value, QmpError> {
+    pub fn blockdev_add(&mut self, args: &BlockdevRequest) -> Result<(), HotplugError> {
         let name = &args.node_name;
         if self.nodes.contains_key(name) {
             return Err(generic(format!("Duplicate nodes with node-name='{name}'")));
         }
-        let (path, child_ro, child_direct) = node_file(&args.driver, &self.nodes)?;
+        let (path, child_ro, child_direct) = node_file(&args.source, &self.nodes)?;
         check_image_type(&path)?;
-        let read_only = args.common.read_only.or(child_ro).unwrap_or(false);
-        let direct = args
-            .common
-            .cache
-            .as_ref()
-            .and_then(|c| c.direct)
-            .or(child_direct)
-            .unwrap_or(false);
+        let read_only = args.read_only.or(child_ro).unwrap_or(false);
+        let direct = args.direct.or(child_direct).unwrap_or(false);
         self.nodes.insert(
             name.clone(),
             Node {
@@ -276,11 +257,11 @@ impl BlockHotplug {
                 boot: false,
             },
         );
-        Ok(json!({}))
+        Ok(())
     }
 
     /// `blockdev-del`.
-    pub fn blockdev_del(&mut self, name: &str) -> Result<Value, QmpError> {
+    pub fn blockdev_del(&mut self, name: &str) -> Result<(), HotplugError> {
         match self.nodes.get(name) {
             None => Err(generic(format!(
                 "Failed to find node with node-name='{name}'"
@@ -292,14 +273,14 @@ impl BlockHotplug {
             ))),
             Some(_) => {
                 self.nodes.remove(name);
-                Ok(json!({}))
+                Ok(())
             }
         }
     }
 
     /// `device_add` for virtio-blk drivers.
-    pub fn device_add(&mut self, args: &DeviceAddArgs) -> Result<Value, QmpError> {
-        if let Some(key) = args.other.keys().next() {
+    pub fn device_add(&mut self, args: &DeviceRequest) -> Result<(), HotplugError> {
+        if let Some(key) = &args.unknown_property {
             return Err(generic(format!(
                 "Property '{}.{key}' not found",
                 args.driver
@@ -359,11 +340,11 @@ impl BlockHotplug {
             "hotplug: '{id}' ({drive}) in slot {index} at {:#x}",
             slot.base
         );
-        Ok(json!({}))
+        Ok(())
     }
 
     /// `device_del`: returns the QMP path of the removed device.
-    pub fn device_del(&mut self, id: &str) -> Result<String, QmpError> {
+    pub fn device_del(&mut self, id: &str) -> Result<String, HotplugError> {
         if self.cold_ids.iter().any(|c| c == id) {
             return Err(generic(format!(
                 "Device '{id}' was created at boot and cannot be unplugged"
@@ -373,7 +354,7 @@ impl BlockHotplug {
             .slots
             .iter_mut()
             .find(|s| s.device.as_ref().is_some_and(|d| d.0 == id))
-            .ok_or_else(|| QmpError::device_not_found(format!("Device '{id}' not found")))?;
+            .ok_or_else(|| HotplugError::NotFound(format!("Device '{id}' not found")))?;
         let detached = slot
             .block
             .lock()
@@ -399,28 +380,33 @@ impl BlockHotplug {
         Ok(format!("/machine/peripheral/{id}"))
     }
 
-    /// `query-block`: the boot-time disks (as QEMU lists `-drive` disks:
-    /// `device` is the drive id, no `slot`), then every slot, filled or not.
-    pub fn query_block(&self) -> Value {
-        let boot = self.boot_disks.iter().map(|d| {
-            json!({"device": d.drive, "qdev": format!("/machine/peripheral/{}", d.device),
-                   "locked": false, "removable": false, "type": "unknown",
-                   "inserted": {"file": d.path.display().to_string(), "ro": d.read_only,
-                                "drv": "raw", "cache": cache_info(d.direct)}})
+    /// `query-block`: the boot-time disks (as QEMU lists `-drive` disks),
+    /// then every slot, filled or not.
+    pub fn query_block(&self) -> Vec<BlockEntry> {
+        let boot = self.boot_disks.iter().map(|d| BlockEntry::Boot {
+            device: d.device.clone(),
+            drive: d.drive.clone(),
+            image: ImageInfo {
+                path: d.path.clone(),
+                read_only: d.read_only,
+                direct: d.direct,
+            },
         });
-        let slots = self.slots.iter().enumerate().map(|(i, s)| {
-            let mut v = json!({"device": "", "slot": i, "locked": false,
-                                   "removable": true, "type": "unknown"});
-            if let Some((id, node)) = &s.device {
-                v["device"] = json!(id);
-                v["qdev"] = json!(format!("/machine/peripheral/{id}"));
-                if let Some(n) = self.nodes.get(node) {
-                    v["inserted"] = json!({"file": n.path.display().to_string(), "ro": n.read_only,
-                            "drv": "raw", "node-name": node, "cache": cache_info(n.direct)});
-                }
-            }
-            v
-        });
-        Value::Array(boot.chain(slots).collect())
+        let slots = self
+            .slots
+            .iter()
+            .enumerate()
+            .map(|(index, s)| BlockEntry::Slot {
+                index,
+                filled: s.device.as_ref().map(|(id, node)| {
+                    let image = self.nodes.get(node).map(|n| ImageInfo {
+                        path: n.path.clone(),
+                        read_only: n.read_only,
+                        direct: n.direct,
+                    });
+                    (id.clone(), node.clone(), image)
+                }),
+            });
+        boot.chain(slots).collect()
     }
 }

@@ -12,11 +12,13 @@ pub mod events;
 pub mod guest_image;
 mod host_memory;
 pub mod hotplug;
+pub mod hotplug_request;
 pub mod kvm_checks;
 pub mod legacy;
 pub mod net_hotplug;
 pub mod power_button;
 pub mod qmp_bridge;
+mod qmp_convert;
 pub mod seccomp;
 pub mod virtio_devices;
 

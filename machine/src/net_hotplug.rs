@@ -13,9 +13,9 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
-use qmp::{DeviceAddArgs, FdLookup, NetdevAddArgs, NetdevBackend, QmpError};
-use serde_json::{json, Value};
 use virtio::net::{parse_mac, FrameIo, Net, Tap};
+
+use crate::hotplug_request::{DeviceRequest, FdSource, HotplugError, TapRequest};
 
 /// A back-end defined with `netdev_add`: the TAP while no device uses
 /// it, or the id of the device that holds it.
@@ -62,12 +62,12 @@ pub struct NetHotplug {
     slots: Vec<NetSlot>,
 }
 
-fn generic(desc: impl Into<String>) -> QmpError {
-    QmpError::generic(desc)
+fn generic(desc: impl Into<String>) -> HotplugError {
+    HotplugError::refused(desc)
 }
 
 /// Parses `addr` (slot index, decimal or `0x` hex).
-fn parse_slot_addr(addr: &str) -> Result<usize, QmpError> {
+fn parse_slot_addr(addr: &str) -> Result<usize, HotplugError> {
     addr.strip_prefix("0x")
         .map_or_else(|| addr.parse::<usize>(), |h| usize::from_str_radix(h, 16))
         .map_err(|_| generic(format!("Invalid addr '{addr}'")))
@@ -82,7 +82,7 @@ pub(crate) fn choose_slot(
     free: &[bool],
     kind: &str,
     taken: &str,
-) -> Result<usize, QmpError> {
+) -> Result<usize, HotplugError> {
     match addr {
         Some(addr) => {
             let index = parse_slot_addr(addr)?;
@@ -124,15 +124,14 @@ impl NetHotplug {
     /// `netdev_add`; descriptors named by `fd`/`fds` come from `getfd`.
     pub fn netdev_add(
         &mut self,
-        args: &NetdevAddArgs,
-        fds: &mut dyn FdLookup,
-    ) -> Result<Value, QmpError> {
-        let id = &args.id;
+        tap: &TapRequest,
+        fds: &mut dyn FdSource,
+    ) -> Result<(), HotplugError> {
+        let id = &tap.id;
         if self.netdevs.contains_key(id) {
             return Err(generic(format!("Duplicate ID '{id}' for netdev")));
         }
-        let NetdevBackend::Tap(tap) = &args.backend;
-        if tap.vhost == Some(true) || !tap.vhost_fd_names().is_empty() {
+        if tap.vhost {
             return Err(generic(format!(
                 "netdev '{id}': vhost-net is not supported; use vhost=off"
             )));
@@ -149,7 +148,7 @@ impl NetHotplug {
                 )));
             }
         }
-        let names = tap.fd_names();
+        let names = &tap.fd_names;
         let opened = match (names.as_slice(), &tap.ifname) {
             ([], None) => {
                 return Err(generic(format!(
@@ -179,28 +178,26 @@ impl NetHotplug {
         log::info!("netdev '{id}' on TAP {}", opened.if_name());
         self.netdevs
             .insert(id.clone(), Netdev::Free(Arc::new(opened)));
-        Ok(json!({}))
+        Ok(())
     }
 
     /// `netdev_del`: closes an unused back-end.
-    pub fn netdev_del(&mut self, id: &str) -> Result<Value, QmpError> {
+    pub fn netdev_del(&mut self, id: &str) -> Result<(), HotplugError> {
         match self.netdevs.get(id) {
-            None => Err(QmpError::device_not_found(format!(
-                "Device '{id}' not found"
-            ))),
+            None => Err(HotplugError::NotFound(format!("Device '{id}' not found"))),
             Some(Netdev::InUse(dev)) => Err(generic(format!(
                 "netdev '{id}' is in use by device '{dev}'; device_del it first"
             ))),
             Some(_) => {
                 self.netdevs.remove(id);
-                Ok(json!({}))
+                Ok(())
             }
         }
     }
 
     /// `device_add` for virtio-net drivers; `id` is already checked unique.
-    pub fn device_add(&mut self, id: &str, args: &DeviceAddArgs) -> Result<Value, QmpError> {
-        if let Some(key) = args.other.keys().next() {
+    pub fn device_add(&mut self, id: &str, args: &DeviceRequest) -> Result<(), HotplugError> {
+        if let Some(key) = &args.unknown_property {
             return Err(generic(format!(
                 "Property '{}.{key}' not found",
                 args.driver
@@ -259,11 +256,11 @@ impl NetHotplug {
             "hotplug: '{id}' ({netdev_id}) in network slot {index} at {:#x}",
             slot.base
         );
-        Ok(json!({}))
+        Ok(())
     }
 
     /// `device_del` of a network device; `None` if no slot holds `id`.
-    pub fn device_del(&mut self, id: &str) -> Option<Result<String, QmpError>> {
+    pub fn device_del(&mut self, id: &str) -> Option<Result<String, HotplugError>> {
         let slot = self
             .slots
             .iter_mut()
@@ -283,7 +280,7 @@ impl NetHotplug {
 mod tests {
     use super::*;
 
-    fn desc(r: Result<usize, QmpError>) -> String {
+    fn desc(r: Result<usize, HotplugError>) -> String {
         format!("{:?}", r.unwrap_err())
     }
 

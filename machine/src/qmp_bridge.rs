@@ -14,6 +14,9 @@ use crate::control::{self, ControlRequest, LifecycleListener, VmShared, VmStatus
 use crate::events::{EventSender, VmEvent};
 use crate::hotplug::Hotplug;
 use crate::kvm_checks;
+use crate::qmp_convert::{
+    blockdev_request, device_request, query_block_reply, tap_request, ClientFds,
+};
 
 /// How long a QMP command waits for the control loop.
 const CONTROL_TIMEOUT: Duration = Duration::from_secs(30);
@@ -172,13 +175,30 @@ impl QmpHandler for VmQmpHandler {
             QmpCommand::QueryHotpluggableCpus => Err(QmpError::generic(
                 "machine does not support hot-plugging CPUs",
             )),
-            QmpCommand::BlockdevAdd(args) => self.hotplug().block.blockdev_add(&args),
-            QmpCommand::BlockdevDel { node_name } => self.hotplug().block.blockdev_del(&node_name),
-            QmpCommand::DeviceAdd(args) => self.hotplug().device_add(&args),
+            QmpCommand::BlockdevAdd(args) => {
+                let request = blockdev_request(&args)?;
+                self.hotplug().block.blockdev_add(&request)?;
+                Ok(json!({}))
+            }
+            QmpCommand::BlockdevDel { node_name } => {
+                self.hotplug().block.blockdev_del(&node_name)?;
+                Ok(json!({}))
+            }
+            QmpCommand::DeviceAdd(args) => {
+                self.hotplug().device_add(&device_request(&args))?;
+                Ok(json!({}))
+            }
             QmpCommand::DeviceDel { id } => self.device_del(&id),
-            QmpCommand::NetdevAdd(args) => self.hotplug().netdev_add(&args, fds),
-            QmpCommand::NetdevDel { id } => self.hotplug().net.netdev_del(&id),
-            QmpCommand::QueryBlock => Ok(self.hotplug().block.query_block()),
+            QmpCommand::NetdevAdd(args) => {
+                self.hotplug()
+                    .netdev_add(&tap_request(&args), &mut ClientFds(fds))?;
+                Ok(json!({}))
+            }
+            QmpCommand::NetdevDel { id } => {
+                self.hotplug().net.netdev_del(&id)?;
+                Ok(json!({}))
+            }
+            QmpCommand::QueryBlock => Ok(query_block_reply(&self.hotplug().block.query_block())),
             QmpCommand::QueryLogStats => self.query_log_stats(),
             other => Err(QmpError::not_supported(other.name())),
         }
