@@ -323,3 +323,36 @@ fn query_hotpluggable_cpus_fails_as_on_qemus_microvm_and_is_not_listed() {
     vm.quit(&mut c);
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[test]
+fn query_cpus_fast_lists_every_vcpu_even_as_the_first_command() {
+    if !kvm_usable("qmp_query_cpus_first") {
+        return;
+    }
+    // QMP serves before the vCPU threads exist: a client that asks at once
+    // (as Kata does, to place the threads in cgroups) must still get every
+    // vCPU with its thread id, never an empty or partial list.
+    for round in 0..5 {
+        let dir = scratch(&format!("qmp-cpus-first-{round}"));
+        let vm = Vm::start(
+            &dir,
+            &[
+                "-kernel",
+                GUEST_ELF64,
+                "-smp",
+                "32",
+                "-append",
+                "guest.exit=halt",
+            ],
+        );
+        let mut c = Client::negotiated(&vm.sock);
+        let r = c.execute("query-cpus-fast");
+        let cpus = r["return"].as_array().unwrap_or_else(|| panic!("{r}"));
+        assert_eq!(cpus.len(), 32, "round {round}: {r}");
+        for cpu in cpus {
+            assert!(cpu["thread-id"].as_i64().unwrap() > 0, "{r}");
+        }
+        vm.quit(&mut c);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}

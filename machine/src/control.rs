@@ -3,7 +3,7 @@
 //! that receives lifecycle events (STOP, RESUME, SHUTDOWN, …).
 
 use std::sync::mpsc::{self, Sender};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use cpu::{VcpuControl, VcpuStopState};
@@ -70,10 +70,15 @@ impl LifecycleListener for NoListener {
     fn lifecycle_event(&self, _: &'static str, _: serde_json::Value) {}
 }
 
+/// How long a vCPU query waits for the vCPU threads to be started.
+const VCPU_START_WAIT: Duration = Duration::from_secs(10);
+
 /// Facts the control plane reads without going through the control loop.
 pub struct VmShared {
     status: Mutex<VmStatus>,
-    vcpus: Mutex<Vec<Arc<VcpuControl>>>,
+    /// The vCPUs, once their threads are started.
+    vcpus: Mutex<Option<Vec<Arc<VcpuControl>>>>,
+    vcpus_started: Condvar,
     /// Number of vCPUs at boot.
     pub nr_vcpus: u8,
     /// Guest name.
@@ -87,7 +92,8 @@ impl VmShared {
     pub fn new(name: Option<String>, uuid: Option<String>, nr_vcpus: u8) -> Arc<Self> {
         Arc::new(Self {
             status: Mutex::new(VmStatus::Prelaunch),
-            vcpus: Mutex::new(Vec::new()),
+            vcpus: Mutex::new(None),
+            vcpus_started: Condvar::new(),
             nr_vcpus,
             name,
             uuid,
@@ -104,13 +110,24 @@ impl VmShared {
     }
 
     pub(crate) fn set_vcpus(&self, vcpus: Vec<Arc<VcpuControl>>) {
-        *self.vcpus.lock().unwrap_or_else(|p| p.into_inner()) = vcpus;
+        *self.vcpus.lock().unwrap_or_else(|p| p.into_inner()) = Some(vcpus);
+        self.vcpus_started.notify_all();
+    }
+
+    /// The vCPUs. QMP serves before the vCPU threads exist, so a query that
+    /// arrives first waits for them (bounded: empty if they never start).
+    fn vcpu_controls(&self) -> Vec<Arc<VcpuControl>> {
+        let guard = self.vcpus.lock().unwrap_or_else(|p| p.into_inner());
+        let (guard, _) = self
+            .vcpus_started
+            .wait_timeout_while(guard, VCPU_START_WAIT, |v| v.is_none())
+            .unwrap_or_else(|p| p.into_inner());
+        guard.clone().unwrap_or_default()
     }
 
     /// Host thread ids of the vCPU threads, by vCPU index (0 if unknown).
     pub fn vcpu_thread_ids(&self) -> Vec<i32> {
-        let vcpus = self.vcpus.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        vcpus
+        self.vcpu_controls()
             .iter()
             .map(|c| c.wait_thread_id(Duration::from_secs(1)).unwrap_or(0))
             .collect()
@@ -121,8 +138,10 @@ impl VmShared {
     /// What each vCPU was doing when it stopped, by vCPU index: `None` for
     /// a vCPU that runs (its registers cannot be read then).
     pub fn vcpu_stop_states(&self) -> Vec<Option<VcpuStopState>> {
-        let vcpus = self.vcpus.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        vcpus.iter().map(|c| c.stopped_state()).collect()
+        self.vcpu_controls()
+            .iter()
+            .map(|c| c.stopped_state())
+            .collect()
     }
 }
 
