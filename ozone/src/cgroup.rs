@@ -432,7 +432,7 @@ cgroup2 /sys/fs/cgroup/unified cgroup2 rw,relatime 0 0
         let plan = Plan::new(&s, &mounts, "altovirt", "vm1").unwrap();
         plan.apply().unwrap();
         let leaf = root.join("altovirt/vm1");
-        assert_eq!(plan.dirs(), [leaf.clone()]);
+        assert_eq!(plan.dirs(), std::slice::from_ref(&leaf));
         assert_eq!(read_trim(&root.join("altovirt/cpuset.cpus")), "0-3");
         assert_eq!(read_trim(&leaf.join("cpuset.mems")), "0");
         assert_eq!(read_trim(&leaf.join("cpuset.cpus")), "1");
