@@ -84,12 +84,17 @@ pub fn launch(o: &Options) -> Result<i32, OzoneError> {
 }
 
 /// Removes what a launch of this name left: the jail directory and its
-/// cgroups in every hierarchy. Refused while a process runs in the jail;
-/// nothing to remove is not an error.
+/// cgroups in every hierarchy. Refused while a process runs in the jail
+/// (after 3 s of waiting for it to go); nothing to remove is not an error.
 pub fn clean(o: &Options) -> Result<(), OzoneError> {
     let jail = Jail::of(o)?;
-    if let Some(pid) = jail.user() {
-        return Err(OzoneError::JailBusy { dir: jail.dir, pid });
+    // A VMM killed with its jailer may still be exiting: give it a moment.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    while let Some(pid) = jail.user() {
+        if std::time::Instant::now() >= deadline {
+            return Err(OzoneError::JailBusy { dir: jail.dir, pid });
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
     }
     jail.remove()?;
     cgroup::remove_everywhere(&Mounts::read()?, &jail.exec_name, &o.name)?;
