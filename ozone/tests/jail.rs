@@ -495,6 +495,20 @@ fn bad_flags_are_one_line_errors_with_status_2() {
     assert!(!Path::new("/sys/fs/cgroup/cpuset/altovirt")
         .join(&name)
         .exists());
+    // Not root: one line, status 1 (a host condition, not a usage error).
+    {
+        use std::os::unix::process::CommandExt;
+        let out = Command::new(OZONE)
+            .args(base(&["-gid", "1"]))
+            .uid(65534)
+            .gid(65534)
+            .output()
+            .expect("run as 65534");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(err.contains("must run as root"), "{err}");
+    }
     // altovirt's own usage errors pass through with its status.
     let out = run(&launch_args(
         &name,
