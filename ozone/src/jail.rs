@@ -169,8 +169,6 @@ impl Jail {
         libs: &[PathBuf],
         sources: &[Input],
     ) -> Result<Vec<(PathBuf, Placed)>, OzoneError> {
-        // The VMM owns its root directory: it creates its sockets there.
-        chown(&self.dir, o.uid, o.gid)?;
         set_mode(&self.dir, 0o700)?;
         for d in RESERVED {
             let p = self.dir.join(d);
@@ -201,6 +199,10 @@ impl Jail {
             };
             out.push((s.path.clone(), how));
         }
+        // The VMM owns its root directory (it creates its sockets there),
+        // handed over only now: while root fills it, no other process of
+        // that uid can plant links in it.
+        chown(&self.dir, o.uid, o.gid)?;
         Ok(out)
     }
 
