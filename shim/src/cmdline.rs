@@ -61,27 +61,55 @@ pub struct VmSpec {
     pub hv: HypervisorConfig,
     /// Boot devices with descriptors.
     pub devices: BootDevices,
+    /// The jail directory when the VMM runs through the jailer
+    /// (`jailer_path`): the VMM's files are there, under relative names.
+    pub jail: Option<PathBuf>,
 }
 
 impl VmSpec {
-    /// The QMP socket path.
+    /// Where the VMM's sockets and logs are on the host: the jail
+    /// directory, or the run directory.
+    pub fn host_dir(&self) -> &Path {
+        self.jail.as_deref().unwrap_or(&self.run_dir)
+    }
+
+    /// The path the VMM is given for its file `name`: relative (inside
+    /// the jail, whose root is its working directory) or in the run
+    /// directory.
+    pub fn vmm_path(&self, name: &str) -> PathBuf {
+        match self.jail {
+            Some(_) => PathBuf::from(name),
+            None => self.run_dir.join(name),
+        }
+    }
+
+    /// The path the VMM is given for host file `host` (kernel, initrd,
+    /// image): its name in the jail, or the path itself.
+    pub fn vmm_file(&self, host: &str) -> String {
+        match self.jail {
+            Some(_) => crate::jail::in_jail(host),
+            None => host.to_string(),
+        }
+    }
+
+    /// The QMP socket path (on the host).
     pub fn qmp_socket(&self) -> PathBuf {
-        self.run_dir.join(files::QMP_SOCKET)
+        self.host_dir().join(files::QMP_SOCKET)
     }
 
-    /// The console log path.
+    /// The console log path (on the host).
     pub fn console_log(&self) -> PathBuf {
-        self.run_dir.join(files::CONSOLE_LOG)
+        self.host_dir().join(files::CONSOLE_LOG)
     }
 
-    /// The virtio-console socket path.
+    /// The virtio-console socket path (on the host).
     pub fn console_socket(&self) -> PathBuf {
-        self.run_dir.join(files::CONSOLE_SOCKET)
+        self.host_dir().join(files::CONSOLE_SOCKET)
     }
 
-    /// The hybrid vsock socket path (when `vsock = "hybrid"`).
+    /// The hybrid vsock socket path (when `vsock = "hybrid"`; on the host).
     pub fn hybrid_vsock(&self) -> PathBuf {
-        self.run_dir.join(files::HYBRID_VSOCK)
+        self.host_dir().join(files::HYBRID_VSOCK)
     }
 
     /// The vhost-user-fs socket path (when `shared_fs = "virtio-fs"`).
@@ -169,7 +197,7 @@ fn push(a: &mut Vec<String>, flag: &str, value: String) {
 fn shared_tail(spec: &VmSpec, style: &Style, a: &mut Vec<String>) {
     let hv = &spec.hv;
     if !hv.initrd.is_empty() {
-        push(a, "-initrd", hv.initrd.clone());
+        push(a, "-initrd", spec.vmm_file(&hv.initrd));
     }
     if !hv.image.is_empty() {
         push(
@@ -177,7 +205,7 @@ fn shared_tail(spec: &VmSpec, style: &Style, a: &mut Vec<String>) {
             "-drive",
             format!(
                 "id=rootfs,file={},{}",
-                opt_path(Path::new(&hv.image)),
+                opt_path(Path::new(&spec.vmm_file(&hv.image))),
                 style.rootfs_drive
             ),
         );
@@ -212,7 +240,7 @@ fn shared_tail(spec: &VmSpec, style: &Style, a: &mut Vec<String>) {
         "-chardev",
         format!(
             "socket,id=charconsole0,path={},{}",
-            opt_path(&spec.console_socket()),
+            opt_path(&spec.vmm_path(files::CONSOLE_SOCKET)),
             style.server
         ),
     );
@@ -236,7 +264,7 @@ fn shared_tail(spec: &VmSpec, style: &Style, a: &mut Vec<String>) {
             format!(
                 "vsock-device,id=vsock0,guest-cid={},uds-path={}",
                 hv.guest_cid,
-                opt_path(&spec.hybrid_vsock())
+                opt_path(&spec.vmm_path(files::HYBRID_VSOCK))
             ),
         ),
         _ => {}
@@ -252,12 +280,12 @@ fn shared_tail(spec: &VmSpec, style: &Style, a: &mut Vec<String>) {
     push(
         a,
         "-serial",
-        format!("file:{}", spec.console_log().display()),
+        format!("file:{}", spec.vmm_path(files::CONSOLE_LOG).display()),
     );
     push(
         a,
         "-pidfile",
-        spec.run_dir.join(files::PID_FILE).display().to_string(),
+        spec.vmm_path(files::PID_FILE).display().to_string(),
     );
 }
 
@@ -274,13 +302,16 @@ pub fn stratovirt_args(spec: &VmSpec) -> Vec<String> {
         "-m".into(),
         hv.default_memory.to_string(),
         "-kernel".into(),
-        hv.kernel.clone(),
+        spec.vmm_file(&hv.kernel),
         "-append".into(),
         spec.kernel_params(),
         "-qmp".into(),
-        format!("unix:{},server,nowait", opt_path(&spec.qmp_socket())),
+        format!(
+            "unix:{},server,nowait",
+            opt_path(&spec.vmm_path(files::QMP_SOCKET))
+        ),
         "-D".into(),
-        spec.run_dir.join(files::VMM_LOG).display().to_string(),
+        spec.vmm_path(files::VMM_LOG).display().to_string(),
         "-disable-seccomp".into(),
     ];
     let mut machine = String::from("type=microvm,dump-guest-core=off,mem-share=on");
@@ -428,6 +459,7 @@ mod tests {
                 ..Default::default()
             },
             devices: BootDevices::default(),
+            jail: None,
         }
     }
 
@@ -590,6 +622,32 @@ mod tests {
         ));
         s.hv.shared_fs = "none".into();
         assert!(!qemu_args(&s).iter().any(|x| x.contains("virtio_fs")));
+    }
+
+    #[test]
+    fn jailed_paths_are_relative_and_host_paths_in_the_jail() {
+        let mut s = spec();
+        s.hv.vsock = "hybrid".into();
+        s.hv.initrd = "/images/initrd.img".into();
+        s.jail = Some(PathBuf::from("/srv/zozone/altovirt/abc"));
+        let a = stratovirt_args(&s);
+        assert_eq!(after(&a, "-kernel"), "k");
+        assert_eq!(after(&a, "-initrd"), "initrd.img");
+        assert_eq!(after(&a, "-qmp"), "unix:qmp.socket,server,nowait");
+        assert_eq!(after(&a, "-D"), "vmm.log");
+        assert_eq!(after(&a, "-serial"), "file:console.log");
+        assert_eq!(after(&a, "-pidfile"), "pid");
+        assert!(
+            all(&a, "-device").contains(&"vsock-device,id=vsock0,guest-cid=3,uds-path=kata.hvsock")
+        );
+        assert_eq!(
+            s.qmp_socket(),
+            PathBuf::from("/srv/zozone/altovirt/abc/qmp.socket")
+        );
+        assert_eq!(
+            s.hybrid_vsock(),
+            PathBuf::from("/srv/zozone/altovirt/abc/kata.hvsock")
+        );
     }
 
     #[test]

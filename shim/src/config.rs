@@ -132,6 +132,16 @@ pub struct HypervisorConfig {
     pub vsock: String,
     /// altovirt-shim key (not Kata's): the guest's vsock context id.
     pub guest_cid: u32,
+    /// Kata's key (its Firecracker section has it): a jailer to launch the
+    /// VMM through; here `altovirt-ozone` (docs/ozone.md). Empty: none.
+    /// Only `[hypervisor.stratovirt]` uses it.
+    pub jailer_path: String,
+    /// Kata's key: allowed `jailer_path` values (globs); empty allows any.
+    pub valid_jailer_paths: Vec<String>,
+    /// altovirt-shim key (not Kata's): the uid the jailed VMM runs as.
+    pub jailer_uid: u32,
+    /// altovirt-shim key (not Kata's): the gid the jailed VMM runs as.
+    pub jailer_gid: u32,
 }
 
 impl Default for HypervisorConfig {
@@ -164,6 +174,10 @@ impl Default for HypervisorConfig {
             net_slots: DEFAULT_NET_SLOTS,
             vsock: String::new(),
             guest_cid: 3,
+            jailer_path: String::new(),
+            valid_jailer_paths: Vec::new(),
+            jailer_uid: 65534,
+            jailer_gid: 65534,
         }
     }
 }

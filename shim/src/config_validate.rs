@@ -214,6 +214,9 @@ pub(crate) fn validate(
             format!("{} is reserved; use 3 or more", h.guest_cid),
         ));
     }
+    if !h.jailer_path.is_empty() {
+        crate::jail::validate(&h, flavour).map_err(|(key, reason)| err(k(key), reason))?;
+    }
     if !h.entropy_source.starts_with('/') {
         return Err(err(
             k("entropy_source"),

@@ -95,6 +95,9 @@ pub enum DriverError {
     /// Waiting for the child failed.
     #[error("waiting for the VMM: {0}")]
     Wait(io::Error),
+    /// The jailer failed (`jailer_path`).
+    #[error("jailer: {0}")]
+    Jailer(String),
     /// A QMP reply did not have the expected shape.
     #[error("unexpected reply to {command}: {reply}")]
     BadReply {
@@ -165,6 +168,8 @@ pub struct Hypervisor {
     mode: QmpMode,
     pub(crate) timeouts: Timeouts,
     child: Option<Child>,
+    /// The host pid of the jailed VMM (the jailer's child), when jailed.
+    jailed_vmm: Option<u32>,
     /// The pid of a VMM another process started (see [`Hypervisor::attach`]).
     attached: Option<u32>,
     qmp: Option<QmpClient>,
@@ -198,12 +203,14 @@ impl Hypervisor {
                 id: id.into(),
                 uuid: uuid_for(id),
                 run_dir: run_dir.to_path_buf(),
+                jail: crate::jail::jail_dir(&hv, id),
                 hv,
                 devices: BootDevices::default(),
             },
             mode: QmpMode::Persistent,
             timeouts: Timeouts::default(),
             child: None,
+            jailed_vmm: None,
             attached: None,
             qmp: None,
             inherited: Vec::new(),
@@ -353,8 +360,17 @@ impl Hypervisor {
         let out = fs::File::create(dir.join("vmm.stderr")).map_err(rd)?;
         let err = out.try_clone().map_err(rd)?;
         let keep: Vec<i32> = self.inherited.iter().map(AsRawFd::as_raw_fd).collect();
-        let mut cmd = Command::new(&self.spec.hv.path);
-        cmd.args(self.args())
+        let (program, args) = if self.spec.jail.is_some() {
+            // A jail left by a VMM that died with its jailer goes first.
+            crate::jail::teardown(&self.spec.hv, &self.spec.id, dir)
+                .map_err(DriverError::Jailer)?;
+            let a = crate::jail::jailer_args(&self.spec.hv, &self.spec.id, self.args());
+            (self.spec.hv.jailer_path.clone(), a)
+        } else {
+            (self.spec.hv.path.clone(), self.args())
+        };
+        let mut cmd = Command::new(&program);
+        cmd.args(args)
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)
@@ -375,13 +391,20 @@ impl Hypervisor {
             });
         }
         let child = cmd.spawn().map_err(|source| DriverError::Spawn {
-            path: self.spec.hv.path.clone(),
+            path: program.clone(),
             source,
         })?;
-        log::info!("started {} pid {}", self.spec.hv.path, child.id());
+        log::info!("started {program} pid {}", child.id());
+        let launcher = child.id();
         self.child = Some(child);
         match self.wait_ready() {
-            Ok(()) => Ok(()),
+            Ok(()) => {
+                if self.spec.jail.is_some() {
+                    // QMP answers, so the VMM runs: the jailer's child.
+                    self.jailed_vmm = crate::jail::vmm_pid(launcher, &self.spec.hv.path);
+                }
+                Ok(())
+            }
             Err(e) => {
                 self.kill_and_reap();
                 Err(e)
@@ -538,8 +561,13 @@ impl Hypervisor {
         let mut out = VcpuThreadIds::new();
         for cpu in reply.as_array().ok_or_else(bad)? {
             let i = cpu.get(idx_key).and_then(Value::as_u64).ok_or_else(bad)?;
-            let t = cpu.get(tid_key).and_then(Value::as_i64).ok_or_else(bad)?;
-            out.insert(i as u32, t as i32);
+            let t = cpu.get(tid_key).and_then(Value::as_i64).ok_or_else(bad)? as i32;
+            // A jailed VMM reports the ids of its own PID namespace.
+            let t = match (self.spec.jail.is_some(), self.pids().first()) {
+                (true, Some(&pid)) => crate::jail::host_tid(pid, t).unwrap_or(t),
+                _ => t,
+            };
+            out.insert(i as u32, t);
         }
         Ok(out)
     }
@@ -556,18 +584,19 @@ impl Hypervisor {
     pub fn capabilities(&self) -> Capabilities {
         let alto = self.flavour == Flavour::StratoVirt;
         Capabilities {
-            block_device_hotplug: alto && !self.blk.is_empty(),
+            block_device_hotplug: alto && !self.blk.is_empty() && self.spec.jail.is_none(),
             net_device_hotplug: alto && !self.net.is_empty(),
             multi_queue: false,
             fs_sharing: self.spec.hv.shared_fs == "virtio-fs",
         }
     }
 
-    /// The VMM's pid (empty when not running).
+    /// The VMM's pid (empty when not running): the jailed VMM's host pid
+    /// rather than its jailer's, when jailed.
     pub fn pids(&self) -> Vec<u32> {
         self.child
             .iter()
-            .map(Child::id)
+            .map(|c| self.jailed_vmm.unwrap_or(c.id()))
             .chain(self.attached)
             .collect()
     }
@@ -641,6 +670,13 @@ impl Hypervisor {
             files::HYBRID_VSOCK,
         ] {
             let _ = fs::remove_file(self.spec.run_dir.join(f));
+        }
+        if self.spec.jail.is_some() {
+            self.jailed_vmm = None;
+            if let Err(e) = crate::jail::teardown(&self.spec.hv, &self.spec.id, &self.spec.run_dir)
+            {
+                log::warn!("cannot remove the jail of {}: {e}", self.spec.id);
+            }
         }
         // The descriptors were for this VMM only.
         self.inherited.clear();

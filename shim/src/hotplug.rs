@@ -165,6 +165,14 @@ impl Hypervisor {
     /// and returns where it went.
     pub fn hotplug_add_block(&mut self, dev: &BlockDevice) -> Result<Plugged, DriverError> {
         self.hotplug_supported("block hotplug")?;
+        if self.spec.jail.is_some() {
+            // The jailed VMM sees only its jail; host images are not
+            // mapped into it.
+            return Err(DriverError::Unsupported {
+                flavour: "altovirt in its jail (jailer_path)".into(),
+                what: "block hotplug of a host image".into(),
+            });
+        }
         self.sync_block_slots()?;
         self.check_new_id(&dev.id)?;
         let slot = self.blk.choose(dev.slot)?;

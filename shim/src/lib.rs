@@ -11,7 +11,8 @@
 //! - [`sandbox`]: per-sandbox state shared by `altovirt-shim` commands;
 //! - [`metrics`]: Prometheus text metrics of a sandbox;
 //! - [`tap`], [`signals`]: taps by name, and the stop signals of `run`;
-//! - [`host`]: host checks and facts for `altovirt-shim check` / `env`.
+//! - [`host`]: host checks and facts for `altovirt-shim check` / `env`;
+//! - [`jail`]: launching altovirt through `altovirt-ozone` (`jailer_path`).
 //!
 //! See `docs/shim.md`.
 
@@ -25,6 +26,7 @@ pub mod cmdline;
 pub mod driver;
 pub mod host;
 pub mod hotplug;
+pub mod jail;
 pub mod metrics;
 pub mod sandbox;
 pub mod signals;
