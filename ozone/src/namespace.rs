@@ -162,6 +162,7 @@ fn make_dev(dev: &Path, uid: u32, gid: u32) -> Result<(), OzoneError> {
         let (u, g) = if n.owned { (uid, gid) } else { (0, 0) };
         // SAFETY: chown/chmod of the node just made.
         if unsafe { libc::chown(c.as_ptr(), u, g) } != 0
+            // SAFETY: as above.
             || unsafe { libc::chmod(c.as_ptr(), n.mode) } != 0
         {
             return Err(OzoneError::host(

@@ -4,6 +4,8 @@
 //! jail directory; QMP works through the socket in the jail directory;
 //! the cgroup limits apply; `-clean-resource` leaves nothing; bad flags
 //! are one-line errors with status 2.
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 

@@ -19,6 +19,7 @@
 #![deny(missing_docs)]
 
 pub mod config;
+pub mod config_load;
 mod config_validate;
 pub mod qmp_client;
 pub use config_validate::glob_match;

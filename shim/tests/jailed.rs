@@ -4,11 +4,13 @@
 //! VMM's host pid and host vCPU thread ids, refuses block hotplug of host
 //! images, keeps the console log in the run directory and removes the jail
 //! when the VM stops.
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use shim::config;
+use shim::config_load;
 use shim::driver::{DriverError, Hypervisor};
 use shim::hotplug::BlockDevice;
 
@@ -82,7 +84,7 @@ fn altovirt_runs_in_its_jail() {
         ),
     )
     .unwrap();
-    let cfg = config::load(&file).expect("configuration");
+    let cfg = config_load::load(&file).expect("configuration");
     assert_eq!(cfg.hypervisor.jailer_uid, 65534);
     let mut h = Hypervisor::new(&cfg, &tag, &run);
     let args = h.args();
@@ -167,7 +169,7 @@ fn jailer_keys_are_validated() {
             ),
         )
         .unwrap();
-        config::load(&f)
+        config_load::load(&f)
     };
     let err = |extra: &str, section: &str| match write(extra, section) {
         Err(e) => e.to_string(),

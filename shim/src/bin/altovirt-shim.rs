@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use argh::FromArgs;
 use serde_json::{json, Value};
-use shim::config;
+use shim::config_load;
 use shim::host;
 
 /// Kata-style shim for altovirt and QEMU microvm.
@@ -138,7 +138,7 @@ fn check(c: CheckCmd) -> ExitCode {
 }
 
 fn env(cli_config: Option<&Path>, e: EnvCmd) -> ExitCode {
-    let (cfg, file, drop_ins, err) = match config::load_default(cli_config) {
+    let (cfg, file, drop_ins, err) = match config_load::load_default(cli_config) {
         Ok(l) => {
             let c = serde_json::to_value(&l.config).unwrap_or(Value::Null);
             let d: Vec<String> = l.drop_ins.iter().map(|p| p.display().to_string()).collect();

@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 
 use argh::FromArgs;
 use serde_json::{json, Value};
-use shim::config::{self, Flavour};
+use shim::config::Flavour;
+use shim::config_load;
 use shim::driver::{DriverError, Hypervisor, QmpMode};
 use shim::hotplug::{BlockDevice, NetDevice, TapSource};
 use shim::sandbox::{self, SandboxError, SandboxState};
@@ -163,7 +164,7 @@ pub fn run(config_file: Option<&Path>, run_dir: &Path, r: RunCmd) -> ExitCode {
     if let Err(e) = signals::install() {
         return fail(CMD, format!("signal handlers: {e}"));
     }
-    let cfg = match config::load_default_select(config_file, r.hypervisor) {
+    let cfg = match config_load::load_default_select(config_file, r.hypervisor) {
         Ok(c) => c,
         Err(e) => return fail(CMD, e),
     };
