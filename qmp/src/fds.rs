@@ -136,6 +136,13 @@ struct CmsgBuffer([u8; 1280]);
 
 /// `recvmsg` on a stream socket, collecting passed descriptors (with
 /// `O_CLOEXEC` set) into `fds`. Returns the number of data bytes.
+///
+/// Written by hand rather than with vmm-sys-util's `ScmSocket` (which the
+/// tests use to send): `ScmSocket::recv_with_fds` passes no flags, so a
+/// descriptor would arrive inheritable until a later `fcntl`, and it drops
+/// every descriptor of a message that carries more than the caller's
+/// capacity; here `MSG_CMSG_CLOEXEC` sets close-on-exec atomically and the
+/// excess is closed by the caller's limit on stored descriptors.
 pub(crate) fn recv_with_fds(
     sock: &impl AsRawFd,
     buf: &mut [u8],
@@ -218,32 +225,8 @@ mod tests {
 
     /// Sends `data` with the given descriptors attached.
     pub(crate) fn send_with_fds(sock: &UnixStream, data: &[u8], fds: &[RawFd]) {
-        let mut cmsg = CmsgBuffer([0; 1280]);
-        // SAFETY: CMSG_SPACE is a pure computation on its argument.
-        let len = unsafe { libc::CMSG_SPACE(std::mem::size_of_val(fds) as u32) } as usize;
-        let mut iov = libc::iovec {
-            iov_base: data.as_ptr() as *mut _,
-            iov_len: data.len(),
-        };
-        // SAFETY: msghdr is plain data; all-zero is a valid empty header.
-        let mut msg: libc::msghdr = unsafe { mem::zeroed() };
-        msg.msg_iov = &mut iov;
-        msg.msg_iovlen = 1;
-        msg.msg_control = cmsg.0.as_mut_ptr().cast();
-        msg.msg_controllen = len as _;
-        // SAFETY: the control buffer holds `len` bytes, room for one header
-        // and `fds`; msg points at live buffers for the call.
-        unsafe {
-            let hdr = libc::CMSG_FIRSTHDR(&msg);
-            (*hdr).cmsg_level = libc::SOL_SOCKET;
-            (*hdr).cmsg_type = libc::SCM_RIGHTS;
-            (*hdr).cmsg_len = libc::CMSG_LEN(std::mem::size_of_val(fds) as u32) as _;
-            std::ptr::copy_nonoverlapping(fds.as_ptr(), libc::CMSG_DATA(hdr).cast(), fds.len());
-            assert_eq!(
-                libc::sendmsg(sock.as_raw_fd(), &msg, 0),
-                data.len() as isize
-            );
-        }
+        use vmm_sys_util::sock_ctrl_msg::ScmSocket;
+        assert_eq!(sock.send_with_fds(&[data], fds).unwrap(), data.len());
     }
 
     fn temp_file(tag: &str) -> File {

@@ -13,11 +13,12 @@
 
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
-use std::os::unix::io::{AsRawFd, RawFd};
+use std::os::unix::io::RawFd;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::thread;
 use std::time::{Duration, Instant};
+use vmm_sys_util::sock_ctrl_msg::ScmSocket;
 
 use qmp::{Frame, Framer};
 use serde_json::{json, Map, Value};
@@ -357,44 +358,12 @@ fn parse_greeting(v: &Value) -> Result<QmpGreeting, QmpClientError> {
     })
 }
 
-/// Sends `data` with `fd` attached as `SCM_RIGHTS` ancillary data.
+/// Sends `data` with `fd` attached as `SCM_RIGHTS` ancillary data (the
+/// descriptor rides on the first byte; the rest follows if the first
+/// `sendmsg` took only part of the line). A VMM that has gone makes this
+/// an EPIPE error: Rust programs ignore SIGPIPE.
 fn send_with_fd(stream: &UnixStream, data: &[u8], fd: RawFd) -> io::Result<()> {
-    let fd_len = std::mem::size_of::<RawFd>() as u32;
-    // SAFETY: CMSG_SPACE only computes a size.
-    let space = unsafe { libc::CMSG_SPACE(fd_len) } as usize;
-    let mut cbuf = vec![0u64; space.div_ceil(8)];
-    let mut iov = libc::iovec {
-        iov_base: data.as_ptr() as *mut libc::c_void,
-        iov_len: data.len(),
-    };
-    // SAFETY: an all-zero msghdr is valid; the fields are set below.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = cbuf.as_mut_ptr() as *mut libc::c_void;
-    msg.msg_controllen = space as _;
-    // SAFETY: msg_control points to a buffer of CMSG_SPACE(fd_len) bytes, so
-    // the first header and its data fit.
-    unsafe {
-        let cmsg = libc::CMSG_FIRSTHDR(&msg);
-        if cmsg.is_null() {
-            return Err(io::Error::other("no room for SCM_RIGHTS header"));
-        }
-        (*cmsg).cmsg_level = libc::SOL_SOCKET;
-        (*cmsg).cmsg_type = libc::SCM_RIGHTS;
-        (*cmsg).cmsg_len = libc::CMSG_LEN(fd_len) as _;
-        std::ptr::copy_nonoverlapping(
-            &fd as *const RawFd as *const u8,
-            libc::CMSG_DATA(cmsg),
-            fd_len as usize,
-        );
-    }
-    // SAFETY: msg describes valid buffers that outlive the call.
-    let n = unsafe { libc::sendmsg(stream.as_raw_fd(), &msg, libc::MSG_NOSIGNAL) };
-    if n < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let n = n as usize;
+    let n = stream.send_with_fd(data, fd).map_err(io::Error::from)?;
     if n < data.len() {
         (&*stream).write_all(&data[n..])?;
     }

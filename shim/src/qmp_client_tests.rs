@@ -154,38 +154,14 @@ fn getfd_sends_scm_rights() {
         let mut pending = String::new();
         loop {
             let mut buf = [0u8; 4096];
-            let mut cbuf = [0u64; 16];
-            let mut iov = libc::iovec {
-                iov_base: buf.as_mut_ptr() as *mut _,
-                iov_len: buf.len(),
-            };
-            // SAFETY: msghdr is plain data; all-zero is a valid empty header.
-            let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-            msg.msg_iov = &mut iov;
-            msg.msg_iovlen = 1;
-            msg.msg_control = cbuf.as_mut_ptr() as *mut _;
-            msg.msg_controllen = std::mem::size_of_val(&cbuf) as _;
-            // SAFETY: msg points at live buffers of the lengths given.
-            let n = unsafe { libc::recvmsg(s.as_raw_fd(), &mut msg, 0) };
-            if n <= 0 {
-                return;
-            }
-            // SAFETY: walks the control buffer recvmsg filled, within
-            // msg_controllen.
-            unsafe {
-                let c = libc::CMSG_FIRSTHDR(&msg);
-                if !c.is_null() && (*c).cmsg_type == libc::SCM_RIGHTS {
-                    fds_seen += 1;
-                    let mut fd: RawFd = -1;
-                    std::ptr::copy_nonoverlapping(
-                        libc::CMSG_DATA(c),
-                        &mut fd as *mut _ as *mut u8,
-                        4,
-                    );
-                    libc::close(fd);
+            let n = match s.recv_with_fd(&mut buf) {
+                Ok((0, _)) | Err(_) => return,
+                Ok((n, file)) => {
+                    fds_seen += usize::from(file.is_some());
+                    n
                 }
-            }
-            pending.push_str(std::str::from_utf8(&buf[..n as usize]).unwrap());
+            };
+            pending.push_str(std::str::from_utf8(&buf[..n]).unwrap());
             while let Some(i) = pending.find('\n') {
                 let line: String = pending.drain(..=i).collect();
                 let v: Value = serde_json::from_str(&line).unwrap();
@@ -199,7 +175,8 @@ fn getfd_sends_scm_rights() {
     });
     let mut c = QmpClient::connect(&path, Duration::from_secs(2), Duration::from_secs(2)).unwrap();
     let f = std::fs::File::open("/dev/null").unwrap();
-    c.getfd("tap0", f.as_raw_fd()).unwrap();
+    c.getfd("tap0", std::os::fd::AsRawFd::as_raw_fd(&f))
+        .unwrap();
     assert_eq!(rx.recv().unwrap(), 1);
     let _ = std::fs::remove_file(&path);
 }

@@ -79,31 +79,10 @@ impl Client {
     /// QEMU expects for `getfd`) and returns its reply.
     #[allow(dead_code)]
     pub fn cmd_with_fd(&mut self, name: &str, args: Value, fd: std::os::fd::RawFd) -> Value {
-        use std::os::fd::AsRawFd;
+        use vmm_sys_util::sock_ctrl_msg::ScmSocket;
         let bytes = json!({"execute": name, "arguments": args}).to_string();
-        let mut iov = libc::iovec {
-            iov_base: bytes.as_ptr() as *mut libc::c_void,
-            iov_len: bytes.len(),
-        };
-        // SAFETY: CMSG_SPACE is a pure size computation.
-        let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<i32>() as u32) } as usize;
-        let mut control = vec![0u8; space];
-        // SAFETY: msghdr is plain data; every pointer set below outlives the
-        // sendmsg call, and the control buffer has room for one fd.
-        let sent = unsafe {
-            let mut msg: libc::msghdr = std::mem::zeroed();
-            msg.msg_iov = &mut iov;
-            msg.msg_iovlen = 1;
-            msg.msg_control = control.as_mut_ptr().cast();
-            msg.msg_controllen = space as _;
-            let cmsg = libc::CMSG_FIRSTHDR(&msg);
-            (*cmsg).cmsg_level = libc::SOL_SOCKET;
-            (*cmsg).cmsg_type = libc::SCM_RIGHTS;
-            (*cmsg).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<i32>() as u32) as _;
-            std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<i32>(), fd);
-            libc::sendmsg(self.stream.as_raw_fd(), &msg, 0)
-        };
-        assert_eq!(sent, bytes.len() as isize, "sendmsg with SCM_RIGHTS");
+        let sent = self.stream.send_with_fd(bytes.as_bytes(), fd).unwrap();
+        assert_eq!(sent, bytes.len(), "sendmsg with SCM_RIGHTS");
         self.reply()
     }
 

@@ -3,7 +3,7 @@
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{channel, Receiver, Sender};
@@ -258,30 +258,6 @@ pub fn err(class: &str, desc: &str) -> Value {
 
 /// Sends `data` with SCM_RIGHTS carrying `fds`.
 pub fn send_with_fds(sock: &UnixStream, data: &[u8], fds: &[RawFd]) {
-    #[repr(C, align(8))]
-    struct Buf([u8; 512]);
-    let mut cmsg = Buf([0; 512]);
-    let payload = std::mem::size_of_val(fds) as u32;
-    let mut iov = libc::iovec {
-        iov_base: data.as_ptr() as *mut _,
-        iov_len: data.len(),
-    };
-    // SAFETY: msghdr is plain data; all-zero is a valid empty header.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = cmsg.0.as_mut_ptr().cast();
-    // SAFETY: CMSG_SPACE is a pure computation on its argument.
-    msg.msg_controllen = unsafe { libc::CMSG_SPACE(payload) } as _;
-    // SAFETY: the control buffer has room for one header and `fds`; msg
-    // points at live buffers for the call.
-    unsafe {
-        let hdr = libc::CMSG_FIRSTHDR(&msg);
-        (*hdr).cmsg_level = libc::SOL_SOCKET;
-        (*hdr).cmsg_type = libc::SCM_RIGHTS;
-        (*hdr).cmsg_len = libc::CMSG_LEN(payload) as _;
-        std::ptr::copy_nonoverlapping(fds.as_ptr(), libc::CMSG_DATA(hdr).cast(), fds.len());
-        let n = libc::sendmsg(sock.as_raw_fd(), &msg, 0);
-        assert_eq!(n, data.len() as isize);
-    }
+    use vmm_sys_util::sock_ctrl_msg::ScmSocket;
+    assert_eq!(sock.send_with_fds(&[data], fds).unwrap(), data.len());
 }
