@@ -21,7 +21,7 @@ use qmp::{EventHub, QmpServer, QmpServerError, QmpServerHandle, QmpThreadFilters
 
 /// The guest booted when no `-kernel` is given: prints what it sees
 /// (memory map, command line, CPUs) on the serial console and resets.
-static DEMO_GUEST: &[u8] = include_bytes!(env!("ALTOVIRT_GUEST_ELF64"));
+static DEMO_GUEST: &[u8] = include_bytes!(env!("ALTOVIRT_DEMO_GUEST"));
 
 /// Exit status for errors in what the user supplied.
 const EXIT_USAGE: u8 = 2;

@@ -28,11 +28,11 @@ pub fn altovirt_with_qmp(sock: &Path) -> Command {
 }
 
 /// Tiny guest images built by build.rs.
-pub const GUEST_ELF64: &str = env!("ALTOVIRT_GUEST_ELF64");
+pub const GUEST_ELF64: &str = test_guests::ELF64;
 /// ELF with a PVH note.
-pub const GUEST_PVH: &str = env!("ALTOVIRT_GUEST_PVH");
+pub const GUEST_PVH: &str = test_guests::PVH;
 /// bzImage-format guest.
-pub const GUEST_BZIMAGE: &str = env!("ALTOVIRT_GUEST_BZIMAGE");
+pub const GUEST_BZIMAGE: &str = test_guests::BZIMAGE;
 
 /// True when /dev/kvm can be used. Where it cannot, the test prints why and
 /// returns early — except under CI (CI=true) or ALTOVIRT_REQUIRE_KVM=1,

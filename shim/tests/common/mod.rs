@@ -20,19 +20,9 @@ pub fn altovirt() -> Option<PathBuf> {
     p.is_file().then_some(p)
 }
 
-/// The tiny PVH test guest built by altovirt's build script.
+/// The tiny PVH test guest (the `test_guests` crate builds it).
 pub fn guest() -> PathBuf {
-    let build = target_debug().join("build");
-    std::fs::read_dir(build)
-        .ok()
-        .and_then(|rd| {
-            rd.filter_map(|e| e.ok()).find_map(|e| {
-                let p = e.path().join("out/guest-pvh.elf");
-                (e.file_name().to_string_lossy().starts_with("altovirt-") && p.is_file())
-                    .then_some(p)
-            })
-        })
-        .expect("test guest not built: run `cargo build -p altovirt` with the same target dir")
+    PathBuf::from(test_guests::PVH)
 }
 
 /// A parsed Prometheus text exposition, checked strictly: every sample's
