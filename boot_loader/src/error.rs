@@ -65,6 +65,14 @@ pub enum BootError {
         /// The memory error.
         source: vm_memory::GuestMemoryError,
     },
+    /// linux-loader could not write a boot parameter block.
+    #[error("failed to write {what}: {source}")]
+    BootParams {
+        /// What was being written.
+        what: &'static str,
+        /// linux-loader's error.
+        source: linux_loader::configurator::Error,
+    },
     /// The ACPI tables could not be built or written.
     #[error("failed to write ACPI tables: {0}")]
     Acpi(#[from] crate::acpi::AcpiError),

@@ -4,11 +4,14 @@
 
 use address_space::memory::low_ram_end;
 use address_space::GuestMemoryMmap;
+use linux_loader::configurator::linux::LinuxBootConfigurator;
+use linux_loader::configurator::pvh::PvhBootConfigurator;
+use linux_loader::configurator::{BootConfigurator, BootParams};
 use linux_loader::loader::bootparam::{boot_e820_entry, boot_params, setup_header};
 use linux_loader::loader::elf::start_info::{
     hvm_memmap_table_entry, hvm_modlist_entry, hvm_start_info,
 };
-use vm_memory::{Address, ByteValued, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
+use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 
 use crate::error::BootError;
 use crate::kernel::LoadedKernel;
@@ -21,33 +24,6 @@ const XEN_HVM_START_MAGIC: u32 = 0x336e_c578;
 const LOADER_TYPE_UNDEFINED: u8 = 0xff;
 /// Maximum e820 entries in the zero page.
 const E820_MAX: usize = 128;
-
-/// Newtype so the PVH structures can be written with `write_obj`.
-#[derive(Clone, Copy, Default)]
-#[repr(transparent)]
-struct StartInfo(hvm_start_info);
-// SAFETY: plain old data with a fixed C layout.
-unsafe impl ByteValued for StartInfo {}
-#[derive(Clone, Copy, Default)]
-#[repr(transparent)]
-struct ModEntry(hvm_modlist_entry);
-// SAFETY: plain old data with a fixed C layout.
-unsafe impl ByteValued for ModEntry {}
-#[derive(Clone, Copy, Default)]
-#[repr(transparent)]
-struct MemmapEntry(hvm_memmap_table_entry);
-// SAFETY: plain old data with a fixed C layout.
-unsafe impl ByteValued for MemmapEntry {}
-
-fn write<T: ByteValued>(
-    mem: &GuestMemoryMmap,
-    val: T,
-    addr: u64,
-    what: &'static str,
-) -> Result<(), BootError> {
-    mem.write_obj(val, GuestAddress(addr))
-        .map_err(|source| BootError::GuestWrite { what, source })
-}
 
 /// The memory map given to the guest: (start, size, type). Below 1 MiB:
 /// RAM up to the EBDA, the EBDA (MP table) reserved, and the BIOS area
@@ -72,6 +48,10 @@ pub fn e820_map(mem: &GuestMemoryMmap) -> Vec<(u64, u64, u32)> {
 }
 
 /// Writes the NUL-terminated command line at [`CMDLINE_START`].
+///
+/// Written by hand rather than with linux-loader's `Cmdline`, which accepts
+/// printable ASCII only: Linux takes any byte but NUL, and QEMU passes
+/// `-append` through unchanged.
 pub fn write_cmdline(mem: &GuestMemoryMmap, cmdline: &str) -> Result<(), BootError> {
     if cmdline.as_bytes().contains(&0) {
         return Err(BootError::CmdlineNul);
@@ -155,7 +135,13 @@ pub fn write_zero_page(
     }
     params.e820_entries = map.len().min(E820_MAX) as u8;
     params.acpi_rsdp_addr = rsdp.unwrap_or(0);
-    write(mem, params, ZERO_PAGE_START, "zero page (boot_params)")?;
+    let block = BootParams::new(&params, GuestAddress(ZERO_PAGE_START));
+    LinuxBootConfigurator::write_bootparams(&block, mem).map_err(|source| {
+        BootError::BootParams {
+            what: "zero page (boot_params)",
+            source,
+        }
+    })?;
     Ok(ZERO_PAGE_START)
 }
 
@@ -176,27 +162,36 @@ pub fn write_pvh_start_info(
         memmap_entries: map.len() as u32,
         ..Default::default()
     };
-    if let Some((start, end)) = initrd {
-        info.nr_modules = 1;
-        info.modlist_paddr = PVH_MODLIST_START;
-        let entry = hvm_modlist_entry {
+    let modules: Vec<hvm_modlist_entry> = initrd
+        .map(|(start, end)| hvm_modlist_entry {
             paddr: start,
             size: end - start,
             ..Default::default()
-        };
-        write(mem, ModEntry(entry), PVH_MODLIST_START, "PVH module list")?;
+        })
+        .into_iter()
+        .collect();
+    if !modules.is_empty() {
+        info.nr_modules = modules.len() as u32;
+        info.modlist_paddr = PVH_MODLIST_START;
     }
-    for (i, &(addr, size, type_)) in map.iter().enumerate() {
-        let entry = hvm_memmap_table_entry {
+    let memmap: Vec<hvm_memmap_table_entry> = map
+        .iter()
+        .map(|&(addr, size, type_)| hvm_memmap_table_entry {
             addr,
             size,
             type_,
             reserved: 0,
-        };
-        let at = PVH_MEMMAP_START + (i * std::mem::size_of::<hvm_memmap_table_entry>()) as u64;
-        write(mem, MemmapEntry(entry), at, "PVH memory map")?;
+        })
+        .collect();
+    let mut block = BootParams::new(&info, GuestAddress(PVH_INFO_START));
+    block.set_sections(&memmap, GuestAddress(PVH_MEMMAP_START));
+    if !modules.is_empty() {
+        block.set_modules(&modules, GuestAddress(PVH_MODLIST_START));
     }
-    write(mem, StartInfo(info), PVH_INFO_START, "PVH start info")?;
+    PvhBootConfigurator::write_bootparams(&block, mem).map_err(|source| BootError::BootParams {
+        what: "PVH start info",
+        source,
+    })?;
     Ok(PVH_INFO_START)
 }
 
@@ -313,25 +308,25 @@ mod tests {
         let raw: u64 = mem.read_obj(GuestAddress(ZERO_PAGE_START + 0x70)).unwrap();
         assert_eq!(raw, ACPI_START);
         write_pvh_start_info(&mem, None, Some(ACPI_START)).unwrap();
-        let info: StartInfo = mem.read_obj(GuestAddress(PVH_INFO_START)).unwrap();
-        assert_eq!(info.0.rsdp_paddr, ACPI_START);
+        let info: hvm_start_info = mem.read_obj(GuestAddress(PVH_INFO_START)).unwrap();
+        assert_eq!(info.rsdp_paddr, ACPI_START);
         let raw: u64 = mem.read_obj(GuestAddress(PVH_INFO_START + 0x20)).unwrap();
         assert_eq!(raw, ACPI_START);
         write_pvh_start_info(&mem, None, None).unwrap();
-        let info: StartInfo = mem.read_obj(GuestAddress(PVH_INFO_START)).unwrap();
-        assert_eq!(info.0.rsdp_paddr, 0);
+        let info: hvm_start_info = mem.read_obj(GuestAddress(PVH_INFO_START)).unwrap();
+        assert_eq!(info.rsdp_paddr, 0);
     }
 
     #[test]
     fn pvh_start_info_has_magic_memmap_and_module() {
         let mem = create_guest_memory(64 << 20, MemoryOptions::default()).unwrap();
         write_pvh_start_info(&mem, Some((0x300000, 0x300100)), None).unwrap();
-        let info: StartInfo = mem.read_obj(GuestAddress(PVH_INFO_START)).unwrap();
-        assert_eq!(info.0.magic, XEN_HVM_START_MAGIC);
-        assert_eq!(info.0.memmap_entries, 4);
-        assert_eq!(info.0.nr_modules, 1);
-        let m: ModEntry = mem.read_obj(GuestAddress(PVH_MODLIST_START)).unwrap();
-        assert_eq!((m.0.paddr, m.0.size), (0x300000, 0x100));
+        let info: hvm_start_info = mem.read_obj(GuestAddress(PVH_INFO_START)).unwrap();
+        assert_eq!(info.magic, XEN_HVM_START_MAGIC);
+        assert_eq!(info.memmap_entries, 4);
+        assert_eq!(info.nr_modules, 1);
+        let m: hvm_modlist_entry = mem.read_obj(GuestAddress(PVH_MODLIST_START)).unwrap();
+        assert_eq!((m.paddr, m.size), (0x300000, 0x100));
     }
 
     #[test]
