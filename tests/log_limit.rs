@@ -49,20 +49,22 @@ fn a_guest_flooding_warnings_is_rate_limited_and_counted() {
     let console = dir.join("console");
     let stderr = dir.join("stderr");
     let started = Instant::now();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_altovirt"))
-        .args(["-kernel", GUEST_PVH, "-object"])
-        .arg("rng-random,id=rng0,filename=/dev/urandom")
-        .args(["-device", "virtio-rng-device,rng=rng0"])
-        .args(["-append", "guest.virtio=log-flood guest.exit=spin"])
-        .arg("-qmp")
-        .arg(format!("unix:{},server,nowait", sock.display()))
-        .arg("-serial")
-        .arg(format!("file:{}", console.display()))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&stderr).unwrap())
-        .spawn()
-        .unwrap();
+    let mut child = KillOnDrop(
+        Command::new(env!("CARGO_BIN_EXE_altovirt"))
+            .args(["-kernel", GUEST_PVH, "-object"])
+            .arg("rng-random,id=rng0,filename=/dev/urandom")
+            .args(["-device", "virtio-rng-device,rng=rng0"])
+            .args(["-append", "guest.virtio=log-flood guest.exit=spin"])
+            .arg("-qmp")
+            .arg(format!("unix:{},server,nowait", sock.display()))
+            .arg("-serial")
+            .arg(format!("file:{}", console.display()))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&stderr).unwrap())
+            .spawn()
+            .unwrap(),
+    );
     wait_for(&console, "log-flood: writes=5000");
     let elapsed = started.elapsed().as_secs();
 
@@ -103,7 +105,7 @@ fn a_guest_flooding_warnings_is_rate_limited_and_counted() {
     assert_eq!(stats["return"]["error"]["dropped"], json!(0), "{stats}");
 
     assert_eq!(c.execute("quit"), json!({"return": {}}));
-    assert!(child.wait().unwrap().success());
+    assert!(child.0.wait().unwrap().success());
     let log = std::fs::read_to_string(&stderr).unwrap();
     assert!(
         log.contains(&format!(

@@ -353,14 +353,6 @@ fn tap_is_hotplugged_into_a_net_slot_over_qmp_like_kata() {
         ])
         .stdin(Stdio::null())
         .stdout(Stdio::piped());
-    /// Kills the VMM if the test fails half-way (its guest halts, waiting).
-    struct KillOnDrop(std::process::Child);
-    impl Drop for KillOnDrop {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
     let mut child = KillOnDrop(cmd.spawn().unwrap());
     let (tx, rx) = channel();
     let console = child.0.stdout.take().unwrap();
@@ -527,14 +519,6 @@ fn a_boot_nic_is_network_slot_0_and_unplugs_back_to_its_netdev() {
             vec!["-n", &ns.0, "link", "set", tap, "up"],
         ] {
             assert!(Command::new("ip").args(&args).status().unwrap().success());
-        }
-    }
-    /// Kills the VMM if the test fails half-way (it holds our stderr).
-    struct KillOnDrop(std::process::Child);
-    impl Drop for KillOnDrop {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
         }
     }
     let mut child = KillOnDrop(cmd.spawn().unwrap());

@@ -302,24 +302,26 @@ fn stop_really_stops_a_spinning_vcpu() {
     }
     let dir = scratch("qmp-spin");
     let sock = dir.join("qmp.sock");
-    let mut child = altovirt_with_qmp(&sock)
-        .args([
-            "-kernel",
-            GUEST_ELF64,
-            "-append",
-            "guest.exit=spin",
-            "-serial",
-            "none",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = KillOnDrop(
+        altovirt_with_qmp(&sock)
+            .args([
+                "-kernel",
+                GUEST_ELF64,
+                "-append",
+                "guest.exit=spin",
+                "-serial",
+                "none",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     assert!(wait_for_path(&sock, Duration::from_secs(20)));
     let mut c = Client::negotiated(&sock);
     let cpus = c.execute("query-cpus-fast");
     let tid = cpus["return"][0]["thread-id"].as_i64().unwrap();
-    let pid = child.id();
+    let pid = child.0.id();
     // Running: the vCPU thread burns CPU.
     let t0 = thread_cpu_ticks(pid, tid);
     std::thread::sleep(Duration::from_millis(500));
@@ -339,7 +341,7 @@ fn stop_really_stops_a_spinning_vcpu() {
         "cont did not resume the vCPU"
     );
     assert_eq!(c.execute("quit")["return"], json!({}));
-    assert!(child.wait().unwrap().success());
+    assert!(child.0.wait().unwrap().success());
     let _ = std::fs::remove_dir_all(dir);
 }
 

@@ -225,3 +225,15 @@ pub fn image_lock_bytes(path: &Path) -> Vec<i64> {
         })
         .collect()
 }
+
+/// A child process killed (and reaped) when the guard drops, so a test that
+/// fails half-way never leaves a VMM behind (a spinning guest would burn a
+/// core for the rest of the run).
+pub struct KillOnDrop(pub Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
