@@ -1,7 +1,7 @@
 //! virtio-fs through a vhost-user backend, under the real binary: Kata's
 //! StratoVirt flags verbatim with a Python backend (stdlib only) serving
 //! FUSE_INIT to the tiny guest; refusals for private RAM and a missing
-//! backend; a backend that dies while the VM runs.
+//! backend; a backend that dies, or stops answering, while the VM runs.
 // Test code: a failed unwrap is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -181,6 +181,66 @@ fn backend_death_leaves_the_vm_running_and_answering_qmp() {
         out.stderr
     );
     assert_eq!(out.lines("fs: ").last().map(String::as_str), Some("done"));
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// The VMM of a test that may fail before it waits for it (without the
+/// deadline, its vCPU would never come back).
+struct KillOnDrop(Option<std::process::Child>);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+#[test]
+fn wedged_backend_times_out_and_leaves_the_vm_running() {
+    if !kvm_usable("virtio_fs_wedged") || !python_usable("virtio_fs_wedged") {
+        return;
+    }
+    let dir = scratch("vfs-wedged");
+    let sock = socket_path(&dir);
+    let qmp = dir.join("qmp.sock");
+    // Answers the handshake, then never answers SET_MEM_TABLE (5), which
+    // the vCPU sends when the guest sets DRIVER_OK.
+    let mut backend = Backend::start_with(&sock, &["--stall-at=5"]);
+    let mut vmm = KillOnDrop(Some(
+        altovirt_with_qmp(&qmp)
+            .args(["-kernel", GUEST_ELF64, "-serial", "stdio"])
+            .args(["-machine", "microvm,mem-share=on"])
+            .args(kata_fs_flags(&sock))
+            .args(["-append", "guest.virtio=fs guest.exit=halt"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    ));
+    backend.wait_for("stalled 5", Duration::from_secs(60));
+    let stalled = Instant::now();
+    // The request's deadline (5 s) shuts the socket down: the backend
+    // reads end of file.
+    backend.wait_for("disconnected", Duration::from_secs(20));
+    let waited = stalled.elapsed();
+    assert!(waited >= Duration::from_millis(4500), "{waited:?}");
+    assert!(wait_for_path(&qmp, Duration::from_secs(10)));
+    let mut q = Client::negotiated(&qmp);
+    let status = q.execute("query-status");
+    assert_eq!(status["return"]["status"], json!("running"), "{status}");
+    assert_eq!(q.cmd("quit", json!({})), json!({"return": {}}));
+    let out = wait_with_timeout(vmm.0.take().unwrap(), Duration::from_secs(20));
+    assert_eq!(out.code(), 0, "{out:?}");
+    assert!(
+        out.stderr.contains(
+            "vhost-user-fs 'virtio-fs0': the backend failed (vhost-user SET_MEM_TABLE \
+             failed: no answer from the backend within the timeout); the device needs a reset"
+        ),
+        "{}",
+        out.stderr
+    );
+    assert!(!out.stderr.contains("seccomp"), "{}", out.stderr);
     let _ = std::fs::remove_dir_all(dir);
 }
 

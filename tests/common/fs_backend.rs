@@ -23,9 +23,16 @@ pub struct Backend {
 impl Backend {
     /// Starts it on `sock` and waits until it listens.
     pub fn start(sock: &Path) -> Backend {
+        Self::start_with(sock, &[])
+    }
+
+    /// Starts it on `sock` with extra options (e.g. `--stall-at=5`) and
+    /// waits until it listens.
+    pub fn start_with(sock: &Path, options: &[&str]) -> Backend {
         let mut child = Command::new("python3")
             .arg(BACKEND)
             .arg(sock)
+            .args(options)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .spawn()

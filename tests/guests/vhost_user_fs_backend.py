@@ -1,13 +1,17 @@
 #!/usr/bin/env python3
 """A minimal vhost-user virtio-fs backend for altovirt's tests (stdlib only).
 
-Usage: vhost_user_fs_backend.py SOCKET_PATH
+Usage: vhost_user_fs_backend.py SOCKET_PATH [--stall-at=REQUEST]
 
 Listens on SOCKET_PATH (like virtiofsd --socket-path), accepts one
 frontend, and serves the vhost-user handshake (features, protocol features
 REPLY_ACK and MQ, queue count, memory table, vrings). On every request-queue
 kick it walks the split ring in the shared guest memory, answers FUSE_INIT
 with 7.31 and anything else with -ENOSYS, then signals the call eventfd.
+
+With --stall-at=REQUEST (a request number, e.g. 5 for SET_MEM_TABLE) it
+stops answering when that request arrives, as a wedged backend would, but
+keeps the connection open until the frontend closes or shuts it down.
 
 It prints one line per notable event on stdout (flushed), for the test:
   listening
@@ -16,6 +20,7 @@ It prints one line per notable event on stdout (flushed), for the test:
   vring <index> enabled
   fuse init <major>.<minor> unique=<n>
   vring <index> base=<n>        (GET_VRING_BASE)
+  stalled <request>             (--stall-at)
   disconnected
 """
 
@@ -49,8 +54,9 @@ def say(line):
 
 
 class Backend:
-    def __init__(self, conn):
+    def __init__(self, conn, stall_at=None):
         self.conn = conn
+        self.stall_at = stall_at
         self.regions = []  # (gpa, size, uaddr, mmap)
         self.rings = {}
 
@@ -97,6 +103,13 @@ class Backend:
         fds = []
         request, flags, size = struct.unpack("<III", self.recv_exact(12, fds))
         body = self.recv_exact(size, fds) if size else b""
+        if request == self.stall_at:
+            say(f"stalled {request}")
+            for fd in fds:
+                os.close(fd)
+            while self.conn.recv(4096):
+                pass
+            raise EOFError
         answered = True
         if request == GET_FEATURES:
             self.reply(request, struct.pack("<Q", F_VERSION_1 | F_PROTOCOL_FEATURES))
@@ -213,6 +226,10 @@ class Backend:
 
 def main():
     path = sys.argv[1]
+    stall_at = None
+    for arg in sys.argv[2:]:
+        if arg.startswith("--stall-at="):
+            stall_at = int(arg.split("=", 1)[1])
     try:
         os.unlink(path)
     except FileNotFoundError:
@@ -223,7 +240,7 @@ def main():
     say("listening")
     conn, _ = listener.accept()
     say("connected")
-    b = Backend(conn)
+    b = Backend(conn, stall_at)
     while True:
         kicks = {r["kick"]: i for i, r in b.rings.items() if r["kick"] is not None}
         ready, _, _ = select.select([conn] + list(kicks), [], [])

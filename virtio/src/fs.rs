@@ -122,8 +122,6 @@ pub struct VhostUserFs {
     queue_sizes: Vec<u16>,
     offered: u64,
     acked: u64,
-    /// The socket (a duplicate) watched for hang-up.
-    _watched: UnixStream,
     hangup: Option<Token>,
     active: Option<Active>,
     name: String,
@@ -176,7 +174,7 @@ impl VhostUserFs {
         let num_queues = 1 + usize::from(cfg.num_request_queues);
         let stream = vhost_user::connect(&cfg.socket, vhost_user::CONNECT_TIMEOUT)?;
         let watched = stream.try_clone()?;
-        let frontend = Frontend::new(stream, num_queues)?;
+        let frontend = Frontend::new(stream, num_queues, &event_loop)?;
         if frontend.virtio_features() & (1 << VIRTIO_F_VERSION_1) == 0 {
             return Err(FsError::NotModern);
         }
@@ -196,23 +194,31 @@ impl VhostUserFs {
             queue_sizes: vec![cfg.queue_size; num_queues],
             offered,
             acked: 0,
-            _watched: watched,
             hangup: None,
             active: None,
             name: name.to_string(),
         };
-        dev.watch_hangup()?;
+        dev.watch_hangup(watched)?;
         Ok(dev)
     }
 
-    /// Logs and records the backend's hang-up once, on the event loop.
-    fn watch_hangup(&mut self) -> Result<(), FsError> {
+    /// Logs and records the backend's hang-up once, on the event loop;
+    /// `watched` is a duplicate of the backend socket, which the handler
+    /// owns (and closes when it is removed, after the fd left the loop).
+    fn watch_hangup(&mut self, watched: UnixStream) -> Result<(), FsError> {
         let shared = self.shared.clone();
         let name = self.name.clone();
+        let fd = watched.as_raw_fd();
         let token = self.event_loop.add(
-            self._watched.as_raw_fd(),
+            fd,
             (libc::EPOLLRDHUP | libc::EPOLLET) as u32,
-            Box::new(move |_| lock(&shared).backend_lost(&name, None)),
+            Box::new(move |_| {
+                // Our side too, first: a request still blocked on the
+                // socket (holding `shared`) then fails at once instead of
+                // waiting for its deadline, which this loop serves.
+                let _ = watched.shutdown(std::net::Shutdown::Both);
+                lock(&shared).backend_lost(&name, None)
+            }),
         )?;
         self.hangup = Some(token);
         Ok(())

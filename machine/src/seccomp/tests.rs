@@ -191,3 +191,28 @@ fn disabled_filters_install_nothing() {
     assert!(ThreadKind::ALL.iter().all(|&k| f.get(k).is_none()));
     f.install_here(ThreadKind::Vmm).unwrap();
 }
+
+#[test]
+fn vhost_requests_are_linuxs_numbers() {
+    // The list comes from the `vhost` crate; these are linux/vhost.h's
+    // values on x86_64, so a crate that numbered a request differently
+    // (and so issued it differently) shows here.
+    assert_eq!(
+        rules::vhost_ioctls(),
+        vec![
+            0x8008_af00, // VHOST_GET_FEATURES
+            0x4008_af00, // VHOST_SET_FEATURES
+            0xaf01,      // VHOST_SET_OWNER
+            0xaf02,      // VHOST_RESET_OWNER
+            0x4008_af03, // VHOST_SET_MEM_TABLE
+            0x4008_af10, // VHOST_SET_VRING_NUM
+            0x4028_af11, // VHOST_SET_VRING_ADDR
+            0x4008_af12, // VHOST_SET_VRING_BASE
+            0xc008_af12, // VHOST_GET_VRING_BASE
+            0x4008_af20, // VHOST_SET_VRING_KICK
+            0x4008_af21, // VHOST_SET_VRING_CALL
+            0x4008_af60, // VHOST_VSOCK_SET_GUEST_CID
+            0x4004_af61, // VHOST_VSOCK_SET_RUNNING
+        ]
+    );
+}

@@ -1,7 +1,9 @@
 //! A vhost-user backend for tests, decoding the wire format by hand (not
-//! with the `vhost` crate) so the tests check what the frontend really
-//! sends: 12-byte header (request, flags, size, little endian), body, and
-//! file descriptors in SCM_RIGHTS.
+//! with the `vhost` crate, whose frontend the code under test drives) so
+//! the tests check what really goes on the wire: 12-byte header (request,
+//! flags, size, little endian), body, and file descriptors in SCM_RIGHTS.
+//! It also misbehaves on demand (hangs up at a given message, refuses a
+//! request, or never answers), which the crate's own test back-end does not.
 
 use std::io::Read;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};

@@ -1,51 +1,44 @@
-//! A vhost-user session with one backend: the handshake, handing queues
-//! over, and taking them back.
+//! A vhost-user session with one backend, on the `vhost` crate's frontend:
+//! the handshake, handing queues over, and taking them back.
 
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
-use std::time::Duration;
 
 use address_space::GuestMemoryMmap;
+use util::event_loop::EventLoop;
+use vhost::vhost_user::message::{
+    VhostUserHeaderFlag, VhostUserProtocolFeatures, VhostUserVirtioFeatures,
+};
+use vhost::vhost_user::{Error as ProtocolError, Frontend as VuFrontend, VhostUserFrontend};
+use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
 use virtio_queue::{Queue, QueueT};
-use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryRegion, MemoryRegionAddress};
+use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
 
-use super::channel::{Channel, RequestError};
-use super::message::{self as msg, req, MemRegion, PROTOCOL_F_MQ, PROTOCOL_F_REPLY_ACK};
-use super::VhostUserError;
+use super::deadline::Deadline;
+use super::{RequestError, VhostUserError};
 
-/// Feature bit 30: the backend understands GET/SET_PROTOCOL_FEATURES. It
-/// is negotiated with the backend only, never offered to the guest.
-pub const VHOST_USER_F_PROTOCOL_FEATURES: u32 = 30;
-/// Timeout of every read and write on the backend socket.
-pub const IO_TIMEOUT: Duration = Duration::from_secs(5);
+/// The vhost-user-only feature bit: the backend understands
+/// GET/SET_PROTOCOL_FEATURES. Negotiated with the backend, never offered to
+/// the guest.
+const PROTOCOL_FEATURES: u64 = VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
 
-/// Protocol features this frontend implements.
-const WANTED_PROTOCOL_FEATURES: u64 = PROTOCOL_F_REPLY_ACK | PROTOCOL_F_MQ;
+/// Protocol features this frontend uses.
+fn wanted_protocol_features() -> VhostUserProtocolFeatures {
+    VhostUserProtocolFeatures::REPLY_ACK | VhostUserProtocolFeatures::MQ
+}
 
 /// The guest RAM regions as SET_MEM_TABLE describes them (guest address,
-/// size, this process's mapping, offset in the backing file), each with
-/// the backing file's descriptor. Fails when a region has no backing file
-/// (guest RAM was not created with `mem-share=on`).
-pub fn mem_regions(mem: &GuestMemoryMmap) -> Result<Vec<(MemRegion, RawFd)>, VhostUserError> {
+/// size, this process's mapping, and the backing file with the region's
+/// offset in it). Fails when a region has no backing file (guest RAM was
+/// not created with `mem-share=on`).
+pub fn mem_regions(
+    mem: &GuestMemoryMmap,
+) -> Result<Vec<VhostUserMemoryRegionInfo>, VhostUserError> {
     mem.iter()
         .map(|r| {
-            let start = r.start_addr().0;
-            let file = r
-                .file_offset()
-                .ok_or(VhostUserError::MemoryNotShared(start))?;
-            let host = r
-                .get_host_address(MemoryRegionAddress(0))
-                .map_err(|_| VhostUserError::MemoryNotShared(start))?;
-            Ok((
-                MemRegion {
-                    guest_phys_addr: start,
-                    memory_size: r.len(),
-                    userspace_addr: host as u64,
-                    mmap_offset: file.start(),
-                },
-                file.file().as_raw_fd(),
-            ))
+            VhostUserMemoryRegionInfo::from_guest_region(r)
+                .map_err(|_| VhostUserError::MemoryNotShared(r.start_addr().0))
         })
         .collect()
 }
@@ -59,24 +52,63 @@ fn host_range(mem: &GuestMemoryMmap, addr: u64, len: u64) -> Option<u64> {
     (end.checked_sub(start) == Some(len - 1)).then_some(start)
 }
 
-/// The SET_VRING_ADDR payload of split ring `index`: this process's
+/// The SET_VRING_ADDR argument of split ring `index`: this process's
 /// addresses of its three parts.
-fn vring_addr(mem: &GuestMemoryMmap, index: usize, q: &Queue) -> Result<[u8; 40], VhostUserError> {
+fn vring_config(
+    mem: &GuestMemoryMmap,
+    index: usize,
+    q: &Queue,
+) -> Result<VringConfigData, VhostUserError> {
     let n = u64::from(q.size());
     let ring = |what, addr, len| {
         host_range(mem, addr, len).ok_or(VhostUserError::Ring { index, what, addr })
     };
-    Ok(msg::vring_addr(
-        index as u32,
-        ring("descriptor table", q.desc_table(), 16 * n)?,
-        ring("used ring", q.used_ring(), 6 + 8 * n)?,
-        ring("available ring", q.avail_ring(), 6 + 2 * n)?,
-    ))
+    Ok(VringConfigData {
+        queue_max_size: q.max_size(),
+        queue_size: q.size(),
+        flags: 0,
+        desc_table_addr: ring("descriptor table", q.desc_table(), 16 * n)?,
+        used_ring_addr: ring("used ring", q.used_ring(), 6 + 8 * n)?,
+        avail_ring_addr: ring("available ring", q.avail_ring(), 6 + 2 * n)?,
+        log_addr: None,
+    })
+}
+
+/// Whether the peer of `sock` has hung up (checked without waiting).
+fn peer_hung_up(sock: RawFd) -> bool {
+    let mut p = libc::pollfd {
+        fd: sock,
+        events: libc::POLLRDHUP,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd, no wait.
+    let n = unsafe { libc::poll(&mut p, 1, 0) };
+    n > 0 && p.revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) != 0
+}
+
+/// What went wrong with a request, from the crate's error, whether the
+/// deadline fired, and the socket's state (the crate reports a reply cut
+/// short by a hang-up as a partial message).
+fn classify(e: vhost::Error, timed_out: bool, sock: RawFd) -> RequestError {
+    if timed_out {
+        return RequestError::Timeout;
+    }
+    match e {
+        vhost::Error::VhostUserProtocol(ProtocolError::BackendInternalError) => {
+            RequestError::Refused
+        }
+        vhost::Error::VhostUserProtocol(
+            ProtocolError::Disconnected | ProtocolError::SocketBroken(_),
+        ) => RequestError::Disconnected,
+        _ if peer_hung_up(sock) => RequestError::Disconnected,
+        e => RequestError::Protocol(e),
+    }
 }
 
 /// One vhost-user session, set up by [`Frontend::new`].
 pub struct Frontend {
-    channel: Channel,
+    vu: VuFrontend,
+    deadline: Deadline,
     /// Virtio features the backend offers (GET_FEATURES), protocol bit
     /// included.
     backend_features: u64,
@@ -102,32 +134,37 @@ impl std::fmt::Debug for Frontend {
 impl Frontend {
     /// Runs the handshake on a connected `stream` for a device with
     /// `num_queues` queues: features, protocol features, queue count,
-    /// ownership.
-    pub fn new(stream: UnixStream, num_queues: usize) -> Result<Self, VhostUserError> {
-        stream
-            .set_read_timeout(Some(IO_TIMEOUT))
-            .and_then(|()| stream.set_write_timeout(Some(IO_TIMEOUT)))
-            .map_err(VhostUserError::Socket)?;
+    /// ownership. `event_loop` (not the caller's thread) bounds each
+    /// request in time.
+    pub fn new(
+        stream: UnixStream,
+        num_queues: usize,
+        event_loop: &EventLoop,
+    ) -> Result<Self, VhostUserError> {
+        let deadline = Deadline::new(&stream, event_loop)?;
         let mut fe = Frontend {
-            channel: Channel::new(stream),
+            vu: VuFrontend::from_stream(stream, num_queues as u64),
+            deadline,
             backend_features: 0,
             protocol: false,
             started: 0,
             broken: false,
         };
-        fe.backend_features = fe.query_u64(req::GET_FEATURES)?;
-        fe.protocol = fe.backend_features & (1 << VHOST_USER_F_PROTOCOL_FEATURES) != 0;
+        fe.backend_features = fe.call("GET_FEATURES", |vu| vu.get_features())?;
+        fe.protocol = fe.backend_features & PROTOCOL_FEATURES != 0;
         if fe.protocol {
-            let offered = fe.query_u64(req::GET_PROTOCOL_FEATURES)?;
-            let acked = offered & WANTED_PROTOCOL_FEATURES;
-            fe.request(req::SET_PROTOCOL_FEATURES, &msg::u64_payload(acked), &[])?;
-            if acked & PROTOCOL_F_REPLY_ACK != 0 {
+            let offered = fe.call("GET_PROTOCOL_FEATURES", |vu| vu.get_protocol_features())?;
+            let acked = offered & wanted_protocol_features();
+            fe.call("SET_PROTOCOL_FEATURES", |vu| {
+                vu.set_protocol_features(acked)
+            })?;
+            if acked.contains(VhostUserProtocolFeatures::REPLY_ACK) {
                 // Every request without a reply of its own gets an ack, so
                 // a backend's refusal surfaces at the request it concerns.
-                fe.channel.set_need_reply(true);
+                fe.vu.set_hdr_flags(VhostUserHeaderFlag::NEED_REPLY);
             }
-            if acked & PROTOCOL_F_MQ != 0 {
-                let n = fe.query_u64(req::GET_QUEUE_NUM)?;
+            if acked.contains(VhostUserProtocolFeatures::MQ) {
+                let n = fe.call("GET_QUEUE_NUM", |vu| vu.get_queue_num())?;
                 if n < num_queues as u64 {
                     return Err(VhostUserError::QueueCount {
                         backend: n,
@@ -136,14 +173,14 @@ impl Frontend {
                 }
             }
         }
-        fe.request(req::SET_OWNER, &[], &[])?;
+        fe.call("SET_OWNER", |vu| vu.set_owner())?;
         Ok(fe)
     }
 
     /// Virtio features the backend offers, without the vhost-user-only
     /// protocol-features bit.
     pub fn virtio_features(&self) -> u64 {
-        self.backend_features & !(1 << VHOST_USER_F_PROTOCOL_FEATURES)
+        self.backend_features & !PROTOCOL_FEATURES
     }
 
     /// Whether the session failed (a request failed or the backend hung
@@ -158,30 +195,27 @@ impl Frontend {
         self.broken = true;
     }
 
-    fn fail(&mut self, request: u32) -> impl FnOnce(RequestError) -> VhostUserError + '_ {
-        move |source| {
+    /// Runs one request of the crate's frontend under the deadline; the
+    /// first failure breaks the session.
+    fn call<T>(
+        &mut self,
+        op: &'static str,
+        request: impl FnOnce(&mut VuFrontend) -> vhost::Result<T>,
+    ) -> Result<T, VhostUserError> {
+        if self.broken {
+            return Err(VhostUserError::Broken);
+        }
+        let vu = &mut self.vu;
+        let (result, timed_out) = self.deadline.run(|| request(vu));
+        let result = match result {
+            Ok(_) if timed_out => Err(RequestError::Timeout),
+            Ok(v) => Ok(v),
+            Err(e) => Err(classify(e, timed_out, self.vu.as_raw_fd())),
+        };
+        result.map_err(|source| {
             self.broken = true;
-            VhostUserError::Request {
-                op: req::name(request),
-                source,
-            }
-        }
-    }
-
-    fn request(&mut self, request: u32, body: &[u8], fds: &[RawFd]) -> Result<(), VhostUserError> {
-        if self.broken {
-            return Err(VhostUserError::Broken);
-        }
-        let r = self.channel.request(request, body, fds);
-        r.map_err(self.fail(request))
-    }
-
-    fn query_u64(&mut self, request: u32) -> Result<u64, VhostUserError> {
-        if self.broken {
-            return Err(VhostUserError::Broken);
-        }
-        let r = self.channel.query_u64(request);
-        r.map_err(self.fail(request))
+            VhostUserError::Request { op, source }
+        })
     }
 
     /// Hands the device to the backend: the driver's `features` (only bits
@@ -201,44 +235,35 @@ impl Frontend {
         }
         let mut acked = features & self.virtio_features();
         if self.protocol {
-            acked |= 1 << VHOST_USER_F_PROTOCOL_FEATURES;
+            acked |= PROTOCOL_FEATURES;
         }
         let regions = mem_regions(mem)?;
-        let addrs = queues
+        let configs = queues
             .iter()
             .enumerate()
-            .map(|(i, q)| vring_addr(mem, i, q))
+            .map(|(i, q)| vring_config(mem, i, q))
             .collect::<Result<Vec<_>, _>>()?;
-        self.request(req::SET_FEATURES, &msg::u64_payload(acked), &[])?;
-        let table: Vec<MemRegion> = regions.iter().map(|(r, _)| *r).collect();
-        let fds: Vec<RawFd> = regions.iter().map(|(_, fd)| *fd).collect();
-        self.request(req::SET_MEM_TABLE, &msg::mem_table(&table), &fds)?;
-        for (i, (((q, kick), call), addr)) in
-            queues.iter().zip(kicks).zip(calls).zip(&addrs).enumerate()
+        self.call("SET_FEATURES", |vu| vu.set_features(acked))?;
+        self.call("SET_MEM_TABLE", |vu| vu.set_mem_table(&regions).map(drop))?;
+        for (i, (((q, kick), call), config)) in queues
+            .iter()
+            .zip(kicks)
+            .zip(calls)
+            .zip(&configs)
+            .enumerate()
         {
-            let index = i as u32;
             self.started = i + 1;
-            let num = msg::vring_state(index, u32::from(q.size()));
-            self.request(req::SET_VRING_NUM, &num, &[])?;
-            let base = msg::vring_state(index, u32::from(q.next_avail()));
-            self.request(req::SET_VRING_BASE, &base, &[])?;
-            self.request(req::SET_VRING_ADDR, addr, &[])?;
-            self.request(
-                req::SET_VRING_KICK,
-                &msg::vring_fd(index),
-                &[kick.as_raw_fd()],
-            )?;
-            self.request(
-                req::SET_VRING_CALL,
-                &msg::vring_fd(index),
-                &[call.as_raw_fd()],
-            )?;
+            self.call("SET_VRING_NUM", |vu| vu.set_vring_num(i, q.size()))?;
+            self.call("SET_VRING_BASE", |vu| vu.set_vring_base(i, q.next_avail()))?;
+            self.call("SET_VRING_ADDR", |vu| vu.set_vring_addr(i, config))?;
+            self.call("SET_VRING_KICK", |vu| vu.set_vring_kick(i, kick))?;
+            self.call("SET_VRING_CALL", |vu| vu.set_vring_call(i, call))?;
         }
         if self.protocol {
             // With protocol features, rings start disabled (spec: "Ring
             // states").
-            for i in 0..self.started as u32 {
-                self.request(req::SET_VRING_ENABLE, &msg::vring_state(i, 1), &[])?;
+            for i in 0..self.started {
+                self.call("SET_VRING_ENABLE", |vu| vu.set_vring_enable(i, true))?;
             }
         }
         Ok(())
@@ -248,31 +273,16 @@ impl Frontend {
     /// backend stopped (GET_VRING_BASE, which also stops the ring). Returns
     /// the next available index of each ring.
     pub fn stop(&mut self) -> Result<Vec<u32>, VhostUserError> {
-        let n = std::mem::take(&mut self.started) as u32;
+        let n = std::mem::take(&mut self.started);
         if self.broken {
             return Err(VhostUserError::Broken);
         }
-        let mut bases = Vec::with_capacity(n as usize);
+        let mut bases = Vec::with_capacity(n);
         for i in 0..n {
             if self.protocol {
-                self.request(req::SET_VRING_ENABLE, &msg::vring_state(i, 0), &[])?;
+                self.call("SET_VRING_ENABLE", |vu| vu.set_vring_enable(i, false))?;
             }
-            if self.broken {
-                return Err(VhostUserError::Broken);
-            }
-            let r = self
-                .channel
-                .query(req::GET_VRING_BASE, &msg::vring_state(i, 0), 8);
-            let reply = r.map_err(self.fail(req::GET_VRING_BASE))?;
-            let index = u32::from_le_bytes([reply[0], reply[1], reply[2], reply[3]]);
-            if index != i {
-                self.broken = true;
-                return Err(VhostUserError::Request {
-                    op: "GET_VRING_BASE",
-                    source: RequestError::BadReply(format!("ring {index} instead of {i}")),
-                });
-            }
-            bases.push(u32::from_le_bytes([reply[4], reply[5], reply[6], reply[7]]));
+            bases.push(self.call("GET_VRING_BASE", |vu| vu.get_vring_base(i))?);
         }
         Ok(bases)
     }

@@ -3,9 +3,10 @@
 //! device's virtqueues directly out of guest RAM, which it maps from the
 //! memory file descriptors the frontend sends.
 //!
-//! The subset a virtio-fs frontend needs is written here (message
-//! encoding in `message`, socket I/O with SCM_RIGHTS in `channel`); every
-//! failure becomes a [`VhostUserError`] naming the request that failed:
+//! The protocol itself (message encoding, SCM_RIGHTS, replies and acks) is
+//! rust-vmm's `vhost` crate ([`vhost::vhost_user::Frontend`]); this module
+//! drives it for a virtio-fs device and turns every failure into a
+//! [`VhostUserError`] naming the request that failed:
 //!
 //! - [`connect`]: connects to the backend's listening socket, retrying for a
 //!   bounded time while the socket does not exist yet or refuses.
@@ -19,26 +20,42 @@
 //! - [`Frontend::stop`]: SET_VRING_ENABLE(0) and GET_VRING_BASE per started
 //!   ring (the backend stops the ring when it answers).
 //!
-//! Every read and write on the socket has a timeout, and after the first
-//! error the session is considered dead ([`VhostUserError::Broken`]): a
-//! backend that crashes or misbehaves costs the device, never the VMM.
+//! Every request is bounded in time ([`IO_TIMEOUT`], see `deadline`), and
+//! after the first error the session is considered dead
+//! ([`VhostUserError::Broken`]): a backend that crashes or misbehaves costs
+//! the device, never the VMM.
 
-mod channel;
 mod connect;
+mod deadline;
 mod frontend;
-mod message;
 
 #[cfg(test)]
 mod fake_backend;
 #[cfg(test)]
 mod tests;
 
-pub use channel::RequestError;
 pub use connect::{connect, CONNECT_TIMEOUT};
-pub use frontend::{mem_regions, Frontend, IO_TIMEOUT, VHOST_USER_F_PROTOCOL_FEATURES};
-pub use message::MemRegion;
+pub use deadline::IO_TIMEOUT;
+pub use frontend::{mem_regions, Frontend};
 
 use std::path::PathBuf;
+
+/// Why a request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RequestError {
+    /// The backend closed the connection.
+    #[error("the backend closed the connection")]
+    Disconnected,
+    /// The backend did not answer in time.
+    #[error("no answer from the backend within the timeout")]
+    Timeout,
+    /// The backend refused the request (REPLY_ACK with a non-zero code).
+    #[error("the backend refused it")]
+    Refused,
+    /// Anything else the `vhost` crate reports (bad reply, socket error).
+    #[error("{0}")]
+    Protocol(#[source] vhost::Error),
+}
 
 /// Errors of the vhost-user frontend.
 #[derive(Debug, thiserror::Error)]
@@ -66,9 +83,6 @@ pub enum VhostUserError {
     /// An earlier error or a hang-up ended the session.
     #[error("vhost-user backend is disconnected or failed earlier")]
     Broken,
-    /// The backend lacks a feature the device needs.
-    #[error("vhost-user backend does not offer {0}")]
-    MissingFeature(&'static str),
     /// The backend serves fewer queues than the device has.
     #[error("vhost-user backend serves {backend} queues, the device needs {needed}")]
     QueueCount {
@@ -93,7 +107,10 @@ pub enum VhostUserError {
         /// Its guest physical address.
         addr: u64,
     },
-    /// The socket could not be configured.
+    /// The request deadline could not be set up.
     #[error("vhost-user socket: {0}")]
     Socket(#[source] std::io::Error),
+    /// The request deadline could not be watched on the event loop.
+    #[error("vhost-user socket: {0}")]
+    EventLoop(#[from] util::event_loop::EventLoopError),
 }

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use address_space::memory::create_guest_memory;
 use address_space::{GuestMemoryMmap, MemoryOptions};
+use util::event_loop::EventLoop;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
@@ -37,6 +38,20 @@ fn queue(mem: &GuestMemoryMmap, base: u64) -> Queue {
     q
 }
 
+/// The device's event loop (it serves the request deadline), stopped at
+/// the end of the test.
+struct Loop(EventLoop);
+
+impl Drop for Loop {
+    fn drop(&mut self) {
+        self.0.stop();
+    }
+}
+
+fn event_loop() -> Loop {
+    Loop(EventLoop::new("vu-test").unwrap())
+}
+
 fn requests(log: &[Msg]) -> Vec<u32> {
     log.iter().map(|m| m.request).collect()
 }
@@ -51,9 +66,10 @@ fn fstat_ino(fd: i32) -> (u64, u64) {
 
 #[test]
 fn handshake_negotiates_only_what_is_implemented() {
+    let el = event_loop();
     let (a, b) = UnixStream::pair().unwrap();
     let backend = fake::spawn(b, Behaviour::default());
-    let fe = Frontend::new(a, 2).unwrap();
+    let fe = Frontend::new(a, 2, &el.0).unwrap();
     assert_eq!(fe.virtio_features(), 1 << 32, "protocol bit is not virtio");
     drop(fe);
     let log = backend.join().unwrap();
@@ -80,13 +96,14 @@ fn handshake_negotiates_only_what_is_implemented() {
 
 #[test]
 fn backend_without_protocol_features_gets_plain_requests() {
+    let el = event_loop();
     let (a, b) = UnixStream::pair().unwrap();
     let behaviour = Behaviour {
         features: 1 << 32,
         ..Behaviour::default()
     };
     let backend = fake::spawn(b, behaviour);
-    let fe = Frontend::new(a, 2).unwrap();
+    let fe = Frontend::new(a, 2, &el.0).unwrap();
     drop(fe);
     let log = backend.join().unwrap();
     assert_eq!(requests(&log), vec![fake::GET_FEATURES, fake::SET_OWNER]);
@@ -95,6 +112,7 @@ fn backend_without_protocol_features_gets_plain_requests() {
 
 #[test]
 fn too_few_backend_queues_are_refused() {
+    let el = event_loop();
     let (a, b) = UnixStream::pair().unwrap();
     let backend = fake::spawn(
         b,
@@ -103,7 +121,7 @@ fn too_few_backend_queues_are_refused() {
             ..Behaviour::default()
         },
     );
-    let e = Frontend::new(a, 2).unwrap_err();
+    let e = Frontend::new(a, 2, &el.0).unwrap_err();
     assert_eq!(
         e.to_string(),
         "vhost-user backend serves 1 queues, the device needs 2"
@@ -113,6 +131,7 @@ fn too_few_backend_queues_are_refused() {
 
 #[test]
 fn start_sends_memory_rings_and_eventfds_then_stop_takes_them_back() {
+    let el = event_loop();
     let mem = shared_memory();
     let (a, b) = UnixStream::pair().unwrap();
     let backend = fake::spawn(
@@ -122,7 +141,7 @@ fn start_sends_memory_rings_and_eventfds_then_stop_takes_them_back() {
             ..Behaviour::default()
         },
     );
-    let mut fe = Frontend::new(a, 2).unwrap();
+    let mut fe = Frontend::new(a, 2, &el.0).unwrap();
     let queues = [queue(&mem, 0x1000), queue(&mem, 0x2000)];
     let kicks: Vec<EventFd> = (0..2).map(|_| EventFd::new(0).unwrap()).collect();
     let calls: Vec<EventFd> = (0..2).map(|_| EventFd::new(0).unwrap()).collect();
@@ -203,6 +222,7 @@ fn private_memory_is_refused_before_any_request() {
 
 #[test]
 fn backend_closing_mid_handshake_is_a_clear_error() {
+    let el = event_loop();
     for at in 0..5 {
         let (a, b) = UnixStream::pair().unwrap();
         let backend = fake::spawn(
@@ -221,19 +241,29 @@ fn backend_closing_mid_handshake_is_a_clear_error() {
             "GET_QUEUE_NUM",
             "SET_OWNER",
         ][at];
-        let e = Frontend::new(a, 2).unwrap_err();
+        let e = Frontend::new(a, 2, &el.0).unwrap_err();
         let text = e.to_string();
         assert!(
             text.starts_with(&format!("vhost-user {op} failed: ")),
             "hang-up at {at}: {text}"
         );
-        assert!(matches!(e, VhostUserError::Request { .. }));
+        assert!(
+            matches!(
+                e,
+                VhostUserError::Request {
+                    source: RequestError::Disconnected,
+                    ..
+                }
+            ),
+            "hang-up at {at}: {text}"
+        );
         backend.join().unwrap();
     }
 }
 
 #[test]
 fn backend_closing_during_start_breaks_the_session() {
+    let el = event_loop();
     let mem = shared_memory();
     let (a, b) = UnixStream::pair().unwrap();
     // Message 6 is SET_MEM_TABLE (after 5 handshake messages + SET_FEATURES).
@@ -244,13 +274,13 @@ fn backend_closing_during_start_breaks_the_session() {
             ..Behaviour::default()
         },
     );
-    let mut fe = Frontend::new(a, 2).unwrap();
+    let mut fe = Frontend::new(a, 2, &el.0).unwrap();
     let queues = [queue(&mem, 0x1000), queue(&mem, 0x2000)];
     let evts: Vec<EventFd> = (0..2).map(|_| EventFd::new(0).unwrap()).collect();
     let e = fe.start(1 << 32, &mem, &queues, &evts, &evts).unwrap_err();
-    assert!(
-        e.to_string().starts_with("vhost-user SET_MEM_TABLE failed"),
-        "{e}"
+    assert_eq!(
+        e.to_string(),
+        "vhost-user SET_MEM_TABLE failed: the backend closed the connection"
     );
     assert!(fe.is_broken());
     // Later requests fail at once without touching the socket.
@@ -264,6 +294,7 @@ fn backend_closing_during_start_breaks_the_session() {
 
 #[test]
 fn backend_refusal_surfaces_at_the_refused_request() {
+    let el = event_loop();
     let mem = shared_memory();
     let (a, b) = UnixStream::pair().unwrap();
     let backend = fake::spawn(
@@ -273,32 +304,44 @@ fn backend_refusal_surfaces_at_the_refused_request() {
             ..Behaviour::default()
         },
     );
-    let mut fe = Frontend::new(a, 2).unwrap();
+    let mut fe = Frontend::new(a, 2, &el.0).unwrap();
     let queues = [queue(&mem, 0x1000), queue(&mem, 0x2000)];
     let evts: Vec<EventFd> = (0..2).map(|_| EventFd::new(0).unwrap()).collect();
     let e = fe.start(1 << 32, &mem, &queues, &evts, &evts).unwrap_err();
-    assert!(
-        e.to_string()
-            .starts_with("vhost-user SET_VRING_ADDR failed"),
-        "{e}"
+    assert_eq!(
+        e.to_string(),
+        "vhost-user SET_VRING_ADDR failed: the backend refused it"
     );
+    assert!(fe.is_broken());
     drop(fe);
     backend.join().unwrap();
 }
 
 #[test]
 fn silent_backend_times_out_instead_of_hanging() {
+    let el = event_loop();
     let (a, b) = UnixStream::pair().unwrap();
     let start = Instant::now();
-    let e = Frontend::new(a, 2).unwrap_err();
-    assert!(e.to_string().starts_with("vhost-user GET_FEATURES failed"));
+    let e = Frontend::new(a, 2, &el.0).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "vhost-user GET_FEATURES failed: no answer from the backend within the timeout"
+    );
     let waited = start.elapsed();
     assert!(
         waited >= IO_TIMEOUT - Duration::from_millis(100),
         "{waited:?}"
     );
     assert!(waited < IO_TIMEOUT * 2, "{waited:?}");
-    drop(b);
+    // The deadline shut the session's socket down: the backend reads the
+    // unanswered request, then end of file.
+    let mut got = Vec::new();
+    std::io::Read::read_to_end(&mut &b, &mut got).unwrap();
+    assert_eq!(
+        got,
+        [1, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0],
+        "GET_FEATURES header"
+    );
 }
 
 #[test]

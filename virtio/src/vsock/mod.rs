@@ -19,7 +19,6 @@ mod host;
 mod muxer;
 mod packet;
 mod vhost;
-mod vhost_ioctl;
 
 use std::io;
 use std::path::{Path, PathBuf};

@@ -3,11 +3,20 @@
 //! parent), claims it, gives it the guest's CID and, on activation, guest
 //! memory, the rings and the notification eventfds.
 //!
+//! The requests are rust-vmm's `vhost` crate: its `VhostBackend`
+//! implementation for any [`VhostKernBackend`] issues the generic vhost
+//! ioctls, and the request numbers of the two vsock ones are its own. The
+//! crate's `vhost_kern::vsock::Vsock` itself is not used because it can only
+//! open `/dev/vhost-vsock` on its own, while Kata hands a jailed VMM an
+//! already open descriptor (`vhostfd=N`); `KernelVsock` is the same
+//! handle around a descriptor from either source.
+//!
 //! The kernel signals used buffers on a per-queue "call" eventfd; the device
 //! watches those on its event loop and raises the transport's interrupt (so
 //! that the InterruptStatus register shows the queue update).
 
 use std::fs::{File, OpenOptions};
+use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
@@ -16,10 +25,15 @@ use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
 
 use address_space::GuestMemoryMmap;
 use util::event_loop::EventLoop;
+use vhost::vhost_kern::vhost_binding::{VHOST_VSOCK_SET_GUEST_CID, VHOST_VSOCK_SET_RUNNING};
+use vhost::vhost_kern::VhostKernBackend;
+use vhost::vsock::VhostVsock as _;
+use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
 use virtio_queue::{Queue, QueueT};
+use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+use vmm_sys_util::ioctl::ioctl_with_ref;
 
-use super::vhost_ioctl::*;
 use super::{check_cid, VsockError, NUM_QUEUES, QUEUE_SIZE, TYPE_VSOCK};
 use crate::worker::{split_queues, Registrations};
 use crate::{
@@ -33,16 +47,93 @@ pub const VHOST_VSOCK_PATH: &str = "/dev/vhost-vsock";
 /// with the VMM, which never posts events.
 const KERNEL_QUEUES: usize = 2;
 
-/// A claimed vhost-vsock kernel device with the guest's CID set.
-#[derive(Debug)]
-pub struct VhostVsock {
+/// An open vhost-vsock descriptor as the `vhost` crate drives it.
+struct KernelVsock {
     file: File,
+    /// Guest memory, which the crate translates ring addresses with; set
+    /// at activation.
+    mem: Arc<GuestMemoryMmap>,
+}
+
+impl AsRawFd for KernelVsock {
+    fn as_raw_fd(&self) -> RawFd {
+        self.file.as_raw_fd()
+    }
+}
+
+impl VhostKernBackend for KernelVsock {
+    type AS = Arc<GuestMemoryMmap>;
+
+    fn mem(&self) -> &Self::AS {
+        &self.mem
+    }
+}
+
+impl KernelVsock {
+    fn set_running(&self, running: bool) -> vhost::Result<()> {
+        let on = libc::c_int::from(running);
+        // SAFETY: VHOST_VSOCK_SET_RUNNING reads one int, which `on` is; the
+        // kernel checks the descriptor.
+        let ret = unsafe { ioctl_with_ref(self, VHOST_VSOCK_SET_RUNNING(), &on) };
+        ioctl_result(ret)
+    }
+}
+
+impl vhost::vsock::VhostVsock for KernelVsock {
+    fn set_guest_cid(&self, cid: u64) -> vhost::Result<()> {
+        // SAFETY: VHOST_VSOCK_SET_GUEST_CID reads one u64, which `cid` is;
+        // the kernel checks the descriptor.
+        let ret = unsafe { ioctl_with_ref(self, VHOST_VSOCK_SET_GUEST_CID(), &cid) };
+        ioctl_result(ret)
+    }
+
+    fn start(&self) -> vhost::Result<()> {
+        self.set_running(true)
+    }
+
+    fn stop(&self) -> vhost::Result<()> {
+        self.set_running(false)
+    }
+}
+
+fn ioctl_result(ret: libc::c_int) -> vhost::Result<()> {
+    if ret < 0 {
+        Err(vhost::Error::IoctlError(io::Error::last_os_error()))
+    } else {
+        Ok(())
+    }
+}
+
+/// The OS error behind a `vhost` crate error (its own text otherwise).
+fn os_error(e: vhost::Error) -> io::Error {
+    match e {
+        vhost::Error::IoctlError(e) | vhost::Error::VhostOpen(e) | vhost::Error::IOError(e) => e,
+        e => io::Error::other(e.to_string()),
+    }
+}
+
+/// A claimed vhost-vsock kernel device with the guest's CID set.
+pub struct VhostVsock {
+    kernel: KernelVsock,
     guest_cid: u64,
     features: u64,
 }
 
-fn vhost_err(op: &'static str) -> impl FnOnce(std::io::Error) -> VsockError {
-    move |source| VsockError::Vhost { op, source }
+impl std::fmt::Debug for VhostVsock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VhostVsock")
+            .field("fd", &self.kernel.as_raw_fd())
+            .field("guest_cid", &self.guest_cid)
+            .field("features", &self.features)
+            .finish()
+    }
+}
+
+fn vhost_err(op: &'static str) -> impl FnOnce(vhost::Error) -> VsockError {
+    move |e| VsockError::Vhost {
+        op,
+        source: os_error(e),
+    }
 }
 
 impl VhostVsock {
@@ -57,6 +148,13 @@ impl VhostVsock {
         }
     }
 
+    fn kernel(file: File) -> KernelVsock {
+        KernelVsock {
+            file,
+            mem: Arc::new(GuestMemoryMmap::default()),
+        }
+    }
+
     fn open_path(guest_cid: u64, path: &Path) -> Result<Self, VsockError> {
         check_cid(guest_cid)?;
         let file = OpenOptions::new()
@@ -68,34 +166,37 @@ impl VhostVsock {
                 path: path.display().to_string(),
                 source,
             })?;
-        let features = get_features(file.as_raw_fd()).map_err(vhost_err("VHOST_GET_FEATURES"))?;
-        Self::claim(file, guest_cid, features)
+        let kernel = Self::kernel(file);
+        let features = kernel
+            .get_features()
+            .map_err(vhost_err("VHOST_GET_FEATURES"))?;
+        Self::claim(kernel, guest_cid, features)
     }
 
     fn from_fd(guest_cid: u64, file: File) -> Result<Self, VsockError> {
         check_cid(guest_cid)?;
-        let fd = file.as_raw_fd();
-        let features = get_features(fd).map_err(|source| VsockError::VhostFd {
-            fd,
+        let kernel = Self::kernel(file);
+        let features = kernel.get_features().map_err(|e| VsockError::VhostFd {
+            fd: kernel.as_raw_fd(),
             op: "VHOST_GET_FEATURES",
-            source,
+            source: os_error(e),
         })?;
-        Self::claim(file, guest_cid, features)
+        Self::claim(kernel, guest_cid, features)
     }
 
-    fn claim(file: File, guest_cid: u64, features: u64) -> Result<Self, VsockError> {
-        let fd = file.as_raw_fd();
+    fn claim(kernel: KernelVsock, guest_cid: u64, features: u64) -> Result<Self, VsockError> {
         if features & (1 << VIRTIO_F_VERSION_1) == 0 {
             return Err(VsockError::Vhost {
                 op: "VHOST_GET_FEATURES",
-                source: std::io::Error::other("the kernel does not offer VIRTIO_F_VERSION_1"),
+                source: io::Error::other("the kernel does not offer VIRTIO_F_VERSION_1"),
             });
         }
-        ioctl_none(fd, VHOST_SET_OWNER).map_err(vhost_err("VHOST_SET_OWNER"))?;
-        ioctl_ptr(fd, VHOST_VSOCK_SET_GUEST_CID, &guest_cid as *const u64)
+        kernel.set_owner().map_err(vhost_err("VHOST_SET_OWNER"))?;
+        kernel
+            .set_guest_cid(guest_cid)
             .map_err(vhost_err("VHOST_VSOCK_SET_GUEST_CID"))?;
         Ok(VhostVsock {
-            file,
+            kernel,
             guest_cid,
             features,
         })
@@ -109,15 +210,6 @@ impl VhostVsock {
     /// Features the kernel offers (VHOST_GET_FEATURES).
     pub fn kernel_features(&self) -> u64 {
         self.features
-    }
-
-    fn fd(&self) -> RawFd {
-        self.file.as_raw_fd()
-    }
-
-    fn set_running(&self, running: bool) -> std::io::Result<()> {
-        let v = libc::c_int::from(running);
-        ioctl_ptr(self.fd(), VHOST_VSOCK_SET_RUNNING, &v as *const libc::c_int)
     }
 }
 
@@ -158,63 +250,78 @@ impl VhostVsockDevice {
     }
 
     fn setup(
-        &self,
+        &mut self,
         mem: &GuestMemoryMmap,
         queues: &[Queue],
         calls: &[EventFd],
         kicks: &[EventFd],
     ) -> Result<(), ActivateError> {
-        let fd = self.vhost.fd();
         let err = |op: &'static str| {
-            move |e: std::io::Error| {
-                ActivateError::Io(std::io::Error::new(e.kind(), format!("{op}: {e}")))
+            move |e: vhost::Error| {
+                let e = os_error(e);
+                ActivateError::Io(io::Error::new(e.kind(), format!("{op}: {e}")))
             }
         };
-        let arg_err = |e: ArgError| ActivateError::Io(std::io::Error::other(e.to_string()));
         let features = self.acked & self.features_offered();
-        ioctl_ptr(fd, VHOST_SET_FEATURES, &features as *const u64)
+        let kernel = &mut self.vhost.kernel;
+        kernel.mem = Arc::new(mem.clone());
+        kernel
+            .set_features(features)
             .map_err(err("VHOST_SET_FEATURES"))?;
-        let table = mem_table(&mem_regions(mem).map_err(arg_err)?);
-        ioctl_ptr(fd, VHOST_SET_MEM_TABLE, table.as_ptr()).map_err(err("VHOST_SET_MEM_TABLE"))?;
+        // The kernel reads guest RAM through this process's mappings; the
+        // other fields (backing file, offset) are for vhost-user.
+        let regions: Vec<VhostUserMemoryRegionInfo> = mem
+            .iter()
+            .map(|r| VhostUserMemoryRegionInfo {
+                guest_phys_addr: r.start_addr().0,
+                memory_size: r.len(),
+                userspace_addr: r.as_ptr() as u64,
+                ..Default::default()
+            })
+            .collect();
+        kernel
+            .set_mem_table(&regions)
+            .map_err(err("VHOST_SET_MEM_TABLE"))?;
         for (i, ((q, call), kick)) in queues.iter().zip(calls).zip(kicks).enumerate() {
-            let index = i as u32;
-            let num = VringState {
-                index,
-                num: u32::from(q.size()),
+            kernel
+                .set_vring_num(i, q.size())
+                .map_err(err("VHOST_SET_VRING_NUM"))?;
+            kernel
+                .set_vring_base(i, q.next_avail())
+                .map_err(err("VHOST_SET_VRING_BASE"))?;
+            // Guest addresses: the crate checks them against guest memory
+            // and passes the kernel this process's addresses.
+            let ring = VringConfigData {
+                queue_max_size: q.max_size(),
+                queue_size: q.size(),
+                flags: 0,
+                desc_table_addr: q.desc_table(),
+                used_ring_addr: q.used_ring(),
+                avail_ring_addr: q.avail_ring(),
+                log_addr: None,
             };
-            ioctl_ptr(fd, VHOST_SET_VRING_NUM, &num).map_err(err("VHOST_SET_VRING_NUM"))?;
-            let base = VringState {
-                index,
-                num: u32::from(q.next_avail()),
-            };
-            ioctl_ptr(fd, VHOST_SET_VRING_BASE, &base).map_err(err("VHOST_SET_VRING_BASE"))?;
-            let addr = vring_addr(mem, index, q).map_err(arg_err)?;
-            ioctl_ptr(fd, VHOST_SET_VRING_ADDR, &addr).map_err(err("VHOST_SET_VRING_ADDR"))?;
-            let kick = VringFile {
-                index,
-                fd: kick.as_raw_fd(),
-            };
-            ioctl_ptr(fd, VHOST_SET_VRING_KICK, &kick).map_err(err("VHOST_SET_VRING_KICK"))?;
-            let call = VringFile {
-                index,
-                fd: call.as_raw_fd(),
-            };
-            ioctl_ptr(fd, VHOST_SET_VRING_CALL, &call).map_err(err("VHOST_SET_VRING_CALL"))?;
+            kernel
+                .set_vring_addr(i, &ring)
+                .map_err(err("VHOST_SET_VRING_ADDR"))?;
+            kernel
+                .set_vring_kick(i, kick)
+                .map_err(err("VHOST_SET_VRING_KICK"))?;
+            kernel
+                .set_vring_call(i, call)
+                .map_err(err("VHOST_SET_VRING_CALL"))?;
         }
-        self.vhost
-            .set_running(true)
-            .map_err(err("VHOST_VSOCK_SET_RUNNING"))
+        kernel.start().map_err(err("VHOST_VSOCK_SET_RUNNING"))
     }
 
     /// Stops the kernel's processing of the rings.
     fn stop_kernel(&self) {
-        if let Err(e) = self.vhost.set_running(false) {
-            log::warn!("vhost-vsock: VHOST_VSOCK_SET_RUNNING(0): {e}");
+        let kernel = &self.vhost.kernel;
+        if let Err(e) = kernel.stop() {
+            log::warn!("vhost-vsock: VHOST_VSOCK_SET_RUNNING(0): {}", os_error(e));
         }
-        for index in 0..KERNEL_QUEUES as u32 {
-            let mut state = VringState { index, num: 0 };
+        for index in 0..KERNEL_QUEUES {
             // Also detaches the ring from the kernel worker.
-            let _ = ioctl_ptr(self.vhost.fd(), VHOST_GET_VRING_BASE, &mut state as *mut _);
+            let _ = kernel.get_vring_base(index);
         }
     }
 
@@ -339,6 +446,31 @@ mod tests {
         assert!(matches!(
             VhostVsock::open(3, Some(OwnedFd::from(a))),
             Err(VsockError::VhostFd { .. })
+        ));
+    }
+
+    #[test]
+    fn rings_are_given_as_guest_addresses_and_checked_against_guest_memory() {
+        let mut kernel = VhostVsock::kernel(File::open("/dev/null").unwrap());
+        kernel.mem = Arc::new(crate::test_utils::guest_memory());
+        let ring = |base: u64| VringConfigData {
+            queue_max_size: QUEUE_SIZE,
+            queue_size: QUEUE_SIZE,
+            flags: 0,
+            desc_table_addr: base,
+            used_ring_addr: base + 0x2000,
+            avail_ring_addr: base + 0x1000,
+            log_addr: None,
+        };
+        // Inside guest RAM: translated and handed to the descriptor, which
+        // is no vhost device.
+        let e = os_error(kernel.set_vring_addr(0, &ring(0x10_0000)).unwrap_err());
+        assert_eq!(e.raw_os_error(), Some(libc::ENOTTY));
+        // Past the end of guest RAM: refused before any request.
+        let past = crate::test_utils::MEM_SIZE - 0x1000;
+        assert!(matches!(
+            kernel.set_vring_addr(0, &ring(past)),
+            Err(vhost::Error::InvalidQueue)
         ));
     }
 
