@@ -38,6 +38,15 @@ command -v rustc >/dev/null || { echo "rig: rustc not found (needed for tests/ri
 rustc -O -C target-feature=+crt-static -C strip=symbols \
     "$here/../../tests/rig/outb.rs" -o "$work/outb"
 
+# The host's TSC frequency, given to L1 as tsc_early_khz= (TCG's guest TSC is
+# the host's): L1's own calibration against the PIT fails on a busy host,
+# and a microvm has no other reference timer, so Linux then marks the TSC
+# unusable and hangs before printing anything (tests/rig/tsckhz.rs).
+rustc -O "$here/../../tests/rig/tsckhz.rs" -o "$work/tsckhz"
+tsc_khz="$("$work/tsckhz")" || tsc_khz=
+l1_tsc=
+if [ -n "$tsc_khz" ]; then l1_tsc="tsc_early_khz=$tsc_khz"; else log "could not measure the host TSC; L1 calibrates it itself"; fi
+
 # Shared libraries of the dynamic executables copied into L1 (and L2).
 libs() {
     ldd "$1" 2>/dev/null | sed -n 's/.*=> \(\/[^ ]*\).*/\1/p; s/^[[:space:]]*\(\/[^ ]*\) .*/\1/p'
@@ -176,12 +185,11 @@ sc="${scenarios[*]}"
 unset IFS
 log "booting L1 (scenarios: $sc)"
 # L1's console is the only output on stdout. Two watchdogs:
-# - once in a while (about 1 run in 6 on this host) L1 prints nothing at
-#   all: it hangs before its kernel's first message. With no output after
-#   ${RIG_FIRST_OUTPUT_S:-180} s, L1's registers go to stderr (QEMU's monitor
-#   over QMP) and L1 is booted again, up to ${RIG_L1_ATTEMPTS:-5} boots in
-#   all (the hang happened in about 4 of 12 boots on 2026-12-05, twice in a
-#   row twice; its cause is not found yet, see docs/rig.md).
+# - should L1 print nothing at all (it used to hang before its kernel's
+#   first message when its TSC calibration failed on a busy host; fixed by
+#   tsc_early_khz= above), after ${RIG_FIRST_OUTPUT_S:-180} s L1's registers
+#   go to stderr (QEMU's monitor over QMP) and L1 is booted again, up to
+#   ${RIG_L1_ATTEMPTS:-5} boots in all.
 # - L1 reboots right after RIG-DONE (QEMU -no-reboot then exits); should it
 #   hang on the way out, QEMU is ended 10 s after RIG-DONE.
 fifo="$work/console"
@@ -194,7 +202,7 @@ boot_l1() {
         -nodefaults -no-user-config -nographic -no-reboot -serial stdio \
         -qmp "unix:$l1qmp,server,nowait" \
         -kernel "$cache/vmlinuz" -initrd "$work/l1-initrd.cpio" \
-        -append "console=ttyS0 quiet panic=-1 rig.scenarios=$sc" </dev/null >"$fifo" &
+        -append "console=ttyS0 quiet panic=-1 $l1_tsc rig.scenarios=$sc" </dev/null >"$fifo" &
     qpid=$!
     exec 3<"$fifo"
     done_seen=0
