@@ -63,6 +63,8 @@ Usage: altovirt [OPTIONS]
   -device virtio-net-device,netdev=ID[,id=DEV][,mac=MAC]
   -device vhost-vsock-device,id=DEV,guest-cid=N[,vhostfd=FD]  kernel vsock (needs /dev/vhost-vsock)
   -device vsock-device,id=DEV,guest-cid=N,uds-path=PATH       userspace vsock over unix sockets
+  -device virtio-balloon-device[,id=DEV][,deflate-on-oom=on][,free-page-reporting=on]
+                        memory balloon (QMP balloon, query-balloon)
   -version              print the version and exit
   -h, -help, --help     print this help and exit
 
