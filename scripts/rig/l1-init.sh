@@ -226,7 +226,12 @@ JSON
 # (rig.mode=balloon) fills its free memory once (a tmpfs file, removed), so
 # whatever pages Linux's driver puts in the balloon are backed in L1, prints
 # its MemTotal, then prints MemTotal again whenever it changes.
-rss_kb() { sed -n 's/^VmRSS: *\([0-9]*\) kB/\1/p' /proc/$1/status 2>/dev/null; }
+# VmRSS of process $1 in KiB ("0" once it is gone: the callers do arithmetic
+# with it, and an error there would end L1's init).
+rss_kb() {
+    r=$(sed -n 's/^VmRSS:[[:space:]]*\([0-9]*\) kB/\1/p' /proc/$1/status 2>/dev/null)
+    echo "${r:-0}"
+}
 BALLOON_MIB=64
 sc_b_balloon() { # QMP balloon: inflate by 64 MiB (RSS and MemTotal drop), deflate
     sc=b_balloon
@@ -277,7 +282,8 @@ sc_b_balloon_report() {
         peak=$(rss_kb $VMM)
         say $sc rss-filled-kb $peak
         i=0
-        while [ $((peak - $(rss_kb $VMM))) -lt $((BALLOON_MIB * 1024)) ] && [ $i -lt 600 ]; do
+        while kill -0 $VMM 2>/dev/null && [ $((peak - $(rss_kb $VMM))) -lt $((BALLOON_MIB * 1024)) ] &&
+            [ $i -lt 600 ]; do
             i=$((i + 1))
             sleep 0.1
         done

@@ -74,8 +74,22 @@ fn rig_kernel_b_balloon_inflates_and_deflates_with_linux_driver() {
         replies(sc, "qmp-deflated").contains(&format!("\"actual\":{RAM}")),
         "query-balloon after deflating:\n{ctx}"
     );
-    // Linux's inflation reaches the target (MemTotal 64 MiB less, checked
-    // in L1) and altovirt gives the pages back to L1.
+    // Without DEFLATE_ON_OOM Linux takes the ballooned pages out of
+    // MemTotal: exactly 64 MiB less once inflated, all of it back after.
+    let memtotal: Vec<u64> = sc
+        .guest_all("BALLOON-MEMTOTAL-KB")
+        .iter()
+        .filter_map(|v| v.trim().parse().ok())
+        .collect();
+    let (Some(&m0), Some(&last)) = (memtotal.first(), memtotal.last()) else {
+        panic!("no L2-BALLOON-MEMTOTAL-KB lines:\n{ctx}");
+    };
+    assert!(
+        memtotal.contains(&(m0 - BALLOON_KIB)) && last == m0,
+        "MemTotal over time {memtotal:?}:\n{ctx}"
+    );
+    // Linux's inflation reaches the target and altovirt gives the pages
+    // back to L1.
     let before = kib(sc, "rss-before-kb", &ctx);
     let after = kib(sc, "rss-inflated-kb", &ctx);
     eprintln!(
