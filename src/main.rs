@@ -111,7 +111,8 @@ fn start_qmp(
 ) -> Result<Vec<QmpServerHandle>, Failure> {
     let handler = Arc::new(
         VmQmpHandler::new(vm.shared(), vm.event_sender(), vm.hotplug(), hub.emitter())
-            .with_log_stats(log_stats),
+            .with_log_stats(log_stats)
+            .with_balloon(vm.balloon()),
     );
     let seccomp = vm.seccomp_filters();
     let filters = QmpThreadFilters {

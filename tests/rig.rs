@@ -11,6 +11,8 @@
 // Test code: a failed unwrap is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "rig/balloon.rs"]
+mod balloon;
 #[path = "rig/harness.rs"]
 mod harness;
 #[path = "rig/power_button.rs"]

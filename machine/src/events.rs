@@ -22,6 +22,8 @@ pub enum VmEvent {
     HostSignal(i32),
     /// A lifecycle request from the control plane.
     Control(ControlCall),
+    /// The balloon driver changed `actual` (pages in the balloon).
+    BalloonActual(u32),
 }
 
 /// Cloneable sender of [`VmEvent`]s.

@@ -6,6 +6,7 @@
 //! boot structures (ACPI tables included), attach the legacy devices,
 //! create the vCPUs.
 
+pub mod balloon;
 pub mod control;
 pub mod error;
 pub mod events;
@@ -22,11 +23,11 @@ mod qmp_convert;
 pub mod seccomp;
 pub mod virtio_devices;
 
-use std::sync::mpsc::Receiver;
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use address_space::memory::{create_guest_memory, register_with_kvm};
+use address_space::memory::{create_guest_memory, ram_size, register_with_kvm};
 use address_space::{Bus, GuestMemoryMmap, MemoryOptions};
 use boot_loader::{AcpiLayout, BootInfo};
 use cpu::{Vcpu, VcpuControl, VcpuEvent, VcpuHandle, VcpuRunState};
@@ -34,6 +35,7 @@ use kvm_bindings::{kvm_pit_config, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::{Kvm, VmFd};
 use machine_manager::config::{DeviceConfig, SerialConfig, VmConfig};
 
+use balloon::{BalloonHandle, EventThrottle, BALLOON_EVENT_PERIOD};
 pub use control::{ControlRequest, LifecycleListener, NoListener, VmShared, VmStatus};
 pub use error::MachineError;
 pub use events::{EventSender, VmEvent};
@@ -83,6 +85,7 @@ pub struct MicroVm {
     image: GuestImage,
     platform: PlatformSnapshot,
     hotplug: Arc<Mutex<Hotplug>>,
+    balloon: Option<Arc<BalloonHandle>>,
     power_button: PowerButton,
     vm: VmFd,
     _kvm: Kvm,
@@ -168,6 +171,15 @@ impl MicroVm {
         );
 
         let (sender, events) = events::channel();
+        // The balloon reports the guest's `actual` to the control loop,
+        // which turns it into BALLOON_CHANGE events.
+        let balloon = virtio.balloon().map(|device| {
+            device
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .set_listener(Arc::new(sender.clone()));
+            Arc::new(BalloonHandle::new(device, ram_size(&mem)))
+        });
         let mut io_bus = Bus::new();
         let legacy = LegacyDevices::attach(
             &vm,
@@ -216,6 +228,7 @@ impl MicroVm {
             image,
             platform,
             hotplug,
+            balloon,
             power_button,
             vm,
             _kvm: kvm,
@@ -247,6 +260,11 @@ impl MicroVm {
         self.hotplug.clone()
     }
 
+    /// The balloon, for the QMP handler (None without one).
+    pub fn balloon(&self) -> Option<Arc<BalloonHandle>> {
+        self.balloon.clone()
+    }
+
     /// State the control plane reads (status, vCPU threads, identity).
     pub fn shared(&self) -> Arc<VmShared> {
         self.shared.clone()
@@ -266,6 +284,7 @@ impl MicroVm {
             image,
             platform,
             power_button,
+            balloon,
             vm,
             mem,
             seccomp,
@@ -295,8 +314,9 @@ impl MicroVm {
             VmStatus::Running
         });
         let mut halted = 0;
+        let mut balloon_events = EventThrottle::new(BALLOON_EVENT_PERIOD);
         let reason = loop {
-            let Ok(event) = events.recv() else {
+            let Some(event) = next_event(&events, &mut balloon_events, listener) else {
                 break ExitReason::Error("event channel closed".into());
             };
             match event {
@@ -319,6 +339,13 @@ impl MicroVm {
                     }
                 }
                 VmEvent::HostSignal(sig) => break ExitReason::HostSignal(sig),
+                VmEvent::BalloonActual(pages) => {
+                    let bytes = balloon.as_ref().map(|b| b.guest_bytes(pages));
+                    if let Some(bytes) = bytes.and_then(|b| balloon_events.offer(b, Instant::now()))
+                    {
+                        balloon_change(listener, bytes);
+                    }
+                }
                 VmEvent::Control(call) => {
                     let mut parts = ResetParts {
                         vm: &vm,
@@ -348,6 +375,35 @@ impl MicroVm {
         }
         Ok(reason)
     }
+}
+
+/// The next event for the control loop; while waiting, a held-back
+/// `BALLOON_CHANGE` goes out when its rate-limit period ends. None when
+/// every sender is gone.
+fn next_event(
+    events: &Receiver<VmEvent>,
+    balloon_events: &mut EventThrottle,
+    listener: &dyn LifecycleListener,
+) -> Option<VmEvent> {
+    loop {
+        let Some(deadline) = balloon_events.deadline() else {
+            return events.recv().ok();
+        };
+        match events.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok(event) => return Some(event),
+            Err(RecvTimeoutError::Timeout) => {
+                if let Some(bytes) = balloon_events.expire(Instant::now()) {
+                    balloon_change(listener, bytes);
+                }
+            }
+            Err(RecvTimeoutError::Disconnected) => return None,
+        }
+    }
+}
+
+/// QMP `BALLOON_CHANGE`: the guest now has `bytes` of RAM.
+fn balloon_change(listener: &dyn LifecycleListener, bytes: u64) {
+    listener.lifecycle_event("BALLOON_CHANGE", serde_json::json!({ "actual": bytes }));
 }
 
 /// What a system reset touches besides the vCPUs (and the power button,

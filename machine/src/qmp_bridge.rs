@@ -10,12 +10,14 @@ use machine_manager::log_limit::LogStats;
 use qmp::{EventEmitter, FdLookup, QmpCommand, QmpError, QmpHandler};
 use serde_json::{json, Value};
 
+use crate::balloon::BalloonHandle;
 use crate::control::{self, ControlRequest, LifecycleListener, VmShared, VmStatus};
 use crate::events::{EventSender, VmEvent};
 use crate::hotplug::Hotplug;
 use crate::kvm_checks;
 use crate::qmp_convert::{
-    blockdev_request, device_request, query_block_reply, tap_request, ClientFds,
+    balloon_target, blockdev_request, device_request, no_balloon, query_balloon_reply,
+    query_block_reply, tap_request, ClientFds,
 };
 
 /// How long a QMP command waits for the control loop.
@@ -28,6 +30,7 @@ pub struct VmQmpHandler {
     hotplug: Arc<Mutex<Hotplug>>,
     events: EventEmitter,
     log_stats: Option<Arc<LogStats>>,
+    balloon: Option<Arc<BalloonHandle>>,
 }
 
 impl VmQmpHandler {
@@ -45,7 +48,19 @@ impl VmQmpHandler {
             hotplug,
             events,
             log_stats: None,
+            balloon: None,
         }
+    }
+
+    /// Answers `balloon` and `query-balloon` with `balloon`; without one
+    /// (None) both fail as QEMU's do without a balloon device.
+    pub fn with_balloon(mut self, balloon: Option<Arc<BalloonHandle>>) -> Self {
+        self.balloon = balloon;
+        self
+    }
+
+    fn balloon(&self) -> Result<&BalloonHandle, QmpError> {
+        self.balloon.as_deref().ok_or_else(no_balloon)
     }
 
     /// Answers `__io.altovirt_query-log-stats` from `stats` (the counts the
@@ -200,6 +215,12 @@ impl QmpHandler for VmQmpHandler {
             }
             QmpCommand::QueryBlock => Ok(query_block_reply(&self.hotplug().block.query_block())),
             QmpCommand::QueryLogStats => self.query_log_stats(),
+            QmpCommand::Balloon { value } => {
+                let balloon = self.balloon()?;
+                balloon.set_target(balloon_target(value)?);
+                Ok(json!({}))
+            }
+            QmpCommand::QueryBalloon => Ok(query_balloon_reply(self.balloon()?.actual_bytes())),
             other => Err(QmpError::not_supported(other.name())),
         }
     }

@@ -107,6 +107,26 @@ fn inserted(image: &ImageInfo) -> Value {
            "drv": "raw", "cache": cache_info(image.direct)})
 }
 
+/// QEMU's answer to `balloon` and `query-balloon` in a VM without a
+/// balloon device.
+pub(crate) fn no_balloon() -> QmpError {
+    QmpError::device_not_active("No balloon device has been activated")
+}
+
+/// `balloon`'s `value`, the guest's target size in bytes: QEMU refuses
+/// zero and negative sizes (naming its internal parameter `target`).
+pub(crate) fn balloon_target(value: i64) -> Result<u64, QmpError> {
+    u64::try_from(value)
+        .ok()
+        .filter(|&v| v > 0)
+        .ok_or_else(|| QmpError::invalid_parameter_value("target", "a size"))
+}
+
+/// `query-balloon`'s reply (QEMU's `BalloonInfo`): the guest's RAM in bytes.
+pub(crate) fn query_balloon_reply(actual: u64) -> Value {
+    json!({ "actual": actual })
+}
+
 /// `query-block`'s reply: boot-time disks as QEMU lists `-drive` disks
 /// (`device` is the drive id, no `slot`), then every slot.
 pub(crate) fn query_block_reply(entries: &[BlockEntry]) -> Value {
@@ -179,6 +199,22 @@ mod tests {
         assert_eq!(nf, QmpError::device_not_found("Device 'x' not found"));
         let g: QmpError = HotplugError::refused("no").into();
         assert_eq!(g, QmpError::generic("no"));
+    }
+
+    #[test]
+    fn balloon_conversions() {
+        assert_eq!(balloon_target(1), Ok(1));
+        assert_eq!(balloon_target(i64::MAX), Ok(i64::MAX as u64));
+        for bad in [0, -1, i64::MIN] {
+            assert_eq!(
+                balloon_target(bad),
+                Err(QmpError::generic("Parameter 'target' expects a size"))
+            );
+        }
+        let e = no_balloon();
+        assert_eq!(e.class, qmp::ErrorClass::DeviceNotActive);
+        assert_eq!(e.desc, "No balloon device has been activated");
+        assert_eq!(query_balloon_reply(5), json!({"actual": 5}));
     }
 
     #[test]

@@ -14,6 +14,7 @@ use boot_loader::MmioDeviceDesc;
 use kvm_ioctls::{IoEventAddress, VmFd};
 use machine_manager::config::{ChardevBackend, DeviceConfig, NetBackend};
 use util::event_loop::EventLoop;
+use virtio::balloon::{Balloon, BalloonConfig, BALLOON_PAGE_SIZE};
 use virtio::block::{Block, BlockConfig};
 use virtio::console::{Console, ConsoleBackend, FileBackend, UnixSocketBackend};
 use virtio::fs::{FsConfig, VhostUserFs};
@@ -59,6 +60,8 @@ pub struct VirtioDevices {
     net_slots: Vec<NetSlot>,
     /// Ids of the devices outside the slots (fixed until the VM ends).
     fixed_ids: Vec<String>,
+    /// The balloon, if configured.
+    balloon: Option<Arc<Mutex<Balloon>>>,
 }
 
 impl VirtioDevices {
@@ -126,6 +129,7 @@ impl VirtioDevices {
             slots: Vec::new(),
             net_slots: Vec::new(),
             fixed_ids: fixed.iter().map(|c| c.id().to_string()).collect(),
+            balloon: None,
         };
         for n in 0..usize::from(blk_slots) {
             let slot = match boot_disks.get(n) {
@@ -166,7 +170,14 @@ impl VirtioDevices {
             devices.net_slots.push(slot);
         }
         for cfg in fixed {
-            let model = devices.model(cfg, mem)?;
+            let model = match cfg {
+                DeviceConfig::Balloon { .. } => {
+                    let balloon = Arc::new(Mutex::new(devices.balloon_model(cfg, mem)));
+                    devices.balloon = Some(balloon.clone());
+                    balloon
+                }
+                _ => devices.model(cfg, mem)?,
+            };
             devices.place(vm, mem, mmio_bus, cfg.id(), model)?;
         }
         Ok(devices)
@@ -270,6 +281,41 @@ impl VirtioDevices {
         })
     }
 
+    /// The virtio-balloon model: it may take back the guest's e820 RAM and
+    /// nothing else; JSON `amount_mib` is its target from the start.
+    fn balloon_model(&self, cfg: &DeviceConfig, mem: &GuestMemoryMmap) -> Balloon {
+        let (deflate_on_oom, free_page_reporting, amount_mib) = match cfg {
+            DeviceConfig::Balloon {
+                deflate_on_oom,
+                free_page_reporting,
+                amount_mib,
+                ..
+            } => (*deflate_on_oom, *free_page_reporting, *amount_mib),
+            _ => (false, false, 0),
+        };
+        let usable = boot_loader::params::e820_map(mem)
+            .into_iter()
+            .filter(|&(_, _, kind)| kind == boot_loader::layout::E820_RAM)
+            .map(|(start, len, _)| (start, len))
+            .collect();
+        let mut balloon = Balloon::new(
+            BalloonConfig {
+                deflate_on_oom,
+                free_page_reporting,
+                usable,
+            },
+            self.loop_for(cfg.id()),
+        );
+        let pages = amount_mib.saturating_mul(1 << 20) / BALLOON_PAGE_SIZE;
+        balloon.set_target_pages(u32::try_from(pages).unwrap_or(u32::MAX));
+        balloon
+    }
+
+    /// The balloon, if the VM has one.
+    pub fn balloon(&self) -> Option<Arc<Mutex<Balloon>>> {
+        self.balloon.clone()
+    }
+
     /// The virtio-net model of a configured NIC.
     fn net(&self, cfg: &DeviceConfig) -> Result<Net, MachineError> {
         let DeviceConfig::Net {
@@ -312,6 +358,7 @@ impl VirtioDevices {
         let el = self.loop_for(cfg.id());
         Ok(match cfg {
             DeviceConfig::Block { .. } => Arc::new(Mutex::new(self.block(cfg)?)),
+            DeviceConfig::Balloon { .. } => Arc::new(Mutex::new(self.balloon_model(cfg, mem))),
             DeviceConfig::Rng { path, .. } => Arc::new(Mutex::new(
                 Rng::new(path, el).map_err(|e| err(e.to_string()))?,
             )),

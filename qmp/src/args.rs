@@ -61,6 +61,19 @@ impl<'a> Args<'a> {
         self.as_str(key, v)
     }
 
+    /// A required integer member (QAPI `int`, 64-bit signed): a JSON
+    /// number without fraction; one beyond the int64 range is refused as
+    /// QEMU refuses it.
+    pub(crate) fn req_int(&mut self, key: &str) -> Result<i64, QmpError> {
+        let v = self.required(key)?;
+        match v {
+            Value::Number(n) if n.is_i64() || n.is_u64() => n
+                .as_i64()
+                .ok_or_else(|| QmpError::invalid_parameter_value(&self.path(key), "integer")),
+            _ => Err(QmpError::invalid_parameter_type(&self.path(key), "integer")),
+        }
+    }
+
     /// An optional string member.
     pub(crate) fn opt_str(&mut self, key: &str) -> Result<Option<String>, QmpError> {
         match self.get(key) {

@@ -89,6 +89,15 @@ pub enum QmpCommand {
     },
     /// `query-block`: block devices.
     QueryBlock,
+    /// `balloon`: ask the guest to shrink or grow to `value` bytes of RAM
+    /// (its target size, as in QEMU; checked by the handler, which first
+    /// says whether there is a balloon at all).
+    Balloon {
+        /// Target size of the guest in bytes.
+        value: i64,
+    },
+    /// `query-balloon`: the guest's RAM as its balloon driver reports it.
+    QueryBalloon,
     /// `__io.altovirt_query-log-stats` (a downstream extension, named as
     /// the QMP specification asks): log lines written and dropped by the
     /// rate limiter, per level.
@@ -125,6 +134,8 @@ pub const COMMAND_NAMES: &[&str] = &[
     "netdev_add",
     "netdev_del",
     "query-block",
+    "balloon",
+    "query-balloon",
     QUERY_LOG_STATS,
 ];
 
@@ -171,6 +182,10 @@ impl QmpCommand {
             "query-cpus-fast" => QmpCommand::QueryCpusFast,
             "query-hotpluggable-cpus" => QmpCommand::QueryHotpluggableCpus,
             "query-block" => QmpCommand::QueryBlock,
+            "query-balloon" => QmpCommand::QueryBalloon,
+            "balloon" => QmpCommand::Balloon {
+                value: a.req_int("value")?,
+            },
             QUERY_LOG_STATS => QmpCommand::QueryLogStats,
             "getfd" => QmpCommand::Getfd {
                 fdname: a.req_str("fdname")?,
@@ -228,6 +243,8 @@ impl QmpCommand {
             QmpCommand::NetdevAdd(_) => "netdev_add",
             QmpCommand::NetdevDel { .. } => "netdev_del",
             QmpCommand::QueryBlock => "query-block",
+            QmpCommand::Balloon { .. } => "balloon",
+            QmpCommand::QueryBalloon => "query-balloon",
             QmpCommand::QueryLogStats => QUERY_LOG_STATS,
         }
     }
@@ -270,6 +287,7 @@ mod tests {
                 "blockdev-add" => json!({"driver": "file", "node-name": "n", "filename": "/x"}),
                 "device_add" => json!({"driver": "virtio-blk-pci"}),
                 "netdev_add" => json!({"type": "tap", "id": "n"}),
+                "balloon" => json!({"value": 1}),
                 _ => Value::Null,
             };
             let cmd = parse(name, args).unwrap_or_else(|e| panic!("{name}: {e}"));
@@ -303,6 +321,46 @@ mod tests {
                 .unwrap_err()
                 .desc,
             "Parameter 'x' is unexpected"
+        );
+    }
+
+    #[test]
+    fn balloon_value_is_an_int64() {
+        assert_eq!(
+            parse("balloon", json!({"value": -5})).unwrap(),
+            QmpCommand::Balloon { value: -5 }
+        );
+        assert_eq!(
+            parse("balloon", json!({"value": 1_u64 << 40})).unwrap(),
+            QmpCommand::Balloon { value: 1 << 40 }
+        );
+        assert_eq!(
+            parse("balloon", json!({})).unwrap_err().desc,
+            "Parameter 'value' is missing"
+        );
+        assert_eq!(
+            parse("balloon", json!({"value": "1G"})).unwrap_err().desc,
+            "Invalid parameter type for 'value', expected: integer"
+        );
+        assert_eq!(
+            parse("balloon", json!({"value": 1.5})).unwrap_err().desc,
+            "Invalid parameter type for 'value', expected: integer"
+        );
+        assert_eq!(
+            parse("balloon", json!({"value": u64::MAX}))
+                .unwrap_err()
+                .desc,
+            "Parameter 'value' expects integer"
+        );
+        assert_eq!(
+            parse("balloon", json!({"value": 1, "x": 2}))
+                .unwrap_err()
+                .desc,
+            "Parameter 'x' is unexpected"
+        );
+        assert_eq!(
+            parse("query-balloon", Value::Null).unwrap(),
+            QmpCommand::QueryBalloon
         );
     }
 

@@ -222,6 +222,79 @@ JSON
     say $sc disk-file "$(debugfs -R 'cat /hello.txt' /tmp/img-$sc.ext4 2>/dev/null)"
 }
 
+# The memory balloon with kernel (b) (CONFIG_VIRTIO_BALLOON=y). L2
+# (rig.mode=balloon) fills its free memory once (a tmpfs file, removed), so
+# whatever pages Linux's driver puts in the balloon are backed in L1, prints
+# its MemTotal, then prints MemTotal again whenever it changes.
+# VmRSS of process $1 in KiB ("0" once it is gone: the callers do arithmetic
+# with it, and an error there would end L1's init).
+rss_kb() {
+    r=$(sed -n 's/^VmRSS:[[:space:]]*\([0-9]*\) kB/\1/p' /proc/$1/status 2>/dev/null)
+    echo "${r:-0}"
+}
+BALLOON_MIB=64
+sc_b_balloon() { # QMP balloon: inflate by 64 MiB (RSS and MemTotal drop), deflate
+    sc=b_balloon
+    if [ ! -f $L2B ]; then say $sc skipped no-kernel-b; return; fi
+    SC_KERNEL=$L2B SC_QUIET=${RIG_B_QUIET:-1}
+    start $sc balloon -device virtio-balloon-device,id=balloon0
+    SC_KERNEL= SC_QUIET=
+    q=/tmp/$sc.qmp
+    listen $q /tmp/$sc.events
+    if wait_for /tmp/$sc.serial L2-BALLOON-READY 120; then
+        ram=$((256 << 20))
+        small=$(((256 - BALLOON_MIB) << 20))
+        say $sc rss-before-kb $(rss_kb $VMM)
+        qmp $q '{"execute":"query-balloon"}' '{"execute":"balloon","arguments":{"value":'$small'}}' |
+            tr -d '\r' | sed "s/^/RIG $sc qmp-inflate /"
+        # Done when altovirt reports the guest's new size (BALLOON_CHANGE).
+        if wait_for /tmp/$sc.events '"actual": *'$small 120; then
+            say $sc rss-inflated-kb $(rss_kb $VMM)
+            qmp $q '{"execute":"query-balloon"}' | tr -d '\r' | sed "s/^/RIG $sc qmp-inflated /"
+            m0=$(tr -d '\r' </tmp/$sc.serial | sed -n 's/^L2-BALLOON-MEMTOTAL-KB //p' | head -n1)
+            wait_for /tmp/$sc.serial "L2-BALLOON-MEMTOTAL-KB $((m0 - BALLOON_MIB * 1024))[^0-9]*$" 60 ||
+                say $sc no-memtotal-inflated
+            qmp $q '{"execute":"balloon","arguments":{"value":'$ram'}}' |
+                tr -d '\r' | sed "s/^/RIG $sc qmp-deflate /"
+            wait_for /tmp/$sc.events '"actual": *'$ram 120 || say $sc no-deflate-event
+            wait_count /tmp/$sc.serial "L2-BALLOON-MEMTOTAL-KB $m0[^0-9]*$" 2 60 || say $sc no-memtotal-deflated
+            qmp $q '{"execute":"query-balloon"}' | tr -d '\r' | sed "s/^/RIG $sc qmp-deflated /"
+        else
+            say $sc no-inflate-event
+        fi
+    else
+        say $sc not-ready
+    fi
+    qmp $q '{"execute":"quit"}' >/dev/null
+    finish $sc 30
+}
+# Free page reporting: L2 fills and frees its memory; Linux reports the
+# freed blocks (after its 2 s delay) and altovirt's resident memory drops
+# without any QMP command.
+sc_b_balloon_report() {
+    sc=b_balloon_report
+    if [ ! -f $L2B ]; then say $sc skipped no-kernel-b; return; fi
+    SC_KERNEL=$L2B SC_QUIET=${RIG_B_QUIET:-1}
+    start $sc balloon -device virtio-balloon-device,id=balloon0,deflate-on-oom=on,free-page-reporting=on
+    SC_KERNEL= SC_QUIET=
+    listen /tmp/$sc.qmp /tmp/$sc.events
+    if wait_for /tmp/$sc.serial L2-BALLOON-FILLED 120; then
+        peak=$(rss_kb $VMM)
+        say $sc rss-filled-kb $peak
+        i=0
+        while kill -0 $VMM 2>/dev/null && [ $((peak - $(rss_kb $VMM))) -lt $((BALLOON_MIB * 1024)) ] &&
+            [ $i -lt 600 ]; do
+            i=$((i + 1))
+            sleep 0.1
+        done
+        say $sc rss-reported-kb $(rss_kb $VMM)
+    else
+        say $sc not-filled
+    fi
+    qmp /tmp/$sc.qmp '{"execute":"quit"}' >/dev/null
+    finish $sc 30
+}
+
 # Kernel (a) with its virtio devices found through ACPI: a data disk (ext4,
 # read back with debugfs after exit), virtio-rng and virtio-net over a tap;
 # no hotplug slots, so the disk is vda and the NIC eth0.

@@ -19,6 +19,11 @@
 #              power button (QMP system_powerdown) its handler powers off
 #   ignorebutton  the same drivers, no acpid: L2-TICK lines forever, with
 #              the GED's interrupt count (the press arrives, nobody acts)
+#   balloon    show the balloon's driver and negotiated features, fill the
+#              free memory once (a tmpfs file, then removed: L1 backs it),
+#              then print MemTotal whenever it changes (L1 inflates and
+#              deflates over QMP; with free page reporting the freed memory
+#              goes back to L1 by itself)
 /bin/busybox mkdir -p /bin /sbin /usr/bin /usr/sbin /proc /sys /dev /tmp /mnt
 /bin/busybox --install -s
 export PATH=/bin:/sbin:/usr/bin:/usr/sbin
@@ -246,6 +251,30 @@ ignorebutton)
     while :; do
         echo "L2-TICK $i ged=$(ged_irqs)"
         i=$((i + 1))
+        sleep 0.2
+    done
+    ;;
+balloon)
+    bal=
+    for d in /sys/bus/virtio/devices/virtio*; do
+        [ "$(cat $d/device 2>/dev/null)" = 0x0005 ] && bal=$d
+    done
+    echo "L2-BALLOON-DRIVER $(basename "$(readlink -f $bal/driver 2>/dev/null)" 2>/dev/null)"
+    echo "L2-BALLOON-FEATURES $(cat $bal/features 2>/dev/null)"
+    memtotal() { sed -n 's/^MemTotal: *\([0-9]*\) kB/\1/p' /proc/meminfo; }
+    free_kb=$(sed -n 's/^MemFree: *\([0-9]*\) kB/\1/p' /proc/meminfo)
+    fill=$(((free_kb - 24576) / 1024))
+    mkdir -p /fill && mount -t tmpfs -o size=${fill}m tmpfs /fill
+    dd if=/dev/zero of=/fill/f bs=1M count=$fill 2>/dev/null
+    echo "L2-BALLOON-FILLED $fill MiB"
+    rm -f /fill/f
+    echo "L2-BALLOON-MEMTOTAL-KB $(memtotal)"
+    echo "L2-BALLOON-READY"
+    last=$(memtotal)
+    while :; do
+        m=$(memtotal)
+        [ "$m" != "$last" ] && echo "L2-BALLOON-MEMTOTAL-KB $m"
+        last=$m
         sleep 0.2
     done
     ;;

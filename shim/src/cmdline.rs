@@ -277,6 +277,15 @@ fn shared_tail(spec: &VmSpec, style: &Style, a: &mut Vec<String>) {
             format!("virtio-net-device,netdev={0},id={0},mac={1}", n.id, n.mac),
         );
     }
+    if hv.reclaim_guest_freed_memory {
+        // An empty balloon whose driver reports free memory: the VMM
+        // discards it (madvise), so the sandbox shrinks by itself.
+        push(
+            a,
+            "-device",
+            "virtio-balloon-device,id=balloon0,free-page-reporting=on".into(),
+        );
+    }
     push(
         a,
         "-serial",
@@ -598,6 +607,22 @@ mod tests {
         // vhost without a descriptor yet (before start) adds nothing.
         s.hv.vsock = "vhost".into();
         assert!(!stratovirt_args(&s).iter().any(|x| x.contains("vsock")));
+    }
+
+    #[test]
+    fn reclaim_guest_freed_memory_adds_a_reporting_balloon() {
+        let mut s = spec();
+        for a in [stratovirt_args(&s), qemu_args(&s)] {
+            assert!(!a.iter().any(|x| x.contains("balloon")), "{a:?}");
+        }
+        s.hv.reclaim_guest_freed_memory = true;
+        for a in [stratovirt_args(&s), qemu_args(&s)] {
+            assert_eq!(
+                all(&a, "-device").last().copied(),
+                Some("virtio-balloon-device,id=balloon0,free-page-reporting=on"),
+                "{a:?}"
+            );
+        }
     }
 
     #[test]

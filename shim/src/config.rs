@@ -115,6 +115,11 @@ pub struct HypervisorConfig {
     pub disable_vhost_net: bool,
     /// Use iothreads.
     pub enable_iothreads: bool,
+    /// Kata's key: give memory the guest frees back to the host. As Kata's
+    /// Cloud Hypervisor and Dragonball drivers do, a balloon of size 0 with
+    /// free page reporting (`-device virtio-balloon-device,id=balloon0,
+    /// free-page-reporting=on`, both flavours).
+    pub reclaim_guest_freed_memory: bool,
     /// altovirt-shim key (not Kata's): block slots altovirt creates at
     /// boot (`-machine microvm,blk-slots=N`), the rootfs `image` disk in
     /// slot 0 when there is one, at most [`MAX_HOTPLUG_SLOTS`]. Only
@@ -170,6 +175,7 @@ impl Default for HypervisorConfig {
             valid_hypervisor_paths: Vec::new(),
             disable_vhost_net: false,
             enable_iothreads: false,
+            reclaim_guest_freed_memory: false,
             blk_slots: DEFAULT_BLK_SLOTS,
             net_slots: DEFAULT_NET_SLOTS,
             vsock: String::new(),

@@ -12,9 +12,10 @@
  *       0x hex or 0 octal)
  *   guest.virtio=<test>[,<test>...]  blk, rng, console, blk-bad, net, vsock,
  *                                    blkbench, hotplug, net-hotplug, fs,
- *                                    log-flood (run
+ *                                    balloon, log-flood (run
  *                                    in the order given; net-hotplug is in
- *                                    nethotplug.c, fs in virtiofs.c)
+ *                                    nethotplug.c, fs in virtiofs.c,
+ *                                    balloon in balloon.c)
  *   guest.blkwrite=1                 blk also writes, flushes and re-reads
  *                                    sector 1
  *   guest.vsockport=<n>              vsock: host port to connect to (1234
@@ -27,6 +28,10 @@
  *   guest.hotplug.wait=<seconds>     hotplug: how long to wait for events
  *                                    (default 30; a rough pause budget)
  *   guest.hotplug.events=<n>         hotplug: events to wait for (default 2)
+ *   guest.balloon.mib=<n>            balloon: size of the region it may give
+ *                                    back (default 32)
+ *   guest.balloon.events=<n>         balloon: changes to serve (default 2);
+ *                                    guest.hotplug.wait= bounds the wait
  *
  * Output (after the cpus: line, before boot-complete):
  *   virtio: base=0x<hex> irq=<n> id=<device id>      (per token; 0 = empty)
@@ -167,6 +172,9 @@ static struct {
 	u64 hp_wait;		/* guest.hotplug.wait= seconds, default HP_WAIT_DEFAULT */
 	u64 hp_events;		/* guest.hotplug.events=, default HP_EVENTS_DEFAULT */
 	int hp_wait_set, hp_events_set;
+	u64 bal_mib;		/* guest.balloon.mib=, 0 = default */
+	u64 bal_events;		/* guest.balloon.events= */
+	int bal_events_set;
 } vcfg;
 
 /* Does [tok, tok+len) start with the string s? */
@@ -263,6 +271,8 @@ static void virtio_parse_cmdline(u64 cmdline)
 	static const char bench_key[] = "guest.blkbench=";
 	static const char hpwait_key[] = "guest.hotplug.wait=";
 	static const char hpevents_key[] = "guest.hotplug.events=";
+	static const char balmib_key[] = "guest.balloon.mib=";
+	static const char balevents_key[] = "guest.balloon.events=";
 	u64 i = 0;
 
 	if (!cmdline)
@@ -320,6 +330,16 @@ static void virtio_parse_cmdline(u64 cmdline)
 			if (parse_num(&p, tok + len, 0, &v) && p == tok + len) {
 				vcfg.hp_events = v;
 				vcfg.hp_events_set = 1;
+			}
+		} else if (token_starts(tok, len, balmib_key)) {
+			u64 p = tok + sizeof(balmib_key) - 1, v;
+			if (parse_num(&p, tok + len, 0, &v) && p == tok + len)
+				vcfg.bal_mib = v;
+		} else if (token_starts(tok, len, balevents_key)) {
+			u64 p = tok + sizeof(balevents_key) - 1, v;
+			if (parse_num(&p, tok + len, 0, &v) && p == tok + len) {
+				vcfg.bal_events = v;
+				vcfg.bal_events_set = 1;
 			}
 		}
 	}
@@ -455,12 +475,13 @@ struct vq {
 
 /*
  * One ring per queue any test uses: blk 0 (blk, blk-bad, blkbench), rng 0,
- * console 0 and 1, net 0 and 1, vsock 0, 1 and 2, fs 0 and 1; hotplug has one blk
- * queue 0 per slot (RING_HP + slot index).
+ * console 0 and 1, net 0 and 1, vsock 0, 1 and 2, fs 0 and 1, balloon 0, 1
+ * and 2; hotplug has one blk queue 0 per slot (RING_HP + slot index).
  */
 enum {
 	RING_BLK, RING_RNG, RING_CON_RX, RING_CON_TX, RING_NET_RX, RING_NET_TX,
-	RING_VS_RX, RING_VS_TX, RING_VS_EV, RING_FS_HIPRIO, RING_FS_REQ, RING_HP,
+	RING_VS_RX, RING_VS_TX, RING_VS_EV, RING_FS_HIPRIO, RING_FS_REQ,
+	RING_BAL_INF, RING_BAL_DEF, RING_BAL_REP, RING_HP,
 	N_RINGS = RING_HP + MAX_VIRTIO_DEVS
 };
 static struct vq_ring rings[N_RINGS];
@@ -1805,6 +1826,7 @@ static void test_hotplug(void)
 
 #include "nethotplug.c"
 #include "virtiofs.c"
+#include "balloon.c"
 
 /* ---- Probe and dispatch ------------------------------------------------------ */
 
@@ -1917,6 +1939,8 @@ static void virtio_run(void)
 			test_net_hotplug();
 		else if (name_is(t, len, "fs"))
 			test_fs();
+		else if (name_is(t, len, "balloon"))
+			test_balloon();
 		else if (name_is(t, len, "log-flood"))
 			test_log_flood();
 		else if (len) {

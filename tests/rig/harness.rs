@@ -22,7 +22,14 @@ pub(crate) const SCENARIOS: &[&str] = &[
 /// Kernel (b) scenarios, added when scripts/rig/build-kernel-b.sh has
 /// already built that kernel (building it takes minutes, so the suite never
 /// does).
-pub(crate) const KERNEL_B_SCENARIOS: &[&str] = &["b_devices", "b_rootdisk", "b_hotplug", "b_kata"];
+pub(crate) const KERNEL_B_SCENARIOS: &[&str] = &[
+    "b_devices",
+    "b_rootdisk",
+    "b_hotplug",
+    "b_kata",
+    "b_balloon",
+    "b_balloon_report",
+];
 /// Upper bound for one whole rig run (L1 boot plus every scenario).
 pub(crate) const RIG_TIMEOUT: Duration = Duration::from_secs(540);
 

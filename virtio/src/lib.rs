@@ -5,9 +5,10 @@
 //! - [`VirtioDevice`]: what a device model implements; devices process their
 //!   queues on a [`util::event_loop::EventLoop`] thread, never on
 //!   vCPU threads.
-//! - Devices: [`block::Block`] (virtio-blk), [`rng::Rng`] (virtio-rng) and
+//! - Devices: [`block::Block`] (virtio-blk), [`rng::Rng`] (virtio-rng),
 //!   [`console::Console`] (virtio-console, single port), [`fs::VhostUserFs`]
-//!   (virtio-fs through a vhost-user backend, see [`vhost_user`]).
+//!   (virtio-fs through a vhost-user backend, see [`vhost_user`]) and
+//!   [`balloon::Balloon`] (virtio-balloon).
 //!
 //! Everything the guest writes (registers, rings, descriptors) is treated
 //! as hostile: a misbehaving driver gets an error status or a device in the
@@ -15,6 +16,7 @@
 
 #![warn(missing_docs)]
 
+pub mod balloon;
 pub mod block;
 mod chain;
 pub mod console;
@@ -47,6 +49,8 @@ pub const TYPE_BLOCK: u32 = virtio_bindings::virtio_ids::VIRTIO_ID_BLOCK;
 pub const TYPE_CONSOLE: u32 = virtio_bindings::virtio_ids::VIRTIO_ID_CONSOLE;
 /// virtio device ID of an entropy source.
 pub const TYPE_RNG: u32 = virtio_bindings::virtio_ids::VIRTIO_ID_RNG;
+/// virtio device ID of a memory balloon.
+pub const TYPE_BALLOON: u32 = virtio_bindings::virtio_ids::VIRTIO_ID_BALLOON;
 
 /// Feature bit: the device complies with virtio 1.0 or later.
 pub const VIRTIO_F_VERSION_1: u32 = virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;

@@ -8,10 +8,10 @@ use super::error::ConfigError;
 use super::json::{load_json_file, FileConfig};
 use super::options::{parse_bool, parse_ranged, OptionList};
 use super::size::{check_mem_size, parse_size, MIB};
-use super::slots;
 use super::validate::{
     check_file, check_max_vcpus, check_non_empty, parse_uuid, FileKind, MAX_VCPUS, MIN_VCPUS,
 };
+use super::{balloon, slots};
 use super::{LogTarget, MachineConfig, SerialConfig, VmConfig, MAX_BLK_SLOTS, MAX_NET_SLOTS};
 
 /// What the command line asks the program to do.
@@ -63,6 +63,8 @@ Usage: altovirt [OPTIONS]
   -device virtio-net-device,netdev=ID[,id=DEV][,mac=MAC]
   -device vhost-vsock-device,id=DEV,guest-cid=N[,vhostfd=FD]  kernel vsock (needs /dev/vhost-vsock)
   -device vsock-device,id=DEV,guest-cid=N,uds-path=PATH       userspace vsock over unix sockets
+  -device virtio-balloon-device[,id=DEV][,deflate-on-oom=on][,free-page-reporting=on]
+                        memory balloon (QMP balloon, query-balloon)
   -version              print the version and exit
   -h, -help, --help     print this help and exit
 
@@ -398,7 +400,9 @@ fn merge(flags: Flags, file: FileConfig) -> Result<VmConfig, ConfigError> {
         file.nets.clone(),
         file.vsock.clone(),
         file.rng.clone(),
+        file.balloon.as_ref(),
     )?;
+    balloon::check_balloons(&resolved.devices, machine.mem_size)?;
     slots::check_slot_counts(
         &resolved.devices,
         file.drives.len(),

@@ -4,12 +4,14 @@
 //!
 //! Supported: `virtio-blk-device` (alias `virtio-blk-mmio`),
 //! `virtio-rng-device` (`virtio-rng-mmio`), `virtio-serial-device` with one
-//! `virtconsole`. Drivers whose device model is not built yet are refused
+//! `virtconsole`, `virtio-balloon-device` (`virtio-balloon-mmio`, parsed in
+//! balloon.rs). Drivers whose device model is not built yet are refused
 //! with a message saying so, never ignored.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 
+use super::balloon::{parse_balloon_device, JsonBalloon};
 use super::error::ConfigError;
 use super::options::{parse_bool, OptionList};
 use super::validate::{check_file, check_mac, check_non_empty, FileKind, MAX_IFNAME_LEN};
@@ -113,6 +115,17 @@ pub enum DeviceConfig {
         /// Where the console's bytes go.
         backend: ChardevBackend,
     },
+    /// virtio-balloon (at most one).
+    Balloon {
+        /// Device id.
+        id: String,
+        /// Offer VIRTIO_BALLOON_F_DEFLATE_ON_OOM.
+        deflate_on_oom: bool,
+        /// Offer VIRTIO_BALLOON_F_REPORTING.
+        free_page_reporting: bool,
+        /// Balloon size to ask for at boot, in MiB (JSON `amount_mib`).
+        amount_mib: u64,
+    },
 }
 
 impl DeviceConfig {
@@ -125,7 +138,8 @@ impl DeviceConfig {
             | DeviceConfig::VhostVsock { id, .. }
             | DeviceConfig::HybridVsock { id, .. }
             | DeviceConfig::VhostUserFs { id, .. }
-            | DeviceConfig::Console { id, .. } => id,
+            | DeviceConfig::Console { id, .. }
+            | DeviceConfig::Balloon { id, .. } => id,
         }
     }
 }
@@ -503,6 +517,7 @@ pub(crate) fn resolve(
     json_nets: Vec<NetConfig>,
     json_vsock: Option<VsockConfig>,
     json_rng: Option<RngConfig>,
+    json_balloon: Option<&JsonBalloon>,
 ) -> Result<Resolved, ConfigError> {
     let mut resolved = Resolved::default();
     let mut out: Vec<DeviceConfig> = Vec::new();
@@ -534,6 +549,7 @@ pub(crate) fn resolve(
             path: r.random_file,
         });
     }
+    out.extend(json_balloon.map(JsonBalloon::device));
     let mut drives: HashMap<String, DriveConfig> = HashMap::new();
     for d in &raw.drives {
         let drive = parse_drive(d)?;
@@ -688,6 +704,7 @@ pub(crate) fn resolve(
                     uds_path: PathBuf::from(required(&list, &at, "uds-path")?),
                 }
             }
+            "virtio-balloon-device" | "virtio-balloon-mmio" => parse_balloon_device(&at, value)?,
             "vhost-user-fs-device" | "vhost-user-fs-mmio" => {
                 parse_vhost_user_fs(&at, value, &mut chardevs)?
             }

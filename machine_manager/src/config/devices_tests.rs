@@ -276,3 +276,91 @@ fn vhost_user_fs_errors_name_the_flag_and_key() {
         "{e}"
     );
 }
+
+#[test]
+fn balloon_device_flags() {
+    let cfg = parse(&[
+        "-device",
+        "virtio-balloon-device,id=b0,deflate-on-oom=on,free-page-reporting=on",
+    ])
+    .unwrap();
+    assert_eq!(
+        cfg.devices,
+        vec![DeviceConfig::Balloon {
+            id: "b0".into(),
+            deflate_on_oom: true,
+            free_page_reporting: true,
+            amount_mib: 0
+        }]
+    );
+    let cfg = parse(&["-device", "virtio-balloon-mmio,bus=virtio-mmio-bus.0"]).unwrap();
+    assert_eq!(
+        cfg.devices,
+        vec![DeviceConfig::Balloon {
+            id: "balloon0".into(),
+            deflate_on_oom: false,
+            free_page_reporting: false,
+            amount_mib: 0
+        }]
+    );
+    let e = parse(&["-device", "virtio-balloon-device,deflate-on-oom=maybe"]).unwrap_err();
+    assert!(
+        e.to_string()
+            .starts_with("-device virtio-balloon-device deflate-on-oom: invalid on/off value"),
+        "{e}"
+    );
+    let e = parse(&[
+        "-device",
+        "virtio-balloon-device,guest-stats-polling-interval=2",
+    ])
+    .unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "-device virtio-balloon-device: unknown key 'guest-stats-polling-interval'"
+    );
+    let e = parse(&[
+        "-device",
+        "virtio-balloon-device",
+        "-device",
+        "virtio-balloon-device,id=b1",
+    ])
+    .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("only one balloon device is supported"),
+        "{e}"
+    );
+}
+
+#[test]
+fn json_balloon_comes_after_the_json_devices_and_fits_in_ram() {
+    let dir = crate::config::test_util::TempDir::new("balloon");
+    let ok = dir.file(
+        "ok.json",
+        br#"{"balloon": {"amount_mib": 64, "deflate_on_oom": true}}"#,
+    );
+    let cfg = parse(&["-config", ok.to_str().unwrap(), "-m", "128"]).unwrap();
+    assert_eq!(
+        cfg.devices,
+        vec![DeviceConfig::Balloon {
+            id: "balloon0".into(),
+            deflate_on_oom: true,
+            free_page_reporting: false,
+            amount_mib: 64
+        }]
+    );
+    let e = parse(&["-config", ok.to_str().unwrap(), "-m", "32"]).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "balloon.amount_mib: 64 is out of range 0..=32"
+    );
+    // The JSON balloon and a -device balloon are two.
+    let e = parse(&[
+        "-config",
+        ok.to_str().unwrap(),
+        "-device",
+        "virtio-balloon-device,id=b1",
+    ])
+    .unwrap_err();
+    assert!(e.to_string().contains("only one balloon"), "{e}");
+}

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{Map, Value};
 
+use super::balloon::JsonBalloon;
 use super::error::{io_reason, ConfigError};
 use super::json_strict;
 use super::size::check_mem_size;
@@ -35,6 +36,7 @@ pub(crate) struct FileConfig {
     pub(crate) nets: Vec<NetConfig>,
     pub(crate) vsock: Option<VsockConfig>,
     pub(crate) rng: Option<RngConfig>,
+    pub(crate) balloon: Option<JsonBalloon>,
 }
 
 /// Read and validate the JSON configuration file at `path`.
@@ -73,6 +75,7 @@ pub(crate) fn parse_json(origin: &str, text: &str) -> Result<FileConfig, ConfigE
         "net",
         "vsock",
         "rng",
+        "balloon",
         "serial",
     ])?;
 
@@ -105,6 +108,9 @@ pub(crate) fn parse_json(origin: &str, text: &str) -> Result<FileConfig, ConfigE
         let random_file = PathBuf::from(obj.req_str("random_file")?);
         check_file(&obj.child("random_file"), &random_file, FileKind::Entropy)?;
         cfg.rng = Some(RngConfig { random_file });
+    }
+    if let Some(v) = root.opt("balloon") {
+        cfg.balloon = Some(balloon(&Obj::new(root.child("balloon"), v)?)?);
     }
     if let Some(v) = root.opt("serial") {
         let obj = Obj::new(root.child("serial"), v)?;
@@ -226,6 +232,27 @@ fn vsock(obj: &Obj, ids: &mut IdSet) -> Result<VsockConfig, ConfigError> {
         }
     };
     Ok(VsockConfig { id, guest_cid })
+}
+
+/// Firecracker's balloon section: `amount_mib` (the balloon's size at
+/// boot, checked against guest RAM once that is known), `deflate_on_oom`,
+/// plus `free_page_reporting`. Firecracker's `stats_polling_interval_s` is
+/// accepted only as 0: there is no statistics queue.
+fn balloon(obj: &Obj) -> Result<JsonBalloon, ConfigError> {
+    obj.only(&[
+        "amount_mib",
+        "deflate_on_oom",
+        "free_page_reporting",
+        "stats_polling_interval_s",
+    ])?;
+    obj.opt_int("stats_polling_interval_s", 0, 0)?;
+    Ok(JsonBalloon {
+        amount_mib: obj
+            .opt_int("amount_mib", 0, u64::from(u32::MAX))?
+            .unwrap_or(0),
+        deflate_on_oom: obj.opt_bool("deflate_on_oom")?.unwrap_or(false),
+        free_page_reporting: obj.opt_bool("free_page_reporting")?.unwrap_or(false),
+    })
 }
 
 /// Narrow a value already checked to be at most [`MAX_VCPUS`].

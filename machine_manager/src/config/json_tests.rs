@@ -459,3 +459,37 @@ fn machine_config_acpi_is_a_boolean() {
         "machine-config.acpi: expected a boolean"
     );
 }
+
+#[test]
+fn balloon_section() {
+    let cfg = parse_json(
+        "/p",
+        r#"{"balloon": {"amount_mib": 64, "deflate_on_oom": true, "stats_polling_interval_s": 0}}"#,
+    )
+    .unwrap();
+    assert_eq!(
+        cfg.balloon,
+        Some(JsonBalloon {
+            amount_mib: 64,
+            deflate_on_oom: true,
+            free_page_reporting: false
+        })
+    );
+    let cfg = parse_json("/p", r#"{"balloon": {"free_page_reporting": true}}"#).unwrap();
+    assert_eq!(
+        cfg.balloon.map(|b| (b.amount_mib, b.free_page_reporting)),
+        Some((0, true))
+    );
+    assert_eq!(
+        err(r#"{"balloon": {"stats_polling_interval_s": 1}}"#),
+        "balloon.stats_polling_interval_s: 1 is out of range 0..=0"
+    );
+    assert_eq!(
+        err(r#"{"balloon": {"deflate_on_oom": "yes"}}"#),
+        "balloon.deflate_on_oom: expected a boolean"
+    );
+    assert_eq!(
+        err(r#"{"balloon": {"amount": 1}}"#),
+        "balloon.amount: unknown field"
+    );
+}

@@ -6,6 +6,7 @@
 //! are in range, files exist and are readable, ids are unique. See
 //! `docs/config.md` for the user-facing reference.
 
+mod balloon;
 mod cmdline;
 mod devices;
 mod error;
@@ -19,6 +20,7 @@ mod validate;
 
 use std::path::PathBuf;
 
+pub use balloon::DEFAULT_BALLOON_ID;
 pub use cmdline::{parse_cmdline, Command, USAGE};
 pub use devices::{ChardevBackend, DeviceConfig, NetBackend};
 pub use error::{single_line, ConfigError};
