@@ -181,6 +181,11 @@ fn run(cfg: &VmConfig, start: Instant) -> Result<ExitCode, Failure> {
         true => Some(daemonize().map_err(|e| fail(EXIT_FAILURE)(&e))?),
         false => None,
     };
+    // Before the pidfile exists: whoever reads it may send SIGTERM at once,
+    // and that must be a clean quit (pidfile removed), not the default
+    // action. The blocked signals stay pending until the signal thread
+    // takes them.
+    block_terminating_signals().map_err(|e| fail(EXIT_FAILURE)(&e))?;
     let _pidfile = match &cfg.pidfile {
         Some(path) => Some(PidFile::acquire(path).map_err(|e| {
             let code = match &e {
@@ -191,7 +196,6 @@ fn run(cfg: &VmConfig, start: Instant) -> Result<ExitCode, Failure> {
         })?),
         None => None,
     };
-    block_terminating_signals().map_err(|e| fail(EXIT_FAILURE)(&e))?;
     let _terminal = (cfg.serial == SerialConfig::Stdio).then(TerminalGuard::for_stdin);
 
     let kernel = match &cfg.boot.kernel {
