@@ -9,6 +9,8 @@
 mod cmdline;
 mod devices;
 mod error;
+/// Fuzzing entry points (feature `fuzzing`, used by `machine_manager/fuzz`).
+#[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;
 mod json;
 mod json_strict;
