@@ -19,6 +19,9 @@ pub mod block;
 mod chain;
 pub mod console;
 pub mod fs;
+/// Fuzzing entry points (feature `fuzzing`, used by `virtio/fuzz`).
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzzing;
 mod interrupt;
 pub mod mmio;
 pub mod net;
