@@ -44,14 +44,15 @@ impl InitrdSource for PatternInitrd {
 /// that is inconsistent: an entry point outside the kernel, a kernel or
 /// initrd outside RAM, overlapping kernel and initrd, a 64-bit entry
 /// without page tables, or an error message spanning several lines.
-pub fn load_image(data: &[u8]) {
+/// Returns whether the image was loaded.
+pub fn load_image(data: &[u8]) -> bool {
     if data.len() < 5 {
-        return;
+        return false;
     }
     let (ctl, image) = data.split_at(5);
     let ram = RAM_SIZES[usize::from(ctl[0]) % RAM_SIZES.len()];
     let Ok(mem) = create_guest_memory(ram, MemoryOptions::default()) else {
-        return;
+        return false;
     };
     let cmdline_len = if ctl[1] & 0x80 != 0 {
         usize::from(ctl[1] & 0x7f) * 16
@@ -77,20 +78,26 @@ pub fn load_image(data: &[u8]) {
             let msg = e.to_string();
             assert!(!msg.is_empty(), "empty error message");
             assert!(!msg.contains('\n'), "multi-line error: {msg:?}");
-            return;
+            return false;
         }
     };
     let ram_end = low_ram_end(&mem);
     let (kstart, kend) = info.kernel;
     assert!(kstart < kend, "empty kernel range {kstart:#x}..{kend:#x}");
-    assert!(kend <= ram_end, "kernel ends at {kend:#x}, RAM at {ram_end:#x}");
+    assert!(
+        kend <= ram_end,
+        "kernel ends at {kend:#x}, RAM at {ram_end:#x}"
+    );
     assert!(
         (kstart..kend).contains(&info.entry),
         "entry {:#x} outside the kernel {kstart:#x}..{kend:#x}",
         info.entry
     );
     if let Some((istart, iend)) = info.initrd {
-        assert!(istart <= iend && iend <= ram_end, "initrd {istart:#x}..{iend:#x}");
+        assert!(
+            istart <= iend && iend <= ram_end,
+            "initrd {istart:#x}..{iend:#x}"
+        );
         assert!(
             iend == istart || istart >= kend || iend <= kstart,
             "initrd {istart:#x}..{iend:#x} overlaps the kernel {kstart:#x}..{kend:#x}"
@@ -103,6 +110,7 @@ pub fn load_image(data: &[u8]) {
         }
         BootProtocol::Pvh { start_info } => assert!(start_info < ram_end),
     }
+    true
 }
 
 #[cfg(test)]
@@ -120,5 +128,23 @@ mod tests {
             n += 1;
         }
         assert!(n >= 4, "only {n} seeds");
+    }
+
+    /// The well-formed seeds get through loading (bzImage with an initrd,
+    /// ELF, ELF with a PVH note); the broken ones do not.
+    #[test]
+    fn seeds_load_as_intended() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/fuzz/corpus/kernel_image");
+        for (name, loads) in [
+            ("seed-bzimage", true),
+            ("seed-elf-long-mode", true),
+            ("seed-elf-pvh-note", true),
+            ("seed-bzimage-old-protocol", false),
+            ("seed-elf-bad-segments", false),
+            ("seed-garbage", false),
+        ] {
+            let data = std::fs::read(format!("{dir}/{name}")).expect("seed");
+            assert_eq!(load_image(&data), loads, "{name}");
+        }
     }
 }

@@ -56,7 +56,10 @@ pub fn config_toml(data: &[u8]) {
     assert!(h.default_memory >= 16);
     assert!(h.blk_slots <= MAX_HOTPLUG_SLOTS && h.net_slots <= MAX_HOTPLUG_SLOTS);
     assert!(h.guest_cid >= 3 && h.path.starts_with('/'));
-    assert_eq!(Flavour::from_section(&loaded.hypervisor_name), Some(loaded.flavour));
+    assert_eq!(
+        Flavour::from_section(&loaded.hypervisor_name),
+        Some(loaded.flavour)
+    );
     assert_eq!(loaded.config.hypervisor.len(), 1);
     assert!(loaded.config.agent.contains_key("kata"));
     if let Some(want) = select {

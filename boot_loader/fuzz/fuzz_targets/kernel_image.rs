@@ -4,5 +4,5 @@
 #![no_main]
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
-    boot_loader::fuzzing::load_image(data);
+    let _ = boot_loader::fuzzing::load_image(data);
 });

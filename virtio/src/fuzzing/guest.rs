@@ -26,10 +26,8 @@ pub(super) const F_INDIRECT: u16 = 4;
 
 /// Fresh guest RAM laid out as [`REGIONS`].
 pub(super) fn guest_memory() -> GuestMemoryMmap {
-    let ranges: Vec<(GuestAddress, usize)> = REGIONS
-        .iter()
-        .map(|&(a, l)| (GuestAddress(a), l))
-        .collect();
+    let ranges: Vec<(GuestAddress, usize)> =
+        REGIONS.iter().map(|&(a, l)| (GuestAddress(a), l)).collect();
     // Fixed, valid, non-overlapping ranges: only an mmap failure (out of
     // memory) can make this fail, which is no finding of the fuzzer.
     GuestMemoryMmap::from_ranges(&ranges).expect("cannot map the fuzzing guest RAM")
@@ -171,7 +169,8 @@ impl Allowed {
             let mut i = usize::from(u16::from_le_bytes([h[0], h[1]]));
             while i < size && !visited[i] {
                 visited[i] = true;
-                let Some((addr, len, flags, next)) = snap_desc(snap, gq.desc + 16 * i as u64) else {
+                let Some((addr, len, flags, next)) = snap_desc(snap, gq.desc + 16 * i as u64)
+                else {
                     break;
                 };
                 if flags & F_INDIRECT != 0 {
@@ -206,7 +205,8 @@ impl Allowed {
         let mut i = 0usize;
         while i < n && !visited[i] {
             visited[i] = true;
-            let Some((a, l, flags, next)) = snap_desc(snap, addr.wrapping_add(16 * i as u64)) else {
+            let Some((a, l, flags, next)) = snap_desc(snap, addr.wrapping_add(16 * i as u64))
+            else {
                 break;
             };
             if flags & F_INDIRECT != 0 {

@@ -146,12 +146,20 @@ fn read_reg(t: &mut MmioTransport, offset: u64) -> u32 {
 fn check_transport(t: &mut MmioTransport) {
     assert_eq!(read_reg(t, 0), MMIO_MAGIC_VALUE, "MagicValue changed");
     let status = read_reg(t, REG_STATUS);
-    assert_eq!(status & !STATUS_BITS, 0, "undefined status bits {status:#x}");
+    assert_eq!(
+        status & !STATUS_BITS,
+        0,
+        "undefined status bits {status:#x}"
+    );
     if t.is_activated() {
         assert_ne!(status & STATUS_DRIVER_OK, 0, "active without DRIVER_OK");
     }
     if t.interrupt().needs_reset() {
-        assert_ne!(status & STATUS_DEVICE_NEEDS_RESET, 0, "needs reset not shown");
+        assert_ne!(
+            status & STATUS_DEVICE_NEEDS_RESET,
+            0,
+            "needs reset not shown"
+        );
     }
     assert_eq!(status, t.status(), "Status register and status() disagree");
 }

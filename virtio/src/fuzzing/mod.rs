@@ -101,7 +101,6 @@ impl Barrier {
     }
 }
 
-
 /// Long-lived state of the virtio fuzz targets: an event loop the devices
 /// run on and the host side of their back-ends. Create one per process
 /// and reuse it for every input.
@@ -177,9 +176,7 @@ impl Fuzzer {
             make_device(device, mode, &self.host, &self.event_loop).ok()?;
         let mem = guest_memory();
         let maxes = dev.queue_max_sizes().to_vec();
-        let gqs: Vec<GuestQueue> = (0..maxes.len())
-            .map(|i| GuestQueue::new(i, size))
-            .collect();
+        let gqs: Vec<GuestQueue> = (0..maxes.len()).map(|i| GuestQueue::new(i, size)).collect();
         let irq = Arc::new(Interrupt::new().ok()?);
         let mut queues = Vec::new();
         let mut kicks = Vec::new();

@@ -91,12 +91,20 @@ fn blk_seeds() -> Vec<(&'static str, Vec<u8>)> {
     let write_read = Ops::new(4, 1)
         .ram(0x9000, &blk_hdr(1, 2))
         .fill(0xa000, 512, 0x5a)
-        .chain(0, 0, &[(0x9000, 16, false), (0xa000, 512, false), (0xb000, 1, true)])
+        .chain(
+            0,
+            0,
+            &[(0x9000, 16, false), (0xa000, 512, false), (0xb000, 1, true)],
+        )
         .publish(0, &[0])
         .kick(0)
         .ram(0x9100, &blk_hdr(0, 2))
         // The data buffer straddles the two adjacent RAM regions.
-        .chain(0, 3, &[(0x9100, 16, false), (0xbf00, 512, true), (0xb001, 1, true)])
+        .chain(
+            0,
+            3,
+            &[(0x9100, 16, false), (0xbf00, 512, true), (0xb001, 1, true)],
+        )
         .publish(0, &[3])
         .kick(0);
     let misc = Ops::new(8, 1)
@@ -111,7 +119,11 @@ fn blk_seeds() -> Vec<(&'static str, Vec<u8>)> {
         .ram(0x9310, &[8, 0, 0, 0, 0, 0, 0, 0, 8, 0, 0, 0, 1, 0, 0, 0])
         .chain(0, 6, &[(0x9300, 32, false), (0xb002, 1, true)])
         .ram(0x9400, &blk_hdr(0, 1000))
-        .chain(0, 8, &[(0x9400, 16, false), (0xa000, 512, true), (0xb003, 1, true)])
+        .chain(
+            0,
+            8,
+            &[(0x9400, 16, false), (0xa000, 512, true), (0xb003, 1, true)],
+        )
         .publish(0, &[0, 2, 4, 6, 8])
         .kick(0);
     // An indirect table at 0x9800: header, data, status.
@@ -144,14 +156,22 @@ fn blk_seeds() -> Vec<(&'static str, Vec<u8>)> {
         .chain(
             0,
             0,
-            &[(0x9000, 16, false), (0x1_f000, 512, false), (0xb000, 1, true)],
+            &[
+                (0x9000, 16, false),
+                (0x1_f000, 512, false),
+                (0xb000, 1, true),
+            ],
         )
         .chain(0, 3, &[(0x9000, 16, false), (u64::MAX - 4, 8, true)])
         .publish(0, &[0, 3])
         .kick(0);
     let empty_slot = Ops::new(4, 0)
         .ram(0x9000, &blk_hdr(8, 0))
-        .chain(0, 0, &[(0x9000, 16, false), (0xa000, 20, true), (0xb000, 1, true)])
+        .chain(
+            0,
+            0,
+            &[(0x9000, 16, false), (0xa000, 20, true), (0xb000, 1, true)],
+        )
         .publish(0, &[0])
         .kick(0);
     vec![
@@ -494,9 +514,14 @@ fn corpus(target: &str, seeds: Vec<(&'static str, Vec<u8>)>) -> Vec<Vec<u8>> {
         if write {
             std::fs::write(&path, bytes).unwrap();
         } else {
-            let on_disk = std::fs::read(&path)
-                .unwrap_or_else(|e| panic!("{}: {e} (ALTOVIRT_WRITE_SEEDS=1 writes it)", path.display()));
-            assert!(&on_disk == bytes, "{} is stale (ALTOVIRT_WRITE_SEEDS=1 rewrites it)", path.display());
+            let on_disk = std::fs::read(&path).unwrap_or_else(|e| {
+                panic!("{}: {e} (ALTOVIRT_WRITE_SEEDS=1 writes it)", path.display())
+            });
+            assert!(
+                &on_disk == bytes,
+                "{} is stale (ALTOVIRT_WRITE_SEEDS=1 rewrites it)",
+                path.display()
+            );
         }
     }
     let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
@@ -571,7 +596,13 @@ fn block_requests_reach_the_image() {
     assert!(disk[1024..1536].iter().all(|&b| b == 0x5a));
     // Five requests, each answered (the last with IOERR: beyond the disk).
     let r = f.run_virtqueue(Device::Block, &seeds[1].1).unwrap();
-    assert_eq!(r, Report { used: vec![5], needs_reset: false });
+    assert_eq!(
+        r,
+        Report {
+            used: vec![5],
+            needs_reset: false
+        }
+    );
     // A descriptor loop makes the device give up on the queue.
     let r = f.run_virtqueue(Device::Block, &seeds[3].1).unwrap();
     assert!(r.needs_reset);
@@ -593,11 +624,15 @@ fn vsock_packets_reach_the_host_socket() {
 #[test]
 fn net_rx_and_tx_move_frames() {
     let f = Fuzzer::new().unwrap();
-    let r = f.run_virtqueue(Device::NetRx, &net_rx_seeds()[0].1).unwrap();
+    let r = f
+        .run_virtqueue(Device::NetRx, &net_rx_seeds()[0].1)
+        .unwrap();
     // The 60-byte frame fills chain 0; the 1600-byte one fits none until
     // chain 4 comes (chain 2 is too small for any frame: returned empty).
     assert_eq!(r.used[0], 3, "{r:?}");
-    let r = f.run_virtqueue(Device::NetTx, &net_tx_seeds()[0].1).unwrap();
+    let r = f
+        .run_virtqueue(Device::NetTx, &net_tx_seeds()[0].1)
+        .unwrap();
     assert_eq!(r.used[1], 4);
 }
 
@@ -606,7 +641,9 @@ fn rng_and_console_serve_their_queues() {
     let f = Fuzzer::new().unwrap();
     let r = f.run_virtqueue(Device::Rng, &rng_seeds()[0].1).unwrap();
     assert_eq!(r.used, vec![4]);
-    let r = f.run_virtqueue(Device::Console, &console_seeds()[0].1).unwrap();
+    let r = f
+        .run_virtqueue(Device::Console, &console_seeds()[0].1)
+        .unwrap();
     assert_eq!(r.used, vec![2, 2]);
 }
 

@@ -82,7 +82,11 @@ pub fn vhost_user_reply(data: &[u8]) {
         }
     }
     match fe.stop() {
-        Ok(bases) => assert!(bases.len() <= nq, "{} ring bases for {nq} rings", bases.len()),
+        Ok(bases) => assert!(
+            bases.len() <= nq,
+            "{} ring bases for {nq} rings",
+            bases.len()
+        ),
         Err(e) => check_error(&e),
     }
     drop(backend);
