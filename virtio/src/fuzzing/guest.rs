@@ -103,6 +103,11 @@ impl GuestQueue {
         let _ = mem.write_obj(idx, GuestAddress(self.avail + 2));
     }
 
+    /// The available index the guest published.
+    pub fn avail_idx(&self, mem: &GuestMemoryMmap) -> u16 {
+        mem.read_obj(GuestAddress(self.avail + 2)).unwrap_or(0)
+    }
+
     /// The used index the device published.
     pub fn used_idx(&self, mem: &GuestMemoryMmap) -> u16 {
         mem.read_obj(GuestAddress(self.used + 2)).unwrap_or(0)

@@ -46,6 +46,9 @@ const HANG_TIMEOUT: Duration = Duration::from_secs(10);
 /// costs a round trip to the event loop and a RAM comparison); later ones
 /// are skipped.
 const MAX_SETTLES: usize = 32;
+/// Most rounds a device may keep working after a kick (each round serves
+/// at least one chain; a queue holds at most 256 of them).
+const MAX_IDLE_ROUNDS: usize = 512;
 
 /// A no-op job on the event loop: once it ran, every handler woken before
 /// it has run too (epoll reports ready descriptors in the order they
@@ -203,6 +206,7 @@ impl Fuzzer {
             mem: &mem,
             gqs: &gqs,
             kicks: &kicks,
+            irq: &irq,
             allowed,
             fuzzer: self,
             before: Vec::with_capacity(guest::RAM_BYTES),
@@ -296,6 +300,7 @@ struct Run<'a> {
     mem: &'a address_space::GuestMemoryMmap,
     gqs: &'a [GuestQueue],
     kicks: &'a [EventFd],
+    irq: &'a Interrupt,
     allowed: Allowed,
     fuzzer: &'a Fuzzer,
     /// Guest RAM before and after the device ran (reused buffers).
@@ -319,11 +324,44 @@ impl Run<'_> {
             self.allowed.add_queue(&self.before, gq);
         }
         f();
-        self.fuzzer.barrier.wait();
+        self.wait_idle();
         if !self.allowed.self_modifying() {
             snapshot_into(self.mem, &mut self.after);
             check_writes(&self.before, &self.after, &self.allowed);
         }
+    }
+
+    /// Waits until the device stopped working on its queues. A handler
+    /// that served its budget re-arms its queue and runs again; the
+    /// re-arm may land just behind a barrier, so the device counts as idle
+    /// once every available chain was used, it gave up on its queues, or
+    /// two barrier rounds in a row saw its used rings stand still.
+    fn wait_idle(&mut self) {
+        let used_now = |r: &Self| -> Vec<u16> { r.gqs.iter().map(|g| g.used_idx(r.mem)).collect() };
+        let mut last = used_now(self);
+        let mut still = 0;
+        for _ in 0..MAX_IDLE_ROUNDS {
+            self.fuzzer.barrier.wait();
+            let used = used_now(self);
+            let all_taken = self
+                .gqs
+                .iter()
+                .zip(&used)
+                .all(|(g, &u)| g.avail_idx(self.mem) == u);
+            if all_taken || self.irq.needs_reset() {
+                return;
+            }
+            if used == last {
+                still += 1;
+                if still == 2 {
+                    return;
+                }
+            } else {
+                still = 0;
+            }
+            last = used;
+        }
+        panic!("the device kept serving its queues for {MAX_IDLE_ROUNDS} rounds");
     }
 
     /// Notifies queues `qs` and waits for the device.
