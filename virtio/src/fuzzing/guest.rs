@@ -300,6 +300,7 @@ pub(super) fn snapshot_into(mem: &GuestMemoryMmap, out: &mut Vec<u8>) {
 }
 
 /// A copy of all guest RAM.
+#[cfg(test)]
 pub(super) fn snapshot(mem: &GuestMemoryMmap) -> Vec<u8> {
     let mut out = Vec::new();
     snapshot_into(mem, &mut out);
