@@ -160,6 +160,11 @@ fn load_bzimage<K: Read + ReadVolatile + Seek>(
     if end > ram_end {
         return Err(BootError::KernelTooLarge { end, ram_end });
     }
+    if payload <= BZIMAGE_ENTRY64_OFFSET {
+        return Err(BootError::UnsupportedBzImage(format!(
+            "the protected-mode code ({payload} bytes) ends before the 64-bit entry point at +{BZIMAGE_ENTRY64_OFFSET:#x} (truncated image?)"
+        )));
+    }
     let result = BzImage::load(mem, None, kernel, Some(GuestAddress(HIGH_MEMORY_START)))?;
     let loaded = result.kernel_load.raw_value();
     let hdr = result.setup_header.unwrap_or(hdr);
@@ -180,10 +185,15 @@ const PT_LOAD: u32 = 1;
 const PHDR64_LEN: usize = 56;
 
 /// Refuses an ELF64 image that would boot into zeroed memory: no loadable
-/// segment at all, or a segment whose file part is larger than its memory
-/// part (the loader would copy nothing sensible), or a segment whose file
-/// part lies outside the file.
-fn check_elf_segments<K: Read + Seek>(kernel: &mut K) -> Result<(), BootError> {
+/// segment with bytes in the file (the loader skips segments without
+/// any), or a segment whose file part is larger than its memory part (the
+/// loader would copy nothing sensible), or a segment whose file part lies
+/// outside the file. Also refuses segments below [`HIGH_MEMORY_START`]:
+/// the boot structures written after the kernel would overwrite them.
+/// Returns the end of the memory the segments occupy, `memsz` included
+/// (the loader's own end skips segments without file bytes, e.g. a
+/// separate bss segment).
+fn check_elf_segments<K: Read + Seek>(kernel: &mut K) -> Result<u64, BootError> {
     let mut ehdr = [0u8; 64];
     kernel.rewind().map_err(BootError::KernelRead)?;
     kernel
@@ -207,6 +217,7 @@ fn check_elf_segments<K: Read + Seek>(kernel: &mut K) -> Result<(), BootError> {
         )));
     }
     let mut loadable = 0;
+    let mut end = 0u64;
     for i in 0..phnum {
         let at = phoff.saturating_add((i * phentsize) as u64);
         kernel
@@ -219,8 +230,10 @@ fn check_elf_segments<K: Read + Seek>(kernel: &mut K) -> Result<(), BootError> {
         if u32::from_le_bytes([ph[0], ph[1], ph[2], ph[3]]) != PT_LOAD {
             continue;
         }
-        loadable += 1;
         let (offset, filesz, memsz) = (u64_at(&ph, 8), u64_at(&ph, 32), u64_at(&ph, 40));
+        if filesz > 0 {
+            loadable += 1;
+        }
         if filesz > memsz {
             return Err(BootError::UnsupportedElf(format!(
                 "segment {i}: file size {filesz:#x} exceeds memory size {memsz:#x}"
@@ -231,33 +244,46 @@ fn check_elf_segments<K: Read + Seek>(kernel: &mut K) -> Result<(), BootError> {
                 "segment {i}: bytes {offset:#x}+{filesz:#x} lie outside the file ({file_len:#x} bytes)"
             )));
         }
+        let paddr = u64_at(&ph, 24);
+        if paddr < HIGH_MEMORY_START {
+            return Err(BootError::UnsupportedElf(format!(
+                "segment {i}: physical address {paddr:#x} lies below {HIGH_MEMORY_START:#x}"
+            )));
+        }
+        let seg_end = paddr.checked_add(memsz).ok_or_else(|| {
+            BootError::UnsupportedElf(format!(
+                "segment {i}: {paddr:#x}+{memsz:#x} overflows the address space"
+            ))
+        })?;
+        end = end.max(seg_end);
     }
     if loadable == 0 {
         return Err(BootError::UnsupportedElf(
-            "no loadable (PT_LOAD) segment".into(),
+            "no loadable (PT_LOAD) segment with bytes in the file".into(),
         ));
     }
-    Ok(())
+    Ok(end)
 }
 
 fn load_elf<K: Read + ReadVolatile + Seek>(
     mem: &GuestMemoryMmap,
     kernel: &mut K,
 ) -> Result<LoadedKernel, BootError> {
-    check_elf_segments(kernel)?;
-    let result = Elf::load(mem, None, kernel, Some(GuestAddress(HIGH_MEMORY_START)))?;
+    let segments_end = check_elf_segments(kernel)?;
     let ram_end = low_ram_end(mem);
-    if result.kernel_end > ram_end {
+    if segments_end > ram_end {
         return Err(BootError::KernelTooLarge {
-            end: result.kernel_end,
+            end: segments_end,
             ram_end,
         });
     }
+    let result = Elf::load(mem, None, kernel, Some(GuestAddress(HIGH_MEMORY_START)))?;
+    let kernel_end = result.kernel_end.max(segments_end);
     let (entry, entry_mode) = match result.pvh_boot_cap {
         PvhBootCapability::PvhEntryPresent(addr) => (addr.raw_value(), EntryMode::Pvh32),
         _ => (result.kernel_load.raw_value(), EntryMode::Long64),
     };
-    if entry < HIGH_MEMORY_START || entry >= result.kernel_end.max(HIGH_MEMORY_START + 1) {
+    if entry < HIGH_MEMORY_START || entry >= kernel_end {
         return Err(BootError::UnsupportedElf(format!(
             "entry point {entry:#x} lies outside the loaded segments"
         )));
@@ -266,7 +292,7 @@ fn load_elf<K: Read + ReadVolatile + Seek>(
         entry,
         entry_mode,
         start: HIGH_MEMORY_START,
-        end: result.kernel_end,
+        end: kernel_end,
         setup_header: None,
         cmdline_max: ELF_CMDLINE_MAX - 1,
         initrd_addr_max: ram_end - 1,
@@ -383,6 +409,66 @@ mod tests {
             .err()
             .unwrap();
         assert!(e.to_string().contains("lie outside the file"), "{e}");
+    }
+
+    /// Found by the kernel_image fuzz target: a bzImage whose
+    /// protected-mode code is too short to hold the 64-bit entry point was
+    /// loaded with an entry outside the kernel.
+    #[test]
+    fn truncated_bzimage_is_refused() {
+        let m = mem();
+        let e = load_kernel(&m, &mut Cursor::new(bzimage(0x020f, 1, 0x180, 0)))
+            .err()
+            .unwrap();
+        assert!(
+            e.to_string()
+                .contains("ends before the 64-bit entry point at +0x200"),
+            "{e}"
+        );
+    }
+
+    /// Found by the kernel_image fuzz target: an ELF whose only PT_LOAD
+    /// segment has no file bytes loaded nothing, yet was accepted with a
+    /// kernel range of 0x100000..0.
+    #[test]
+    fn elf_segment_without_file_bytes_is_no_kernel() {
+        let m = mem();
+        let e = load_kernel(&m, &mut Cursor::new(elf(PT_LOAD, 0, 0)))
+            .err()
+            .unwrap();
+        assert!(
+            e.to_string()
+                .contains("no loadable (PT_LOAD) segment with bytes in the file"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn elf_segment_below_1mib_is_refused() {
+        let m = mem();
+        let mut img = elf(PT_LOAD, 0x1000, 0x1000);
+        img[64 + 24..64 + 32].copy_from_slice(&0x7000u64.to_le_bytes());
+        let e = load_kernel(&m, &mut Cursor::new(img)).err().unwrap();
+        assert!(
+            e.to_string()
+                .contains("segment 0: physical address 0x7000 lies below 0x100000"),
+            "{e}"
+        );
+    }
+
+    /// A bss-only segment (no file bytes) still counts for the kernel's
+    /// end, so nothing (e.g. the initrd) is placed over it.
+    #[test]
+    fn elf_bss_segment_extends_the_kernel() {
+        let m = mem();
+        let mut img = elf(PT_LOAD, 0x1000, 0x1000);
+        img[56..58].copy_from_slice(&2u16.to_le_bytes());
+        let ph = &mut img[120..176];
+        ph[0..4].copy_from_slice(&PT_LOAD.to_le_bytes());
+        ph[24..32].copy_from_slice(&0x20_0000u64.to_le_bytes());
+        ph[40..48].copy_from_slice(&0x1_0000u64.to_le_bytes());
+        let k = load_kernel(&m, &mut Cursor::new(img)).unwrap();
+        assert_eq!((k.start, k.end), (0x10_0000, 0x21_0000));
     }
 
     #[test]

@@ -9,6 +9,9 @@
 
 pub mod acpi;
 pub mod error;
+/// Fuzzing entry points (feature `fuzzing`, used by `boot_loader/fuzz`).
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzzing;
 pub mod kernel;
 pub mod layout;
 pub mod mptable;

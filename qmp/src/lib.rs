@@ -21,6 +21,8 @@ mod error;
 mod events;
 mod fds;
 mod framer;
+/// Fuzzing entry points (feature `fuzzing`, used by `qmp/fuzz`).
+#[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;
 mod hotplug;
 mod protocol;

@@ -51,11 +51,14 @@ pub fn load_default_select(
     load_select(&file, select)
 }
 
-fn read_toml(file: &Path) -> Result<toml::Table, ConfigError> {
-    let text = std::fs::read_to_string(file).map_err(|source| ConfigError::Read {
+fn read_text(file: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(file).map_err(|source| ConfigError::Read {
         file: file.to_path_buf(),
         source,
-    })?;
+    })
+}
+
+fn parse_toml(file: &Path, text: &str) -> Result<toml::Table, ConfigError> {
     text.parse::<toml::Table>().map_err(|e| ConfigError::Parse {
         file: file.to_path_buf(),
         reason: e.to_string().trim().replace('\n', " "),
@@ -115,13 +118,30 @@ pub fn load(file: &Path) -> Result<LoadedConfig, ConfigError> {
 /// `[hypervisor.*]` section must exist and is the one used (others are
 /// ignored, not validated); without it there must be exactly one.
 pub fn load_select(file: &Path, select: Option<Flavour>) -> Result<LoadedConfig, ConfigError> {
+    let main = read_text(file)?;
+    let mut extra = Vec::new();
+    for d in drop_ins(file) {
+        let text = read_text(&d)?;
+        extra.push((d, text));
+    }
+    load_texts(file, &main, &extra, select)
+}
+
+/// [`load_select`] on texts already read: `main` is the text of `file`,
+/// `extra` the drop-ins (path and text) in the order they apply.
+pub(crate) fn load_texts(
+    file: &Path,
+    main: &str,
+    extra: &[(PathBuf, String)],
+    select: Option<Flavour>,
+) -> Result<LoadedConfig, ConfigError> {
     let mut origin = BTreeMap::new();
     let mut merged = toml::Table::new();
-    merge(&mut merged, read_toml(file)?, "", file, &mut origin);
-    let extra = drop_ins(file);
-    for d in &extra {
-        merge(&mut merged, read_toml(d)?, "", d, &mut origin);
+    merge(&mut merged, parse_toml(file, main)?, "", file, &mut origin);
+    for (d, text) in extra {
+        merge(&mut merged, parse_toml(d, text)?, "", d, &mut origin);
     }
+    let extra: Vec<PathBuf> = extra.iter().map(|(d, _)| d.clone()).collect();
     let config: Configuration =
         toml::Value::Table(merged)
             .try_into()

@@ -21,6 +21,9 @@
 pub mod config;
 pub mod config_load;
 mod config_validate;
+/// Fuzzing entry points (feature `fuzzing`, used by `shim/fuzz`).
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzzing;
 pub mod qmp_client;
 pub use config_validate::glob_match;
 pub mod cmdline;

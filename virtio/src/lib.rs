@@ -21,6 +21,11 @@ pub mod block;
 mod chain;
 pub mod console;
 pub mod fs;
+/// Fuzzing entry points (feature `fuzzing`, used by `virtio/fuzz`). A
+/// harness reports a finding by panicking, so it may unwrap.
+#[cfg(any(test, feature = "fuzzing"))]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+pub mod fuzzing;
 mod interrupt;
 pub mod mmio;
 pub mod net;

@@ -10,6 +10,8 @@ mod balloon;
 mod cmdline;
 mod devices;
 mod error;
+/// Fuzzing entry points (feature `fuzzing`, used by `machine_manager/fuzz`).
+#[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;
 mod json;
 mod json_strict;
