@@ -24,6 +24,7 @@ pub mod fs;
 mod interrupt;
 pub mod mmio;
 pub mod net;
+pub mod rate_limiter;
 pub mod rng;
 #[cfg(test)]
 mod test_utils;

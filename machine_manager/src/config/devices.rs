@@ -14,6 +14,7 @@ use std::path::PathBuf;
 use super::balloon::{parse_balloon_device, JsonBalloon};
 use super::error::ConfigError;
 use super::options::{parse_bool, OptionList};
+use super::rate_limit::{parse_limits, LIMIT_KEYS};
 use super::validate::{check_file, check_mac, check_non_empty, FileKind, MAX_IFNAME_LEN};
 use super::{DriveConfig, NetConfig, RngConfig, VsockConfig};
 
@@ -178,14 +179,11 @@ fn switch(list: &OptionList, at: &str, key: &str, default: bool) -> Result<bool,
 
 fn parse_drive(value: &str) -> Result<DriveConfig, ConfigError> {
     let at = "-drive";
-    let list = OptionList::parse(
-        at,
-        value,
-        None,
-        &[
-            "id", "file", "readonly", "direct", "format", "if", "cache", "aio", "discard", "media",
-        ],
-    )?;
+    let mut keys = vec![
+        "id", "file", "readonly", "direct", "format", "if", "cache", "aio", "discard", "media",
+    ];
+    keys.extend_from_slice(LIMIT_KEYS);
+    let list = OptionList::parse(at, value, None, &keys)?;
     let id = required(&list, at, "id")?.to_string();
     let path = PathBuf::from(required(&list, at, "file")?);
     if let Some(f) = list.get("format").filter(|f| *f != "raw") {
@@ -211,6 +209,7 @@ fn parse_drive(value: &str) -> Result<DriveConfig, ConfigError> {
         path,
         read_only: switch(&list, at, "readonly", false)?,
         direct: switch(&list, at, "direct", cache_direct)?,
+        limits: parse_limits(&list, at)?,
     })
 }
 

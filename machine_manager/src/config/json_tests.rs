@@ -77,13 +77,15 @@ fn full_example() {
                 id: "rootfs".into(),
                 path: f.disk0.clone(),
                 read_only: false,
-                direct: true
+                direct: true,
+                limits: Default::default(),
             },
             DriveConfig {
                 id: "data".into(),
                 path: f.disk1.clone(),
                 read_only: true,
-                direct: false
+                direct: false,
+                limits: Default::default(),
             },
         ]
     );

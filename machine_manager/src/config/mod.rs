@@ -14,6 +14,7 @@ pub mod fuzzing;
 mod json;
 mod json_strict;
 mod options;
+mod rate_limit;
 mod size;
 mod slots;
 mod validate;
@@ -24,6 +25,7 @@ pub use balloon::DEFAULT_BALLOON_ID;
 pub use cmdline::{parse_cmdline, Command, USAGE};
 pub use devices::{ChardevBackend, DeviceConfig, NetBackend};
 pub use error::{single_line, ConfigError};
+pub use rate_limit::{IoLimits, LimitBucket};
 pub use size::{MIN_MEM_SIZE, PAGE_SIZE};
 pub use validate::{MAX_IFNAME_LEN, MAX_VCPUS, MIN_VCPUS};
 
@@ -213,6 +215,8 @@ pub struct DriveConfig {
     pub read_only: bool,
     /// Open the image with `O_DIRECT`.
     pub direct: bool,
+    /// I/O limits (none by default).
+    pub limits: IoLimits,
 }
 
 /// A virtio network device backed by a host tap device.

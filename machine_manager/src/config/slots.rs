@@ -106,6 +106,7 @@ mod tests {
                 path: PathBuf::from("/img"),
                 read_only: false,
                 direct: false,
+                limits: Default::default(),
             },
             serial: None,
         }

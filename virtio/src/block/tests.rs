@@ -51,6 +51,7 @@ fn rw_config(path: PathBuf) -> BlockConfig {
         read_only: false,
         direct: false,
         serial: Some("altovirt-disk-0".into()),
+        rate_limit: Default::default(),
     }
 }
 

@@ -1,0 +1,99 @@
+//! I/O limits of a drive (and later a tap): two token buckets, one in
+//! bytes and one in operations, as plain numbers the machine hands to the
+//! device.
+//!
+//! On the command line a rate is given per second (`bps`, `iops`) with an
+//! optional one-time burst on top (`bps_max`, `iops_max`); StratoVirt's
+//! `iops`/`bps` and QEMU's `throttling.*-total[-max]` spellings are both
+//! accepted. The JSON form is Firecracker's `rate_limiter` object.
+
+use super::options::{parse_ranged, OptionList};
+use super::ConfigError;
+
+/// One token bucket.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LimitBucket {
+    /// Tokens of a full bucket; 0 means no limit.
+    pub size: u64,
+    /// Extra tokens available once.
+    pub one_time_burst: u64,
+    /// Milliseconds for an empty bucket to refill.
+    pub refill_time_ms: u64,
+}
+
+impl LimitBucket {
+    /// `rate` tokens per second (a one-second bucket) plus `burst` once.
+    pub fn per_second(rate: u64, burst: u64) -> Self {
+        if rate == 0 {
+            return LimitBucket::default();
+        }
+        LimitBucket {
+            size: rate,
+            one_time_burst: burst,
+            refill_time_ms: 1000,
+        }
+    }
+}
+
+/// Bandwidth and operation limits of a device.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct IoLimits {
+    /// Bytes.
+    pub bandwidth: LimitBucket,
+    /// Operations.
+    pub ops: LimitBucket,
+}
+
+impl IoLimits {
+    /// Whether anything is limited.
+    pub fn is_limited(&self) -> bool {
+        self.bandwidth.size > 0 || self.ops.size > 0
+    }
+}
+
+/// The option keys [`parse_limits`] reads, for `OptionList::parse`.
+pub(crate) const LIMIT_KEYS: &[&str] = &[
+    "iops",
+    "bps",
+    "iops_max",
+    "bps_max",
+    "throttling.iops-total",
+    "throttling.bps-total",
+    "throttling.iops-total-max",
+    "throttling.bps-total-max",
+];
+
+/// One value under either spelling; both at once is an error.
+fn one_of(list: &OptionList, at: &str, keys: [&str; 2]) -> Result<u64, ConfigError> {
+    let mut found = None;
+    for key in keys {
+        if let Some(v) = list.get(key) {
+            if found.is_some() {
+                return Err(ConfigError::InvalidDevice {
+                    at: at.into(),
+                    reason: format!("{} and {} are the same setting", keys[0], keys[1]),
+                });
+            }
+            found = Some(parse_ranged(&format!("{at} {key}"), v, 0, u64::MAX)?);
+        }
+    }
+    Ok(found.unwrap_or(0))
+}
+
+/// Reads the limit keys of a `-drive` (or `-netdev`) option list.
+pub(crate) fn parse_limits(list: &OptionList, at: &str) -> Result<IoLimits, ConfigError> {
+    let iops = one_of(list, at, ["iops", "throttling.iops-total"])?;
+    let bps = one_of(list, at, ["bps", "throttling.bps-total"])?;
+    let iops_max = one_of(list, at, ["iops_max", "throttling.iops-total-max"])?;
+    let bps_max = one_of(list, at, ["bps_max", "throttling.bps-total-max"])?;
+    if (iops_max > 0 && iops == 0) || (bps_max > 0 && bps == 0) {
+        return Err(ConfigError::InvalidDevice {
+            at: at.into(),
+            reason: "a burst (…_max) needs its rate (iops or bps) too".into(),
+        });
+    }
+    Ok(IoLimits {
+        bandwidth: LimitBucket::per_second(bps, bps_max),
+        ops: LimitBucket::per_second(iops, iops_max),
+    })
+}
