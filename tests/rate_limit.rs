@@ -246,3 +246,29 @@ fn block_set_io_throttle_limits_a_running_disk() {
     );
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[test]
+fn bad_limits_are_usage_errors_naming_the_flag() {
+    let dir = scratch("ratelimit-usage");
+    let img = disk(&dir);
+    let drive = |extra: &str| format!("id=d0,file={},{extra}", img.display());
+    for (extra, needle) in [
+        ("iops=lots", "-drive iops"),
+        ("bps=-5", "-drive bps"),
+        ("iops=1,throttling.iops-total=2", "same setting"),
+        ("iops_max=10", "needs its rate"),
+    ] {
+        assert_usage_error(
+            &[
+                "-kernel",
+                GUEST_ELF64,
+                "-drive",
+                &drive(extra),
+                "-device",
+                "virtio-blk-device,drive=d0,id=blk0",
+            ],
+            needle,
+        );
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}

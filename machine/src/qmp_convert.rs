@@ -159,6 +159,15 @@ pub(crate) fn query_block_reply(entries: &[BlockEntry]) -> Value {
     Value::Array(list.collect())
 }
 
+/// The device limits `block_set_io_throttle` asks for: per-second buckets,
+/// the `_max` values as one-time bursts.
+pub(crate) fn throttle_limits(args: &BlockSetIoThrottleArgs) -> RateLimitConfig {
+    crate::virtio_devices::device_limits(&IoLimits {
+        bandwidth: LimitBucket::per_second(args.bps, args.bps_max),
+        ops: LimitBucket::per_second(args.iops, args.iops_max),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -254,13 +263,4 @@ mod tests {
         assert_eq!(v[2]["inserted"]["node-name"], "n");
         assert_eq!(v[2]["inserted"]["cache"]["writeback"], true);
     }
-}
-
-/// The device limits `block_set_io_throttle` asks for: per-second buckets,
-/// the `_max` values as one-time bursts.
-pub(crate) fn throttle_limits(args: &BlockSetIoThrottleArgs) -> RateLimitConfig {
-    crate::virtio_devices::device_limits(&IoLimits {
-        bandwidth: LimitBucket::per_second(args.bps, args.bps_max),
-        ops: LimitBucket::per_second(args.iops, args.iops_max),
-    })
 }

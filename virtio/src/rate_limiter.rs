@@ -150,8 +150,9 @@ impl Bucket {
     }
 }
 
-/// Two token buckets (bytes, operations); see the module docs.
-#[derive(Debug, Clone)]
+/// Two token buckets (bytes, operations); see the module docs. The
+/// default limits nothing.
+#[derive(Debug, Clone, Default)]
 pub struct RateLimiter {
     bandwidth: Option<Bucket>,
     ops: Option<Bucket>,
@@ -205,15 +206,6 @@ impl RateLimiter {
             return Ok(());
         }
         self.consume_at(bytes, Instant::now())
-    }
-}
-
-impl Default for RateLimiter {
-    fn default() -> Self {
-        RateLimiter {
-            bandwidth: None,
-            ops: None,
-        }
     }
 }
 

@@ -495,3 +495,43 @@ fn balloon_section() {
         "balloon.amount: unknown field"
     );
 }
+
+#[test]
+fn drive_rate_limiter_is_firecrackers() {
+    let f = files();
+    let d0 = f.disk0.display();
+    let text = format!(
+        r#"{{"drive": [{{"drive_id": "a", "path_on_host": "{d0}", "rate_limiter": {{
+            "bandwidth": {{"size": 1048576, "one_time_burst": 4096, "refill_time": 500}},
+            "ops": {{"size": 100, "refill_time": 1000}}}}}}]}}"#
+    );
+    let cfg = parse_json("/p", &text).unwrap();
+    assert_eq!(
+        cfg.drives[0].limits,
+        IoLimits {
+            bandwidth: LimitBucket {
+                size: 1 << 20,
+                one_time_burst: 4096,
+                refill_time_ms: 500
+            },
+            ops: LimitBucket {
+                size: 100,
+                one_time_burst: 0,
+                refill_time_ms: 1000
+            },
+        }
+    );
+    let bad = |limiter: &str| {
+        err(&format!(
+            r#"{{"drive": [{{"drive_id": "a", "path_on_host": "{d0}", "rate_limiter": {limiter}}}]}}"#
+        ))
+    };
+    let e = bad(r#"{"ops": {"size": 10}}"#);
+    assert!(e.contains("drive[0].rate_limiter.ops.refill_time"), "{e}");
+    let e = bad(r#"{"ops": {"size": 10, "refill_time": 0}}"#);
+    assert!(e.contains("drive[0].rate_limiter.ops.refill_time"), "{e}");
+    let e = bad(r#"{"iops": {}}"#);
+    assert!(e.contains("drive[0].rate_limiter.iops"), "{e}");
+    let e = bad(r#"{"bandwidth": {"size": -1, "refill_time": 1}}"#);
+    assert!(e.contains("drive[0].rate_limiter.bandwidth.size"), "{e}");
+}

@@ -97,3 +97,41 @@ pub(crate) fn parse_limits(list: &OptionList, at: &str) -> Result<IoLimits, Conf
         ops: LimitBucket::per_second(iops, iops_max),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits(value: &str) -> Result<IoLimits, String> {
+        let list =
+            OptionList::parse("-drive", value, None, LIMIT_KEYS).map_err(|e| e.to_string())?;
+        parse_limits(&list, "-drive").map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn both_spellings_give_per_second_buckets() {
+        let want = IoLimits {
+            bandwidth: LimitBucket::per_second(1_000_000, 0),
+            ops: LimitBucket::per_second(200, 50),
+        };
+        assert_eq!(limits("iops=200,bps=1000000,iops_max=50"), Ok(want));
+        assert_eq!(
+            limits("throttling.iops-total=200,throttling.bps-total=1000000,throttling.iops-total-max=50"),
+            Ok(want)
+        );
+        assert_eq!(want.ops.refill_time_ms, 1000);
+        let none = limits("iops=0").unwrap();
+        assert!(!none.is_limited());
+        assert_eq!(none, IoLimits::default());
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let e = limits("iops=fast").unwrap_err();
+        assert!(e.contains("-drive iops"), "{e}");
+        let e = limits("iops=1,throttling.iops-total=2").unwrap_err();
+        assert!(e.contains("same setting"), "{e}");
+        let e = limits("bps_max=10").unwrap_err();
+        assert!(e.contains("needs its rate"), "{e}");
+    }
+}
