@@ -335,7 +335,11 @@ impl VirtioDevices {
     /// The virtio-net model of a configured NIC.
     fn net(&self, cfg: &DeviceConfig) -> Result<Net, MachineError> {
         let DeviceConfig::Net {
-            id, backend, mac, ..
+            id,
+            backend,
+            mac,
+            tx_limits,
+            ..
         } = cfg
         else {
             return Err(MachineError::Unsupported(format!(
@@ -359,7 +363,9 @@ impl VirtioDevices {
             .map(parse_mac)
             .transpose()
             .map_err(|e| err(e.to_string()))?;
-        Net::new(NetConfig { tap, mac }, self.loop_for(id)).map_err(|e| err(e.to_string()))
+        Net::new(NetConfig { tap, mac }, self.loop_for(id))
+            .map(|n| n.with_tx_limit(device_limits(tx_limits)))
+            .map_err(|e| err(e.to_string()))
     }
 
     fn model(

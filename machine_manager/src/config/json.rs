@@ -242,7 +242,7 @@ fn rate_limiter(obj: &Obj) -> Result<IoLimits, ConfigError> {
 }
 
 fn net(obj: &Obj, ids: &mut IdSet) -> Result<NetConfig, ConfigError> {
-    obj.only(&["iface_id", "host_dev_name", "mac"])?;
+    obj.only(&["iface_id", "host_dev_name", "mac", "tx_rate_limiter"])?;
     let id = ids.claim(obj, "iface_id")?;
     let host_dev_name = obj.req_str("host_dev_name")?;
     let at = obj.child("host_dev_name");
@@ -262,6 +262,10 @@ fn net(obj: &Obj, ids: &mut IdSet) -> Result<NetConfig, ConfigError> {
         id,
         host_dev_name: host_dev_name.into(),
         mac: mac.map(str::to_string),
+        tx_limits: match obj.opt("tx_rate_limiter") {
+            Some(v) => rate_limiter(&Obj::new(obj.child("tx_rate_limiter"), v)?)?,
+            None => IoLimits::default(),
+        },
     })
 }
 

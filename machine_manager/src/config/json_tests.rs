@@ -95,12 +95,14 @@ fn full_example() {
             NetConfig {
                 id: "net0".into(),
                 host_dev_name: "tap0".into(),
-                mac: Some("12:34:56:78:9A:BC".into())
+                mac: Some("12:34:56:78:9A:BC".into()),
+                tx_limits: Default::default(),
             },
             NetConfig {
                 id: "net1".into(),
                 host_dev_name: "tap1".into(),
-                mac: None
+                mac: None,
+                tx_limits: Default::default(),
             },
         ]
     );
@@ -534,4 +536,25 @@ fn drive_rate_limiter_is_firecrackers() {
     assert!(e.contains("drive[0].rate_limiter.iops"), "{e}");
     let e = bad(r#"{"bandwidth": {"size": -1, "refill_time": 1}}"#);
     assert!(e.contains("drive[0].rate_limiter.bandwidth.size"), "{e}");
+}
+
+#[test]
+fn net_tx_rate_limiter() {
+    let cfg = parse_json(
+        "/p",
+        r#"{"net": [{"iface_id": "n0", "host_dev_name": "tap0",
+            "tx_rate_limiter": {"ops": {"size": 10, "one_time_burst": 2, "refill_time": 100}}}]}"#,
+    )
+    .unwrap();
+    assert_eq!(
+        cfg.nets[0].tx_limits.ops,
+        LimitBucket {
+            size: 10,
+            one_time_burst: 2,
+            refill_time_ms: 100
+        }
+    );
+    assert_eq!(cfg.nets[0].tx_limits.bandwidth, LimitBucket::default());
+    let e = err(r#"{"net": [{"iface_id": "n0", "host_dev_name": "tap0", "rx_rate_limiter": {}}]}"#);
+    assert!(e.contains("net[0].rx_rate_limiter"), "{e}");
 }

@@ -228,6 +228,8 @@ pub struct NetConfig {
     pub host_dev_name: String,
     /// Guest MAC address as written (`xx:xx:xx:xx:xx:xx`), if fixed.
     pub mac: Option<String>,
+    /// Limits on what the guest sends (`tx_rate_limiter`).
+    pub tx_limits: IoLimits,
 }
 
 /// A virtio vsock device.

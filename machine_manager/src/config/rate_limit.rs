@@ -63,6 +63,32 @@ pub(crate) const LIMIT_KEYS: &[&str] = &[
     "throttling.bps-total-max",
 ];
 
+/// The option keys [`parse_tx_limits`] reads (`-netdev tap`).
+pub(crate) const TX_LIMIT_KEYS: &[&str] = &["tx_iops", "tx_bps", "tx_iops_max", "tx_bps_max"];
+
+/// Reads the transmit limits of a `-netdev tap` option list: frames and
+/// bytes per second the guest may send, with one-time bursts.
+pub(crate) fn parse_tx_limits(list: &OptionList, at: &str) -> Result<IoLimits, ConfigError> {
+    let get = |key: &str| {
+        list.get(key)
+            .map(|v| parse_ranged(&format!("{at} {key}"), v, 0, u64::MAX))
+            .transpose()
+            .map(Option::unwrap_or_default)
+    };
+    let (iops, bps) = (get("tx_iops")?, get("tx_bps")?);
+    let (iops_max, bps_max) = (get("tx_iops_max")?, get("tx_bps_max")?);
+    if (iops_max > 0 && iops == 0) || (bps_max > 0 && bps == 0) {
+        return Err(ConfigError::InvalidDevice {
+            at: at.into(),
+            reason: "a burst (tx_…_max) needs its rate (tx_iops or tx_bps) too".into(),
+        });
+    }
+    Ok(IoLimits {
+        bandwidth: LimitBucket::per_second(bps, bps_max),
+        ops: LimitBucket::per_second(iops, iops_max),
+    })
+}
+
 /// One value under either spelling; both at once is an error.
 fn one_of(list: &OptionList, at: &str, keys: [&str; 2]) -> Result<u64, ConfigError> {
     let mut found = None;
@@ -133,5 +159,23 @@ mod tests {
         assert!(e.contains("same setting"), "{e}");
         let e = limits("bps_max=10").unwrap_err();
         assert!(e.contains("needs its rate"), "{e}");
+    }
+
+    #[test]
+    fn netdev_transmit_limits() {
+        let tx = |v: &str| {
+            let list =
+                OptionList::parse("-netdev", v, None, TX_LIMIT_KEYS).map_err(|e| e.to_string())?;
+            parse_tx_limits(&list, "-netdev").map_err(|e| e.to_string())
+        };
+        assert_eq!(
+            tx("tx_iops=1000,tx_bps=125000,tx_bps_max=5000"),
+            Ok(IoLimits {
+                bandwidth: LimitBucket::per_second(125_000, 5000),
+                ops: LimitBucket::per_second(1000, 0),
+            })
+        );
+        assert!(tx("tx_iops=x").unwrap_err().contains("-netdev tx_iops"));
+        assert!(tx("tx_iops_max=3").unwrap_err().contains("needs its rate"));
     }
 }
