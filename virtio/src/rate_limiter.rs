@@ -101,13 +101,13 @@ impl Bucket {
         if elapsed == 0 {
             return;
         }
-        let earned = elapsed * u128::from(self.size) / u128::from(self.refill_ns);
+        let earned = elapsed.saturating_mul(u128::from(self.size)) / u128::from(self.refill_ns);
         if earned == 0 {
             // Keep `last`: the fraction is not lost.
             return;
         }
         // Advance `last` only by the time the whole tokens cost.
-        let used_ns = earned * u128::from(self.refill_ns) / u128::from(self.size);
+        let used_ns = earned.saturating_mul(u128::from(self.refill_ns)) / u128::from(self.size);
         let used = Duration::from_nanos(u64::try_from(used_ns).unwrap_or(u64::MAX));
         self.last = self.last.checked_add(used).unwrap_or(now).min(now);
         let earned = i128::try_from(earned).unwrap_or(i128::MAX);
@@ -137,7 +137,9 @@ impl Bucket {
             return Duration::ZERO;
         }
         let missing = u128::try_from(need - self.budget).unwrap_or(u128::MAX);
-        let ns = (missing * u128::from(self.refill_ns)).div_ceil(u128::from(self.size));
+        let ns = missing
+            .saturating_mul(u128::from(self.refill_ns))
+            .div_ceil(u128::from(self.size));
         // The part of a token already earned since the last refill.
         let ns = ns.saturating_sub(now.saturating_duration_since(self.last).as_nanos());
         Duration::from_nanos(u64::try_from(ns).unwrap_or(u64::MAX)).max(Duration::from_nanos(1))
