@@ -7,10 +7,12 @@ with each VMM and prints medians of
   - CPU time of the VMM process (user + system, from wait4),
   - resident memory of the VMM excluding guest RAM, sampled from
     /proc/PID/smaps while a guest that stays up (guest.exit=halt) runs.
+Then block reads (unlimited), and the rate a disk limited with
+`-drive …,iops=`/`bps=` actually delivers (configured vs achieved).
 QEMU comes from Debian's qemu-system-x86 package (installed if missing).
 Nothing here asserts a time: it measures and prints.
 
-Usage: scripts/bench.py [-n ITERATIONS] [--mem MIB] [--write docs/benchmarks.md]
+Usage: scripts/bench.py [-n ITERATIONS] [--mem MIB] [--no-block] [--no-ratelimit] [--write docs/benchmarks.md]
 """
 
 import argparse
@@ -57,17 +59,17 @@ def build():
     return binary, guests[-1]
 
 
-def altovirt_cmd(binary, guest, mem, exit_action, serial, disk=None, extra_append=""):
+def altovirt_cmd(binary, guest, mem, exit_action, serial, disk=None, extra_append="", limits=""):
     # No hotplug slots: QEMU's microvm has none, and the guest would probe them.
     cmd = [binary, "-kernel", guest, "-m", str(mem), "-smp", "1",
            "-machine", "microvm,blk-slots=0,net-slots=0",
            "-serial", serial, "-append", f"guest.exit={exit_action} {extra_append}".strip()]
     if disk:
-        cmd += ["-drive", f"id=d0,file={disk},readonly=on", "-device", "virtio-blk-device,drive=d0"]
+        cmd += ["-drive", f"id=d0,file={disk},readonly=on{limits}", "-device", "virtio-blk-device,drive=d0"]
     return cmd
 
 
-def qemu_cmd(qemu, guest, mem, exit_action, serial, disk=None, extra_append=""):
+def qemu_cmd(qemu, guest, mem, exit_action, serial, disk=None, extra_append="", limits=""):
     cmd = [qemu, "-M", "microvm,acpi=off,pic=on,pit=on,rtc=off", "-enable-kvm",
            "-cpu", "host,-arch-capabilities", "-m", str(mem), "-smp", "1",
            "-nodefaults", "-no-user-config", "-nographic", "-no-reboot",
@@ -75,7 +77,7 @@ def qemu_cmd(qemu, guest, mem, exit_action, serial, disk=None, extra_append=""):
            "-append", f"guest.exit={exit_action} {extra_append}".strip()]
     if disk:
         cmd += ["-global", "virtio-mmio.force-legacy=false",
-                "-drive", f"id=d0,file={disk},format=raw,if=none,readonly=on",
+                "-drive", f"id=d0,file={disk},format=raw,if=none,readonly=on{limits}",
                 "-device", "virtio-blk-device,drive=d0"]
     return cmd
 
@@ -99,6 +101,35 @@ def block_throughput(make_cmd, disk, size, count, runs=3):
     per_req_us = max(full - base, 0.001) * 1000 / count
     mib_s = size * count / (1 << 20) / (max(full - base, 0.001) / 1000)
     return per_req_us, mib_s
+
+
+def limited_rate(make_cmd, disk, size, n1, n2, runs=3):
+    """Achieved requests/s under a limit: (n2 - n1) / (t(n2) - t(n1)), medians of `runs`.
+
+    Both counts exceed the initial bucket (a full second's worth for
+    altovirt, a tenth for QEMU), so boot time and the first burst cancel out.
+    """
+    t1 = statistics.median(block_run(make_cmd, disk, size, n1) for _ in range(runs))
+    t2 = statistics.median(block_run(make_cmd, disk, size, n2) for _ in range(runs))
+    return (n2 - n1) / max((t2 - t1) / 1000, 1e-6)
+
+
+def rate_limit_rows(vmms, disk):
+    """Configured vs achieved rates of a throttled disk, for each VMM (QEMU's
+    legacy `-drive iops=`/`bps=` keys, which altovirt accepts too)."""
+    iops, bps, size_bw = 1000, 8 << 20, 65536
+    lines = ["", "Block I/O rate limits (same guest and disk; `-drive …,iops=` or `bps=`; achieved rate is "
+             "(N2 − N1) / (t(N2) − t(N1)) so boot time and the initial burst cancel out, median of 3):", "",
+             "| VMM | iops=1000, 4 KiB reads: achieved ops/s | bps=8 MiB/s, 64 KiB reads: achieved MiB/s |",
+             "| --- | ---: | ---: |"]
+    for name, make in vmms:
+        ops = limited_rate(lambda e, s, d=None, x="": make(e, s, d, x, f",iops={iops}"),
+                           disk, 4096, 2 * iops, 4 * iops)
+        per_s = limited_rate(lambda e, s, d=None, x="": make(e, s, d, x, f",bps={bps}"),
+                             disk, size_bw, 2 * bps // size_bw, 4 * bps // size_bw)
+        lines.append(f"| {name} | {ops:.0f} ({(ops / iops - 1) * 100:+.1f} %) | "
+                     f"{per_s * size_bw / (1 << 20):.2f} ({(per_s * size_bw / bps - 1) * 100:+.1f} %) |")
+    return lines
 
 
 def time_runs(make_cmd, n):
@@ -219,6 +250,7 @@ def main():
     ap.add_argument("--mem", type=int, default=128, help="guest RAM in MiB")
     ap.add_argument("--write", help="also write the markdown report to this file")
     ap.add_argument("--no-block", action="store_true", help="skip the block throughput runs")
+    ap.add_argument("--no-ratelimit", action="store_true", help="skip the block rate-limit runs")
     args = ap.parse_args()
 
     binary, guest = build()
@@ -226,8 +258,8 @@ def main():
     qemu_version = subprocess.run([qemu, "--version"], capture_output=True, text=True).stdout.splitlines()[0]
 
     vmms = [
-        ("altovirt", lambda e, s, d=None, x="": altovirt_cmd(binary, guest, args.mem, e, s, d, x)),
-        ("qemu microvm", lambda e, s, d=None, x="": qemu_cmd(qemu, guest, args.mem, e, s, d, x)),
+        ("altovirt", lambda e, s, d=None, x="", l="": altovirt_cmd(binary, guest, args.mem, e, s, d, x, l)),
+        ("qemu microvm", lambda e, s, d=None, x="", l="": qemu_cmd(qemu, guest, args.mem, e, s, d, x, l)),
     ]
     rows = []
     for name, make in vmms:
@@ -259,6 +291,8 @@ def main():
                 small = block_throughput(make, disk, 4096, 2000)
                 big = block_throughput(make, disk, 65536, 500)
                 lines.append(f"| {name} | {small[0]:.1f} | {small[1]:.1f} | {big[0]:.1f} | {big[1]:.1f} |")
+            if not args.no_ratelimit:
+                lines += rate_limit_rows(vmms, disk)
     hp = hotplug_latency(binary, guest, args.mem)
     lines += ["", "Block hotplug (QMP `blockdev-add` + `device_add` round trip, median of 30):", "",
               "| VMM | hotplug latency (ms) |", "| --- | ---: |",

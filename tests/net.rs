@@ -124,7 +124,21 @@ fn check_guest(out: &Outcome) {
 
 #[test]
 fn frames_cross_a_tap_opened_by_name() {
-    let Some(ns) = netns_usable("net_ifname") else {
+    frames_cross_a_named_tap("net_ifname", "tap,id=n0,ifname=tap0");
+}
+
+/// With transmit limits set (a full bucket lets the guest's frame out at
+/// once; tests/rate_limit.rs and the virtio unit tests check the holding).
+#[test]
+fn frames_cross_a_tap_with_transmit_limits() {
+    frames_cross_a_named_tap(
+        "net_txlimit",
+        "tap,id=n0,ifname=tap0,tx_iops=100,tx_bps=1000000,tx_iops_max=10",
+    );
+}
+
+fn frames_cross_a_named_tap(test: &str, netdev: &str) {
+    let Some(ns) = netns_usable(test) else {
         return;
     };
     let peer = ns.start_peer();
@@ -137,7 +151,7 @@ fn frames_cross_a_tap_opened_by_name() {
         "-append",
         "guest.virtio=net",
     ])
-    .args(["-netdev", "tap,id=n0,ifname=tap0"])
+    .args(["-netdev", netdev])
     .arg("-device")
     .arg(format!("virtio-net-device,netdev=n0,id=net0,mac={MAC}"));
     let out = run_with_timeout(cmd, Duration::from_secs(60));

@@ -18,6 +18,7 @@ use std::sync::{Arc, Mutex};
 
 use machine_manager::config::DriveConfig;
 use virtio::block::{Block, BlockConfig, BlockError};
+use virtio::rate_limiter::RateLimitConfig;
 
 use crate::hotplug_request::{
     BlockEntry, BlockdevRequest, DeviceRequest, FdSource, HotplugError, ImageInfo, ImageSource,
@@ -163,6 +164,8 @@ pub struct BlockHotplug {
     cold_ids: Vec<String>,
     /// The disks among them.
     boot_disks: Vec<BootDisk>,
+    /// Their models, by device id (for run-time I/O limits).
+    fixed_blocks: Vec<(String, Arc<Mutex<Block>>)>,
 }
 
 fn generic(desc: impl Into<String>) -> HotplugError {
@@ -225,7 +228,32 @@ impl BlockHotplug {
             slots,
             cold_ids,
             boot_disks,
+            fixed_blocks: Vec::new(),
         }
+    }
+
+    /// Adds the models of the disks outside the slots.
+    pub fn with_fixed_blocks(mut self, blocks: Vec<(String, Arc<Mutex<Block>>)>) -> Self {
+        self.fixed_blocks = blocks;
+        self
+    }
+
+    /// `block_set_io_throttle`: new I/O limits for the disk `id`, in force
+    /// at once.
+    pub fn set_io_limits(&self, id: &str, limits: RateLimitConfig) -> Result<(), HotplugError> {
+        let from_slot = self
+            .slots
+            .iter()
+            .find(|s| s.device.as_ref().is_some_and(|d| d.0 == id))
+            .map(|s| &s.block);
+        let block = from_slot
+            .or_else(|| self.fixed_blocks.iter().find(|b| b.0 == id).map(|b| &b.1))
+            .ok_or_else(|| generic(format!("Device '{id}' not found")))?;
+        block
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .set_rate_limit(limits)
+            .map_err(|e| generic(format!("{id}: {e}")))
     }
 
     /// Whether a boot-time or hot-plugged block device has this id.
@@ -325,6 +353,7 @@ impl BlockHotplug {
             read_only: node.read_only,
             direct: node.direct,
             serial: args.serial.clone(),
+            rate_limit: Default::default(),
         };
         let slot = &mut self.slots[index];
         slot.block

@@ -132,7 +132,8 @@ impl MicroVm {
                 virtio.take_slots(),
                 virtio.fixed_ids().to_vec(),
                 boot_disks(&cfg.devices, virtio.fixed_ids()),
-            ),
+            )
+            .with_fixed_blocks(virtio.take_fixed_blocks()),
             net: NetHotplug::new(virtio.take_net_slots()),
         }));
         // ACPI tables (written with the boot structures; skipped with

@@ -17,7 +17,7 @@ use crate::hotplug::Hotplug;
 use crate::kvm_checks;
 use crate::qmp_convert::{
     balloon_target, blockdev_request, device_request, no_balloon, query_balloon_reply,
-    query_block_reply, tap_request, ClientFds,
+    query_block_reply, tap_request, throttle_limits, ClientFds,
 };
 
 /// How long a QMP command waits for the control loop.
@@ -211,6 +211,12 @@ impl QmpHandler for VmQmpHandler {
             }
             QmpCommand::NetdevDel { id } => {
                 self.hotplug().net.netdev_del(&id)?;
+                Ok(json!({}))
+            }
+            QmpCommand::BlockSetIoThrottle(args) => {
+                self.hotplug()
+                    .block
+                    .set_io_limits(&args.id, throttle_limits(&args))?;
                 Ok(json!({}))
             }
             QmpCommand::QueryBlock => Ok(query_block_reply(&self.hotplug().block.query_block())),

@@ -2,11 +2,14 @@
 //! vocabulary ([`crate::hotplug_request`]): the only place where both
 //! meet.
 
+use machine_manager::config::{IoLimits, LimitBucket};
+use qmp::BlockSetIoThrottleArgs;
 use qmp::{
     BlockdevAddArgs, BlockdevDriver, BlockdevRef, DeviceAddArgs, FdLookup, NetdevAddArgs,
     NetdevBackend, QmpError,
 };
 use serde_json::{json, Value};
+use virtio::rate_limiter::RateLimitConfig;
 
 use crate::hotplug_request::{
     BlockEntry, BlockdevRequest, DeviceRequest, FdSource, HotplugError, ImageInfo, ImageSource,
@@ -154,6 +157,15 @@ pub(crate) fn query_block_reply(entries: &[BlockEntry]) -> Value {
         }
     });
     Value::Array(list.collect())
+}
+
+/// The device limits `block_set_io_throttle` asks for: per-second buckets,
+/// the `_max` values as one-time bursts.
+pub(crate) fn throttle_limits(args: &BlockSetIoThrottleArgs) -> RateLimitConfig {
+    crate::virtio_devices::device_limits(&IoLimits {
+        bandwidth: LimitBucket::per_second(args.bps, args.bps_max),
+        ops: LimitBucket::per_second(args.iops, args.iops_max),
+    })
 }
 
 #[cfg(test)]

@@ -19,6 +19,7 @@ use virtio::block::{Block, BlockConfig};
 use virtio::console::{Console, ConsoleBackend, FileBackend, UnixSocketBackend};
 use virtio::fs::{FsConfig, VhostUserFs};
 use virtio::net::{parse_mac, Net, NetConfig, Tap};
+use virtio::rate_limiter::{BucketConfig, RateLimitConfig};
 use virtio::rng::Rng;
 use virtio::vsock::{VhostVsock, VhostVsockDevice, Vsock, VsockConfig};
 use virtio::{MmioTransport, VirtioDevice, MMIO_WINDOW_SIZE, NOTIFY_REG_OFFSET};
@@ -62,6 +63,8 @@ pub struct VirtioDevices {
     fixed_ids: Vec<String>,
     /// The balloon, if configured.
     balloon: Option<Arc<Mutex<Balloon>>>,
+    /// Disks outside the slots, by device id (for run-time I/O limits).
+    fixed_blocks: Vec<(String, Arc<Mutex<Block>>)>,
 }
 
 impl VirtioDevices {
@@ -130,6 +133,7 @@ impl VirtioDevices {
             net_slots: Vec::new(),
             fixed_ids: fixed.iter().map(|c| c.id().to_string()).collect(),
             balloon: None,
+            fixed_blocks: Vec::new(),
         };
         for n in 0..usize::from(blk_slots) {
             let slot = match boot_disks.get(n) {
@@ -170,11 +174,16 @@ impl VirtioDevices {
             devices.net_slots.push(slot);
         }
         for cfg in fixed {
-            let model = match cfg {
+            let model: Arc<Mutex<dyn VirtioDevice>> = match cfg {
                 DeviceConfig::Balloon { .. } => {
                     let balloon = Arc::new(Mutex::new(devices.balloon_model(cfg, mem)));
                     devices.balloon = Some(balloon.clone());
                     balloon
+                }
+                DeviceConfig::Block { id, .. } => {
+                    let block = Arc::new(Mutex::new(devices.block(cfg)?));
+                    devices.fixed_blocks.push((id.clone(), block.clone()));
+                    block
                 }
                 _ => devices.model(cfg, mem)?,
             };
@@ -238,6 +247,12 @@ impl VirtioDevices {
         std::mem::take(&mut self.slots)
     }
 
+    /// The disks outside the slots with their ids, taken once by the
+    /// machine.
+    pub fn take_fixed_blocks(&mut self) -> Vec<(String, Arc<Mutex<Block>>)> {
+        std::mem::take(&mut self.fixed_blocks)
+    }
+
     /// The network hotplug slots, taken once by the machine.
     pub fn take_net_slots(&mut self) -> Vec<NetSlot> {
         std::mem::take(&mut self.net_slots)
@@ -272,6 +287,7 @@ impl VirtioDevices {
                 read_only: drive.read_only,
                 direct: drive.direct,
                 serial: serial.clone(),
+                rate_limit: device_limits(&drive.limits),
             },
             self.loop_for(id),
         )
@@ -319,7 +335,11 @@ impl VirtioDevices {
     /// The virtio-net model of a configured NIC.
     fn net(&self, cfg: &DeviceConfig) -> Result<Net, MachineError> {
         let DeviceConfig::Net {
-            id, backend, mac, ..
+            id,
+            backend,
+            mac,
+            tx_limits,
+            ..
         } = cfg
         else {
             return Err(MachineError::Unsupported(format!(
@@ -343,7 +363,9 @@ impl VirtioDevices {
             .map(parse_mac)
             .transpose()
             .map_err(|e| err(e.to_string()))?;
-        Net::new(NetConfig { tap, mac }, self.loop_for(id)).map_err(|e| err(e.to_string()))
+        Net::new(NetConfig { tap, mac }, self.loop_for(id))
+            .map(|n| n.with_tx_limit(device_limits(tx_limits)))
+            .map_err(|e| err(e.to_string()))
     }
 
     fn model(
@@ -465,5 +487,18 @@ impl VirtioDevices {
         for el in self.iothreads.values() {
             el.stop();
         }
+    }
+}
+
+/// The device's view of configured I/O limits (plain numbers).
+pub(crate) fn device_limits(l: &machine_manager::config::IoLimits) -> RateLimitConfig {
+    let bucket = |b: &machine_manager::config::LimitBucket| BucketConfig {
+        size: b.size,
+        one_time_burst: b.one_time_burst,
+        refill_time_ms: b.refill_time_ms,
+    };
+    RateLimitConfig {
+        bandwidth: bucket(&l.bandwidth),
+        ops: bucket(&l.ops),
     }
 }

@@ -5,6 +5,7 @@ use serde_json::{Map, Value};
 use crate::args::Args;
 use crate::error::QmpError;
 use crate::hotplug::{BlockdevAddArgs, DeviceAddArgs, NetdevAddArgs};
+use crate::throttle::BlockSetIoThrottleArgs;
 
 /// A protocol capability a client may ask for in `qmp_capabilities`.
 ///
@@ -98,6 +99,8 @@ pub enum QmpCommand {
     },
     /// `query-balloon`: the guest's RAM as its balloon driver reports it.
     QueryBalloon,
+    /// `block_set_io_throttle`: change a disk's I/O limits.
+    BlockSetIoThrottle(BlockSetIoThrottleArgs),
     /// `__io.altovirt_query-log-stats` (a downstream extension, named as
     /// the QMP specification asks): log lines written and dropped by the
     /// rate limiter, per level.
@@ -136,6 +139,7 @@ pub const COMMAND_NAMES: &[&str] = &[
     "query-block",
     "balloon",
     "query-balloon",
+    "block_set_io_throttle",
     QUERY_LOG_STATS,
 ];
 
@@ -204,6 +208,9 @@ impl QmpCommand {
             },
             "blockdev-add" => QmpCommand::BlockdevAdd(BlockdevAddArgs::parse(&mut a)?),
             "netdev_add" => QmpCommand::NetdevAdd(NetdevAddArgs::parse(&mut a)?),
+            "block_set_io_throttle" => {
+                QmpCommand::BlockSetIoThrottle(BlockSetIoThrottleArgs::parse(&mut a)?)
+            }
             // device_add takes free-form properties: the rest go to the handler.
             "device_add" => return DeviceAddArgs::parse(a).map(QmpCommand::DeviceAdd),
             _ => {
@@ -245,6 +252,7 @@ impl QmpCommand {
             QmpCommand::QueryBlock => "query-block",
             QmpCommand::Balloon { .. } => "balloon",
             QmpCommand::QueryBalloon => "query-balloon",
+            QmpCommand::BlockSetIoThrottle(_) => "block_set_io_throttle",
             QmpCommand::QueryLogStats => QUERY_LOG_STATS,
         }
     }
@@ -288,6 +296,8 @@ mod tests {
                 "device_add" => json!({"driver": "virtio-blk-pci"}),
                 "netdev_add" => json!({"type": "tap", "id": "n"}),
                 "balloon" => json!({"value": 1}),
+                "block_set_io_throttle" => json!({"id": "d", "bps": 0, "bps_rd": 0,
+                    "bps_wr": 0, "iops": 0, "iops_rd": 0, "iops_wr": 0}),
                 _ => Value::Null,
             };
             let cmd = parse(name, args).unwrap_or_else(|e| panic!("{name}: {e}"));

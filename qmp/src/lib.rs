@@ -27,6 +27,7 @@ pub mod fuzzing;
 mod hotplug;
 mod protocol;
 mod server;
+mod throttle;
 
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
@@ -43,6 +44,7 @@ pub use hotplug::{
 };
 pub use protocol::{greeting_line, QmpHandler, QmpVersion, Response};
 pub use server::{QmpServer, QmpServerHandle, QmpThreadFilters, MAX_CLIENTS};
+pub use throttle::{BlockSetIoThrottleArgs, THROTTLE_VALUE_MAX};
 
 /// Locks a mutex, ignoring poisoning (the data stays usable: every critical
 /// section here leaves it consistent).

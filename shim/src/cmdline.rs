@@ -175,16 +175,24 @@ struct Style {
     server: &'static str,
     /// `-drive` options of the read-only rootfs image, after `file=`.
     rootfs_drive: &'static str,
+    /// Disk limits spelt `throttling.*` (QEMU) rather than `iops=`/`bps=`.
+    qemu_throttle: bool,
+    /// Taps take altovirt's transmit limits (QEMU has none for taps).
+    tap_limits: bool,
 }
 
 const STRATOVIRT_STYLE: Style = Style {
     server: "server,nowait",
     rootfs_drive: "readonly=on,direct=off",
+    qemu_throttle: false,
+    tap_limits: true,
 };
 
 const QEMU_STYLE: Style = Style {
     server: "server=on,wait=off",
     rootfs_drive: "format=raw,if=none,readonly=on",
+    qemu_throttle: true,
+    tap_limits: false,
 };
 
 fn push(a: &mut Vec<String>, flag: &str, value: String) {
@@ -204,9 +212,10 @@ fn shared_tail(spec: &VmSpec, style: &Style, a: &mut Vec<String>) {
             a,
             "-drive",
             format!(
-                "id=rootfs,file={},{}",
+                "id=rootfs,file={},{}{}",
                 opt_path(Path::new(&spec.vmm_file(&hv.image))),
-                style.rootfs_drive
+                style.rootfs_drive,
+                crate::rate_limits::drive_options(hv, style.qemu_throttle)
             ),
         );
         push(
@@ -270,7 +279,20 @@ fn shared_tail(spec: &VmSpec, style: &Style, a: &mut Vec<String>) {
         _ => {}
     }
     for n in &spec.devices.net {
-        push(a, "-netdev", format!("tap,id={},fds={}", n.id, n.tap_fd));
+        push(
+            a,
+            "-netdev",
+            format!(
+                "tap,id={},fds={}{}",
+                n.id,
+                n.tap_fd,
+                if style.tap_limits {
+                    crate::rate_limits::netdev_options(hv)
+                } else {
+                    String::new()
+                }
+            ),
+        );
         push(
             a,
             "-device",
@@ -607,6 +629,28 @@ mod tests {
         // vhost without a descriptor yet (before start) adds nothing.
         s.hv.vsock = "vhost".into();
         assert!(!stratovirt_args(&s).iter().any(|x| x.contains("vsock")));
+    }
+
+    #[test]
+    fn kata_rate_limits_reach_the_rootfs_drive_and_taps() {
+        let mut s = spec();
+        s.hv.image = "/img".into();
+        s.hv.disk_rate_limiter_ops_max_rate = 300;
+        s.hv.net_rate_limiter_bw_max_rate = 8000;
+        s.devices.net.push(BootNet {
+            id: "eth0".into(),
+            tap_fd: 9,
+            mac: "02:00:00:00:00:01".into(),
+        });
+        let a = stratovirt_args(&s);
+        assert_eq!(
+            after(&a, "-drive"),
+            "id=rootfs,file=/img,readonly=on,direct=off,iops=300"
+        );
+        assert_eq!(after(&a, "-netdev"), "tap,id=eth0,fds=9,tx_bps=1000");
+        let q = qemu_args(&s);
+        assert!(after(&q, "-drive").ends_with(",throttling.iops-total=300"));
+        assert_eq!(after(&q, "-netdev"), "tap,id=eth0,fds=9");
     }
 
     #[test]

@@ -147,6 +147,23 @@ pub struct HypervisorConfig {
     pub jailer_uid: u32,
     /// altovirt-shim key (not Kata's): the gid the jailed VMM runs as.
     pub jailer_gid: u32,
+    /// Kata's key: disk bandwidth limit in bits/s (0: none), on every
+    /// disk (see [`crate::rate_limits`]).
+    pub disk_rate_limiter_bw_max_rate: u64,
+    /// Kata's key: bits the disks may move once on top of that rate.
+    pub disk_rate_limiter_bw_one_time_burst: u64,
+    /// Kata's key: disk operations per second (0: none).
+    pub disk_rate_limiter_ops_max_rate: u64,
+    /// Kata's key: operations allowed once on top of that rate.
+    pub disk_rate_limiter_ops_one_time_burst: u64,
+    /// Kata's key: bandwidth the guest may send on each boot NIC, bits/s.
+    pub net_rate_limiter_bw_max_rate: u64,
+    /// Kata's key: bits allowed once on top of that rate.
+    pub net_rate_limiter_bw_one_time_burst: u64,
+    /// Kata's key: frames per second the guest may send on each boot NIC.
+    pub net_rate_limiter_ops_max_rate: u64,
+    /// Kata's key: frames allowed once on top of that rate.
+    pub net_rate_limiter_ops_one_time_burst: u64,
 }
 
 impl Default for HypervisorConfig {
@@ -184,6 +201,14 @@ impl Default for HypervisorConfig {
             valid_jailer_paths: Vec::new(),
             jailer_uid: 65534,
             jailer_gid: 65534,
+            disk_rate_limiter_bw_max_rate: 0,
+            disk_rate_limiter_bw_one_time_burst: 0,
+            disk_rate_limiter_ops_max_rate: 0,
+            disk_rate_limiter_ops_one_time_burst: 0,
+            net_rate_limiter_bw_max_rate: 0,
+            net_rate_limiter_bw_one_time_burst: 0,
+            net_rate_limiter_ops_max_rate: 0,
+            net_rate_limiter_ops_one_time_burst: 0,
         }
     }
 }

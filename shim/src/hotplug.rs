@@ -190,11 +190,15 @@ impl Hypervisor {
             json!({"id": id, "driver": "virtio-blk-mmio", "drive": node,
                 "addr": slot.to_string()}),
         );
+        let throttle = crate::rate_limits::throttle_args(&self.spec.hv, &id);
         self.with_qmp_raw(|c, _| {
             c.execute("blockdev-add", Some(add))?;
             if let Err(e) = c.execute("device_add", Some(devadd)) {
                 let _ = c.execute("blockdev-del", Some(json!({ "node-name": node })));
                 return Err(e.into());
+            }
+            if let Some(args) = throttle {
+                c.execute("block_set_io_throttle", Some(args))?;
             }
             Ok(())
         })?;

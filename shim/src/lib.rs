@@ -32,6 +32,7 @@ pub mod host;
 pub mod hotplug;
 pub mod jail;
 pub mod metrics;
+pub mod rate_limits;
 pub mod sandbox;
 pub mod signals;
 pub mod slots;

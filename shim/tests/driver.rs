@@ -195,7 +195,13 @@ fn hotplug_qemu(h: &mut Hypervisor, dir: &Path) {
 }
 
 fn suite(flavour: Flavour, vmm: &Path, name: &str, mode: QmpMode) {
-    let hv = hv_for(flavour, vmm);
+    let mut hv = hv_for(flavour, vmm);
+    if flavour == Flavour::StratoVirt {
+        // Kata's disk limits: every hot-plugged disk then gets
+        // block_set_io_throttle, which must succeed for the plug to.
+        hv.disk_rate_limiter_ops_max_rate = 100_000;
+        hv.disk_rate_limiter_bw_max_rate = 8 << 30;
+    }
     let dir = run_dir(name);
     let _ = std::fs::remove_dir_all(&dir);
     let mut h = Hypervisor::with_hypervisor(flavour, hv, name, &dir);

@@ -136,6 +136,7 @@
 
 /* Polling bounds, in pause iterations (the host is slow: keep them small). */
 #define WAIT_REQUEST 300000	/* a request that should complete */
+#define WAIT_BENCH (WAIT_REQUEST * 100)	/* one an I/O rate limit may hold back */
 #define WAIT_BAD 50000		/* a malformed request that may never complete */
 #define WAIT_CONSOLE_RX 300000	/* the host side echoing a line back */
 #define WAIT_NET_RX 300000	/* the host side answering a frame */
@@ -1636,7 +1637,7 @@ static void test_blkbench(void)
 		vq_notify(q);
 		/* Interrupts are suppressed (AVAIL_F_NO_INTERRUPT): just poll used.idx. */
 		u32 i = 0;
-		while (r->used.idx == q->last_used && i++ < WAIT_REQUEST)
+		while (r->used.idx == q->last_used && i++ < WAIT_BENCH)
 			cpu_pause();
 		if (r->used.idx == q->last_used) {
 			say("blkbench", "timeout");

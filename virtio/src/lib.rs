@@ -29,6 +29,7 @@ pub mod fuzzing;
 mod interrupt;
 pub mod mmio;
 pub mod net;
+pub mod rate_limiter;
 pub mod rng;
 #[cfg(test)]
 mod test_utils;

@@ -149,6 +149,28 @@ impl Registrations {
         Ok(())
     }
 
+    /// Calls `f(worker)` on the event loop whenever `fd` (owned by the
+    /// worker, so open as long as this registration) is readable.
+    pub fn add_fd<W, F>(
+        &mut self,
+        worker: &Arc<Mutex<W>>,
+        fd: std::os::fd::RawFd,
+        f: F,
+    ) -> Result<(), EventLoopError>
+    where
+        W: Send + 'static,
+        F: Fn(&mut W) + Send + 'static,
+    {
+        let worker = worker.clone();
+        let token = self.event_loop.add(
+            fd,
+            libc::EPOLLIN as u32,
+            Box::new(move |_| f(&mut lock(&worker))),
+        )?;
+        self.tokens.push(token);
+        Ok(())
+    }
+
     /// Removes every registration (waiting for running handlers).
     pub fn clear(&mut self) {
         for t in self.tokens.drain(..) {

@@ -52,6 +52,8 @@ Usage: altovirt [OPTIONS]
   -S                    do not start the vCPUs until QMP 'cont'
   -drive id=ID,file=PATH[,readonly=on|off][,direct=on|off][,format=raw]  a block back-end
                         (a regular file or block device, locked as QEMU locks it)
+                        [,iops=N][,bps=N][,iops_max=N][,bps_max=N]: I/O rate limits
+                        (per second; _max a one-time burst; also throttling.iops-total & co.)
   -object rng-random,id=ID,filename=PATH  an entropy back-end (also: iothread,id=ID)
   -chardev socket,id=ID,path=PATH[,server,nowait] | stdio,id=ID | file,id=ID,path=PATH
   -device virtio-blk-device,drive=ID[,id=DEV][,serial=S]
@@ -60,6 +62,7 @@ Usage: altovirt [OPTIONS]
   -device vhost-user-fs-device,chardev=ID,tag=TAG[,id=DEV][,num-request-queues=N][,queue-size=N]
                         virtio-fs; connects to the chardev's socket (needs mem-share=on)
   -netdev tap,id=ID,ifname=NAME|fd=N|fds=N  a tap back-end (fd, fds: an inherited descriptor)
+                        [,tx_iops=N][,tx_bps=N][,tx_iops_max=N][,tx_bps_max=N]: transmit limits
   -device virtio-net-device,netdev=ID[,id=DEV][,mac=MAC]
   -device vhost-vsock-device,id=DEV,guest-cid=N[,vhostfd=FD]  kernel vsock (needs /dev/vhost-vsock)
   -device vsock-device,id=DEV,guest-cid=N,uds-path=PATH       userspace vsock over unix sockets

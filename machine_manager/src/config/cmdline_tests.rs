@@ -413,7 +413,8 @@ fn json_values_are_used() {
             id: "rootfs".into(),
             path: disk,
             read_only: false,
-            direct: false
+            direct: false,
+            limits: Default::default(),
         }]
     );
 }

@@ -14,7 +14,9 @@ use std::path::PathBuf;
 use super::balloon::{parse_balloon_device, JsonBalloon};
 use super::error::ConfigError;
 use super::options::{parse_bool, OptionList};
+use super::rate_limit::{parse_limits, parse_tx_limits, LIMIT_KEYS, TX_LIMIT_KEYS};
 use super::validate::{check_file, check_mac, check_non_empty, FileKind, MAX_IFNAME_LEN};
+use super::IoLimits;
 use super::{DriveConfig, NetConfig, RngConfig, VsockConfig};
 
 /// The host side of a network device.
@@ -72,6 +74,8 @@ pub enum DeviceConfig {
         backend: NetBackend,
         /// Guest MAC address (`xx:xx:xx:xx:xx:xx`), if fixed.
         mac: Option<String>,
+        /// Limits on what the guest sends.
+        tx_limits: IoLimits,
     },
     /// vsock through the kernel's vhost-vsock.
     VhostVsock {
@@ -178,14 +182,11 @@ fn switch(list: &OptionList, at: &str, key: &str, default: bool) -> Result<bool,
 
 fn parse_drive(value: &str) -> Result<DriveConfig, ConfigError> {
     let at = "-drive";
-    let list = OptionList::parse(
-        at,
-        value,
-        None,
-        &[
-            "id", "file", "readonly", "direct", "format", "if", "cache", "aio", "discard", "media",
-        ],
-    )?;
+    let mut keys = vec![
+        "id", "file", "readonly", "direct", "format", "if", "cache", "aio", "discard", "media",
+    ];
+    keys.extend_from_slice(LIMIT_KEYS);
+    let list = OptionList::parse(at, value, None, &keys)?;
     let id = required(&list, at, "id")?.to_string();
     let path = PathBuf::from(required(&list, at, "file")?);
     if let Some(f) = list.get("format").filter(|f| *f != "raw") {
@@ -211,6 +212,7 @@ fn parse_drive(value: &str) -> Result<DriveConfig, ConfigError> {
         path,
         read_only: switch(&list, at, "readonly", false)?,
         direct: switch(&list, at, "direct", cache_direct)?,
+        limits: parse_limits(&list, at)?,
     })
 }
 
@@ -290,26 +292,23 @@ fn parse_chardev(value: &str) -> Result<(String, ChardevBackend), ConfigError> {
 }
 
 /// `-netdev tap,id=ID,(ifname=NAME|fd=N|fds=N)[,vhost=off]`.
-fn parse_netdev(value: &str) -> Result<(String, NetBackend), ConfigError> {
+fn parse_netdev(value: &str) -> Result<(String, NetBackend, IoLimits), ConfigError> {
     let at = "-netdev";
-    let list = OptionList::parse(
-        at,
-        value,
-        Some("type"),
-        &[
-            "type",
-            "id",
-            "ifname",
-            "fd",
-            "fds",
-            "vhost",
-            "vhostfd",
-            "vhostfds",
-            "script",
-            "downscript",
-            "queues",
-        ],
-    )?;
+    let mut keys = vec![
+        "type",
+        "id",
+        "ifname",
+        "fd",
+        "fds",
+        "vhost",
+        "vhostfd",
+        "vhostfds",
+        "script",
+        "downscript",
+        "queues",
+    ];
+    keys.extend_from_slice(TX_LIMIT_KEYS);
+    let list = OptionList::parse(at, value, Some("type"), &keys)?;
     let id = required(&list, at, "id")?.to_string();
     if list.get("type") != Some("tap") {
         return Err(invalid(
@@ -373,7 +372,7 @@ fn parse_netdev(value: &str) -> Result<(String, NetBackend), ConfigError> {
             ))
         }
     };
-    Ok((id, backend))
+    Ok((id, backend, parse_tx_limits(&list, at)?))
 }
 
 /// `guest-cid=N`: 3 up to 2^32 - 2 (0–2 and -1 are reserved).
@@ -541,6 +540,7 @@ pub(crate) fn resolve(
             id: n.id,
             backend: NetBackend::TapName(n.host_dev_name),
             mac: n.mac,
+            tx_limits: n.tx_limits,
         });
     }
     if let Some(r) = json_rng {
@@ -573,8 +573,8 @@ pub(crate) fn resolve(
     }
     let mut netdevs = HashMap::new();
     for n in &raw.netdevs {
-        let (id, backend) = parse_netdev(n)?;
-        if netdevs.insert(id.clone(), backend).is_some() {
+        let (id, backend, limits) = parse_netdev(n)?;
+        if netdevs.insert(id.clone(), (backend, limits)).is_some() {
             return Err(invalid("-netdev", format!("duplicate netdev id '{id}'")));
         }
     }
@@ -642,7 +642,7 @@ pub(crate) fn resolve(
                     ],
                 )?;
                 let name = required(&list, &at, "netdev")?;
-                let backend = netdevs.remove(name).ok_or_else(|| {
+                let (backend, tx_limits) = netdevs.remove(name).ok_or_else(|| {
                     invalid(
                         &at,
                         format!("netdev '{name}' is not defined (or already used)"),
@@ -659,6 +659,7 @@ pub(crate) fn resolve(
                     netdev: name.to_string(),
                     backend,
                     mac,
+                    tx_limits,
                 }
             }
             "vhost-vsock-device" | "vhost-vsock-mmio" => {

@@ -55,7 +55,8 @@ fn kata_device_flags_resolve() {
                     id: "rootfs".into(),
                     path: img.clone(),
                     read_only: true,
-                    direct: false
+                    direct: false,
+                    limits: Default::default(),
                 },
                 serial: Some("S1".into()),
             },

@@ -15,7 +15,10 @@ use super::validate::{
     check_file, check_mac, check_max_vcpus, check_non_empty, FileKind, MAX_IFNAME_LEN, MAX_VCPUS,
     MIN_VCPUS,
 };
-use super::{DriveConfig, NetConfig, RngConfig, SerialConfig, VsockConfig, MIN_GUEST_CID};
+use super::{
+    DriveConfig, IoLimits, LimitBucket, NetConfig, RngConfig, SerialConfig, VsockConfig,
+    MIN_GUEST_CID,
+};
 
 /// What a JSON file sets; `None` means the file does not mention it.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -183,7 +186,13 @@ fn machine_config(cfg: &mut FileConfig, obj: &Obj) -> Result<(), ConfigError> {
 }
 
 fn drive(obj: &Obj, ids: &mut IdSet) -> Result<DriveConfig, ConfigError> {
-    obj.only(&["drive_id", "path_on_host", "read_only", "direct"])?;
+    obj.only(&[
+        "drive_id",
+        "path_on_host",
+        "read_only",
+        "direct",
+        "rate_limiter",
+    ])?;
     let id = ids.claim(obj, "drive_id")?;
     let path = PathBuf::from(obj.req_str("path_on_host")?);
     check_file(&obj.child("path_on_host"), &path, FileKind::Disk)?;
@@ -192,11 +201,48 @@ fn drive(obj: &Obj, ids: &mut IdSet) -> Result<DriveConfig, ConfigError> {
         path,
         read_only: obj.opt_bool("read_only")?.unwrap_or(false),
         direct: obj.opt_bool("direct")?.unwrap_or(false),
+        limits: match obj.opt("rate_limiter") {
+            Some(v) => rate_limiter(&Obj::new(obj.child("rate_limiter"), v)?)?,
+            None => IoLimits::default(),
+        },
+    })
+}
+
+/// Firecracker's `rate_limiter`: `bandwidth` (bytes) and `ops` buckets,
+/// each `{size, one_time_burst, refill_time}` with the time in ms.
+fn rate_limiter(obj: &Obj) -> Result<IoLimits, ConfigError> {
+    obj.only(&["bandwidth", "ops"])?;
+    let bucket = |key: &str| -> Result<LimitBucket, ConfigError> {
+        let Some(v) = obj.opt(key) else {
+            return Ok(LimitBucket::default());
+        };
+        let b = Obj::new(obj.child(key), v)?;
+        b.only(&["size", "one_time_burst", "refill_time"])?;
+        let size = b.opt_int("size", 0, u64::MAX)?.unwrap_or(0);
+        let one_time_burst = b.opt_int("one_time_burst", 0, u64::MAX)?.unwrap_or(0);
+        let refill_time_ms = b.opt_int("refill_time", 1, u64::MAX / 1_000_000)?;
+        if size == 0 {
+            return Ok(LimitBucket::default());
+        }
+        let Some(refill_time_ms) = refill_time_ms else {
+            return Err(ConfigError::MissingField {
+                at: b.child("refill_time"),
+            });
+        };
+        Ok(LimitBucket {
+            size,
+            one_time_burst,
+            refill_time_ms,
+        })
+    };
+    Ok(IoLimits {
+        bandwidth: bucket("bandwidth")?,
+        ops: bucket("ops")?,
     })
 }
 
 fn net(obj: &Obj, ids: &mut IdSet) -> Result<NetConfig, ConfigError> {
-    obj.only(&["iface_id", "host_dev_name", "mac"])?;
+    obj.only(&["iface_id", "host_dev_name", "mac", "tx_rate_limiter"])?;
     let id = ids.claim(obj, "iface_id")?;
     let host_dev_name = obj.req_str("host_dev_name")?;
     let at = obj.child("host_dev_name");
@@ -216,6 +262,10 @@ fn net(obj: &Obj, ids: &mut IdSet) -> Result<NetConfig, ConfigError> {
         id,
         host_dev_name: host_dev_name.into(),
         mac: mac.map(str::to_string),
+        tx_limits: match obj.opt("tx_rate_limiter") {
+            Some(v) => rate_limiter(&Obj::new(obj.child("tx_rate_limiter"), v)?)?,
+            None => IoLimits::default(),
+        },
     })
 }
 

@@ -77,13 +77,15 @@ fn full_example() {
                 id: "rootfs".into(),
                 path: f.disk0.clone(),
                 read_only: false,
-                direct: true
+                direct: true,
+                limits: Default::default(),
             },
             DriveConfig {
                 id: "data".into(),
                 path: f.disk1.clone(),
                 read_only: true,
-                direct: false
+                direct: false,
+                limits: Default::default(),
             },
         ]
     );
@@ -93,12 +95,14 @@ fn full_example() {
             NetConfig {
                 id: "net0".into(),
                 host_dev_name: "tap0".into(),
-                mac: Some("12:34:56:78:9A:BC".into())
+                mac: Some("12:34:56:78:9A:BC".into()),
+                tx_limits: Default::default(),
             },
             NetConfig {
                 id: "net1".into(),
                 host_dev_name: "tap1".into(),
-                mac: None
+                mac: None,
+                tx_limits: Default::default(),
             },
         ]
     );
@@ -492,4 +496,65 @@ fn balloon_section() {
         err(r#"{"balloon": {"amount": 1}}"#),
         "balloon.amount: unknown field"
     );
+}
+
+#[test]
+fn drive_rate_limiter_is_firecrackers() {
+    let f = files();
+    let d0 = f.disk0.display();
+    let text = format!(
+        r#"{{"drive": [{{"drive_id": "a", "path_on_host": "{d0}", "rate_limiter": {{
+            "bandwidth": {{"size": 1048576, "one_time_burst": 4096, "refill_time": 500}},
+            "ops": {{"size": 100, "refill_time": 1000}}}}}}]}}"#
+    );
+    let cfg = parse_json("/p", &text).unwrap();
+    assert_eq!(
+        cfg.drives[0].limits,
+        IoLimits {
+            bandwidth: LimitBucket {
+                size: 1 << 20,
+                one_time_burst: 4096,
+                refill_time_ms: 500
+            },
+            ops: LimitBucket {
+                size: 100,
+                one_time_burst: 0,
+                refill_time_ms: 1000
+            },
+        }
+    );
+    let bad = |limiter: &str| {
+        err(&format!(
+            r#"{{"drive": [{{"drive_id": "a", "path_on_host": "{d0}", "rate_limiter": {limiter}}}]}}"#
+        ))
+    };
+    let e = bad(r#"{"ops": {"size": 10}}"#);
+    assert!(e.contains("drive[0].rate_limiter.ops.refill_time"), "{e}");
+    let e = bad(r#"{"ops": {"size": 10, "refill_time": 0}}"#);
+    assert!(e.contains("drive[0].rate_limiter.ops.refill_time"), "{e}");
+    let e = bad(r#"{"iops": {}}"#);
+    assert!(e.contains("drive[0].rate_limiter.iops"), "{e}");
+    let e = bad(r#"{"bandwidth": {"size": -1, "refill_time": 1}}"#);
+    assert!(e.contains("drive[0].rate_limiter.bandwidth.size"), "{e}");
+}
+
+#[test]
+fn net_tx_rate_limiter() {
+    let cfg = parse_json(
+        "/p",
+        r#"{"net": [{"iface_id": "n0", "host_dev_name": "tap0",
+            "tx_rate_limiter": {"ops": {"size": 10, "one_time_burst": 2, "refill_time": 100}}}]}"#,
+    )
+    .unwrap();
+    assert_eq!(
+        cfg.nets[0].tx_limits.ops,
+        LimitBucket {
+            size: 10,
+            one_time_burst: 2,
+            refill_time_ms: 100
+        }
+    );
+    assert_eq!(cfg.nets[0].tx_limits.bandwidth, LimitBucket::default());
+    let e = err(r#"{"net": [{"iface_id": "n0", "host_dev_name": "tap0", "rx_rate_limiter": {}}]}"#);
+    assert!(e.contains("net[0].rx_rate_limiter"), "{e}");
 }

@@ -16,6 +16,7 @@ pub mod fuzzing;
 mod json;
 mod json_strict;
 mod options;
+mod rate_limit;
 mod size;
 mod slots;
 mod validate;
@@ -26,6 +27,7 @@ pub use balloon::DEFAULT_BALLOON_ID;
 pub use cmdline::{parse_cmdline, Command, USAGE};
 pub use devices::{ChardevBackend, DeviceConfig, NetBackend};
 pub use error::{single_line, ConfigError};
+pub use rate_limit::{IoLimits, LimitBucket};
 pub use size::{MIN_MEM_SIZE, PAGE_SIZE};
 pub use validate::{MAX_IFNAME_LEN, MAX_VCPUS, MIN_VCPUS};
 
@@ -215,6 +217,8 @@ pub struct DriveConfig {
     pub read_only: bool,
     /// Open the image with `O_DIRECT`.
     pub direct: bool,
+    /// I/O limits (none by default).
+    pub limits: IoLimits,
 }
 
 /// A virtio network device backed by a host tap device.
@@ -226,6 +230,8 @@ pub struct NetConfig {
     pub host_dev_name: String,
     /// Guest MAC address as written (`xx:xx:xx:xx:xx:xx`), if fixed.
     pub mac: Option<String>,
+    /// Limits on what the guest sends (`tx_rate_limiter`).
+    pub tx_limits: IoLimits,
 }
 
 /// A virtio vsock device.

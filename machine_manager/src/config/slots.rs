@@ -106,6 +106,7 @@ mod tests {
                 path: PathBuf::from("/img"),
                 read_only: false,
                 direct: false,
+                limits: Default::default(),
             },
             serial: None,
         }
@@ -117,6 +118,7 @@ mod tests {
             netdev: id.into(),
             backend: NetBackend::TapName("tap0".into()),
             mac: None,
+            tx_limits: Default::default(),
         }
     }
 

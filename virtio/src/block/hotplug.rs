@@ -23,6 +23,7 @@ use super::{
     build_config, serial_bytes, Block, BlockConfig, BlockError, DiskFile, SECTOR_SIZE, SERIAL_LEN,
     VIRTIO_BLK_F_BLK_SIZE, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_SEG_MAX,
 };
+use crate::rate_limiter::RateLimitConfig;
 use crate::{lock, VIRTIO_F_VERSION_1, VIRTIO_RING_F_INDIRECT_DESC};
 
 /// Features of an empty slot (fixed for whatever gets attached later).
@@ -46,6 +47,7 @@ impl Block {
             acked_features: 0,
             event_loop,
             active: None,
+            rate_limit: RateLimitConfig::default(),
         }
     }
 

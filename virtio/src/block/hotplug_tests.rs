@@ -29,6 +29,7 @@ fn cfg(path: PathBuf) -> BlockConfig {
         read_only: false,
         direct: false,
         serial: Some("hp-0".into()),
+        rate_limit: Default::default(),
     }
 }
 

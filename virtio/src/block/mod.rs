@@ -25,6 +25,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 pub use disk::{AlignedBuf, DiskFile, SECTOR_SIZE};
 
+use crate::rate_limiter::{RateLimitConfig, Throttle};
 use crate::worker::{split_queues, QueueSet, Registrations};
 use crate::{
     read_config_bytes, ActivateError, Interrupt, VirtioDevice, TYPE_BLOCK, VIRTIO_F_VERSION_1,
@@ -154,6 +155,8 @@ pub struct BlockConfig {
     pub direct: bool,
     /// Serial number returned by GET_ID (at most 20 bytes).
     pub serial: Option<String>,
+    /// I/O limits (bandwidth and operations); none by default.
+    pub rate_limit: RateLimitConfig,
 }
 
 struct Active {
@@ -173,6 +176,8 @@ pub struct Block {
     acked_features: u64,
     event_loop: EventLoop,
     active: Option<Active>,
+    /// I/O limits; kept across resets and image changes.
+    rate_limit: RateLimitConfig,
 }
 
 impl Block {
@@ -199,6 +204,7 @@ impl Block {
             acked_features: 0,
             event_loop,
             active: None,
+            rate_limit: config.rate_limit,
         })
     }
 
@@ -221,6 +227,21 @@ impl Block {
     /// Whether the device is processing its queue.
     pub fn is_active(&self) -> bool {
         self.active.is_some()
+    }
+
+    /// The current I/O limits.
+    pub fn rate_limit(&self) -> RateLimitConfig {
+        self.rate_limit
+    }
+
+    /// Changes the I/O limits, at once if the device is running (buckets
+    /// start full).
+    pub fn set_rate_limit(&mut self, limits: RateLimitConfig) -> Result<(), BlockError> {
+        if let Some(active) = &self.active {
+            self.with_worker(&active.worker, |w| w.set_limits(limits))?;
+        }
+        self.rate_limit = limits;
+        Ok(())
     }
 }
 
@@ -297,11 +318,16 @@ impl VirtioDevice for Block {
             self.disk.clone(),
             self.serial,
             self.acked_features,
+            self.rate_limit,
+            Throttle::new()?,
         )
         .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::OutOfMemory))?;
+        let throttle_fd = worker.throttle_fd();
         let worker = Arc::new(Mutex::new(worker));
         let mut registrations = Registrations::new(&self.event_loop);
         registrations.add_queues(&worker, evts, |w: &mut BlockWorker, _| w.process())?;
+        // The worker owns the timer and outlives this registration.
+        registrations.add_fd(&worker, throttle_fd, BlockWorker::resume)?;
         self.active = Some(Active {
             registrations,
             worker,

@@ -19,6 +19,7 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 use super::disk::{AlignedBuf, DiskFile, SECTOR_SIZE};
 use super::*;
 use crate::chain::{descs_in_memory, Chain, Cursor, Desc};
+use crate::rate_limiter::{RateLimitConfig, RateLimiter, Throttle};
 use crate::worker::QueueSet;
 
 /// Size of the bounce buffer (one transfer step).
@@ -47,6 +48,13 @@ pub(super) struct BlockWorker {
     serial: [u8; SERIAL_LEN],
     features: u64,
     buf: AlignedBuf,
+    /// I/O limits; unlimited by default.
+    limiter: RateLimiter,
+    /// Wakes the queue up when the limiter refused a request.
+    throttle: Throttle,
+    /// A request taken from the queue that the limiter has not yet let
+    /// through; served first.
+    pending: Option<Chain>,
 }
 
 impl BlockWorker {
@@ -55,6 +63,8 @@ impl BlockWorker {
         disk: Option<Arc<DiskFile>>,
         serial: [u8; SERIAL_LEN],
         features: u64,
+        limits: RateLimitConfig,
+        throttle: Throttle,
     ) -> Option<Self> {
         Some(BlockWorker {
             qs,
@@ -62,7 +72,51 @@ impl BlockWorker {
             serial,
             features,
             buf: AlignedBuf::new(IO_CHUNK)?,
+            limiter: RateLimiter::new(limits),
+            throttle,
+            pending: None,
         })
+    }
+
+    /// The descriptor of the throttle timer.
+    pub fn throttle_fd(&self) -> std::os::fd::RawFd {
+        self.throttle.fd()
+    }
+
+    /// Replaces the limits (with full buckets); a queue waiting for the old
+    /// limits is looked at again at once.
+    pub fn set_limits(&mut self, limits: RateLimitConfig) {
+        self.limiter = RateLimiter::new(limits);
+        if self.throttle.is_armed() {
+            self.throttle.arm(std::time::Duration::ZERO);
+        }
+    }
+
+    /// The throttle timer fired: serves what it held back. If requests are
+    /// left for later, the timer is re-armed to come back at once.
+    pub fn resume(&mut self) {
+        if self.throttle.expired() && self.process() {
+            self.throttle.arm(std::time::Duration::ZERO);
+        }
+    }
+
+    /// Takes the next request the limiter lets through; `None` when the
+    /// queue is empty or the limiter said to wait (the timer is then armed).
+    fn next_admitted(&mut self) -> Option<Chain> {
+        if self.throttle.is_armed() {
+            return None;
+        }
+        let chain = self.pending.take().or_else(|| self.qs.pop(0))?;
+        if self.limiter.is_limited() {
+            // Data bytes: everything but the 16-byte header and status byte.
+            let total: u64 = chain.descs.iter().map(|d| u64::from(d.len)).sum();
+            if let Err(wait) = self.limiter.consume(total.saturating_sub(17)) {
+                self.pending = Some(chain);
+                self.throttle.arm(wait);
+                return None;
+            }
+        }
+        Some(chain)
     }
 
     /// Replaces the image and the GET_ID serial; returns the previous image.
@@ -79,7 +133,7 @@ impl BlockWorker {
     pub fn process(&mut self) -> bool {
         let mut served = 0;
         while served < BUDGET {
-            let Some(chain) = self.qs.pop(0) else {
+            let Some(chain) = self.next_admitted() else {
                 break;
             };
             let Some(len) = self.handle(&chain) else {

@@ -51,6 +51,7 @@ fn rw_config(path: PathBuf) -> BlockConfig {
         read_only: false,
         direct: false,
         serial: Some("altovirt-disk-0".into()),
+        rate_limit: Default::default(),
     }
 }
 
@@ -559,5 +560,50 @@ fn chain_over_4g_needs_reset() {
     s.evt.write(1).unwrap();
     assert!(wait_for(|| s.irq.needs_reset()));
     assert_eq!(vq.used().idx().load(), 0);
+    s.el.stop();
+}
+
+#[test]
+fn a_held_request_waits_for_the_limit_and_goes_when_it_is_lifted() {
+    use crate::rate_limiter::{BucketConfig, RateLimitConfig};
+    let mem = guest_memory();
+    let vq = MockSplitQueue::new(&mem, QSIZE);
+    let path = image("blk-limit", |_| 0);
+    let mut config = rw_config(path);
+    // One request, then the next token in an hour.
+    config.rate_limit = RateLimitConfig {
+        ops: BucketConfig {
+            size: 1,
+            one_time_burst: 0,
+            refill_time_ms: 3_600_000,
+        },
+        ..Default::default()
+    };
+    let mut s = start(&mem, &vq, config);
+    header(&mem, VIRTIO_BLK_T_IN, 0);
+    write_chain(
+        &vq,
+        0,
+        &[(HDR, 16, false), (DATA, 512, true), status_desc()],
+    );
+    assert_eq!(submit(&s, &mem, &vq, 0).0, VIRTIO_BLK_S_OK);
+    write_chain(
+        &vq,
+        4,
+        &[(HDR, 16, false), (DATA, 512, true), status_desc()],
+    );
+    publish(&vq, &[4]);
+    // Kicks do not get a request past an empty bucket.
+    for _ in 0..3 {
+        s.evt.write(1).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(30));
+    }
+    assert_eq!(vq.used().idx().load(), 1);
+    // Lifting the limit (as QMP block_set_io_throttle does) serves the
+    // held request without another kick.
+    s.blk.set_rate_limit(RateLimitConfig::default()).unwrap();
+    assert_eq!(s.blk.rate_limit(), RateLimitConfig::default());
+    assert!(wait_for(|| vq.used().idx().load() == 2));
+    assert_eq!(used_elem(&vq, 1), (4, 513));
     s.el.stop();
 }

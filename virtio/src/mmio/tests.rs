@@ -474,8 +474,9 @@ fn block_device_end_to_end_through_registers() {
     wr(&mut t, REG_INTERRUPT_ACK, 1);
     assert_eq!(rd(&mut t, REG_INTERRUPT_STATUS), 0);
 
-    // Reset unregisters the device from the loop.
-    assert_eq!(el.registrations(), 1);
+    // Reset unregisters the device from the loop (its queue and its
+    // rate-limit timer).
+    assert_eq!(el.registrations(), 2);
     wr(&mut t, REG_STATUS, 0);
     assert_eq!(el.registrations(), 0);
     el.stop();

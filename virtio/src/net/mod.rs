@@ -25,6 +25,7 @@ use vmm_sys_util::eventfd::EventFd;
 pub use hotplug::{Unplugged, UNPLUGGED_NAME};
 pub use tap::{Tap, TapError, MAX_IFNAME_LEN, TUN_DEVICE};
 
+use crate::rate_limiter::{RateLimitConfig, Throttle};
 use crate::worker::{split_queues, QueueSet, Registrations};
 use crate::{
     lock, read_config_bytes, ActivateError, Interrupt, VirtioDevice, TYPE_NET, VIRTIO_F_VERSION_1,
@@ -201,6 +202,8 @@ pub struct Net {
     active: Option<Active>,
     /// False for an empty hotplug slot.
     plugged: bool,
+    /// Limits on what the guest sends.
+    tx_limit: RateLimitConfig,
 }
 
 impl Net {
@@ -234,7 +237,15 @@ impl Net {
             event_loop,
             active: None,
             plugged: true,
+            tx_limit: RateLimitConfig::default(),
         })
+    }
+
+    /// Limits the frames and bytes the guest may send (from the next
+    /// activation on).
+    pub fn with_tx_limit(mut self, limit: RateLimitConfig) -> Self {
+        self.tx_limit = limit;
+        self
     }
 
     /// The guest's MAC address.
@@ -294,9 +305,26 @@ impl VirtioDevice for Net {
         }
         let (queues, evts) = split_queues(queues, 2)?;
         let qs = QueueSet::new("virtio-net", mem, interrupt, queues);
-        let worker = NetWorker::new(qs, self.io.clone(), self.event_loop.clone());
+        // The timer exists only with a limit: no cost otherwise.
+        let throttle = if self.tx_limit.is_limited() {
+            Some(Throttle::new()?)
+        } else {
+            None
+        };
+        let throttle_fd = throttle.as_ref().map(Throttle::fd);
+        let worker = NetWorker::new(
+            qs,
+            self.io.clone(),
+            self.event_loop.clone(),
+            self.tx_limit,
+            throttle,
+        );
         let mut registrations = Registrations::new(&self.event_loop);
         registrations.add_queues(&worker, evts, |w: &mut NetWorker, q| w.handle_queue(q))?;
+        if let Some(fd) = throttle_fd {
+            // The worker owns the timer and outlives this registration.
+            registrations.add_fd(&worker, fd, NetWorker::resume_tx)?;
+        }
         // Frames may already be waiting; the receive handler stops itself
         // at once if the guest has no buffers yet.
         lock(&worker).start_reading();

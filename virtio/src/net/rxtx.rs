@@ -21,6 +21,7 @@ use util::event_loop::{EventLoop, Token};
 use super::{FrameIo, ETH_HLEN, MAX_FRAME_LEN, MAX_TX_CHAIN_LEN, NET_HDR_LEN, RXQ, TXQ};
 use crate::chain::{descs_in_memory, Chain, Cursor, Desc};
 use crate::lock;
+use crate::rate_limiter::{RateLimitConfig, RateLimiter, Throttle};
 use crate::worker::QueueSet;
 
 /// Frames moved per handler call before yielding to other devices.
@@ -80,10 +81,23 @@ pub(super) struct NetWorker {
     tx_buf: Vec<u8>,
     rx_drops: DropLog,
     tx_drops: DropLog,
+    /// Limits on transmitted frames and bytes.
+    tx_limiter: RateLimiter,
+    /// Wakes transmit up when the limiter held a frame back (only with a
+    /// limit).
+    tx_throttle: Option<Throttle>,
+    /// A transmit chain the limiter has not let through yet.
+    tx_pending: Option<Chain>,
 }
 
 impl NetWorker {
-    pub fn new(qs: QueueSet, io: Arc<dyn FrameIo>, event_loop: EventLoop) -> Arc<Mutex<Self>> {
+    pub fn new(
+        qs: QueueSet,
+        io: Arc<dyn FrameIo>,
+        event_loop: EventLoop,
+        tx_limits: RateLimitConfig,
+        tx_throttle: Option<Throttle>,
+    ) -> Arc<Mutex<Self>> {
         Arc::new_cyclic(|me| {
             Mutex::new(NetWorker {
                 qs,
@@ -103,6 +117,9 @@ impl NetWorker {
                     dir: "tx",
                     count: 0,
                 },
+                tx_limiter: RateLimiter::new(tx_limits),
+                tx_throttle,
+                tx_pending: None,
             })
         })
     }
@@ -166,11 +183,43 @@ impl NetWorker {
         self.rx_token.take()
     }
 
+    /// The transmit throttle timer fired: sends what it held back.
+    pub fn resume_tx(&mut self) {
+        let expired = self.tx_throttle.as_mut().is_some_and(Throttle::expired);
+        if expired && self.process_tx() {
+            if let Some(t) = self.tx_throttle.as_mut() {
+                t.arm(std::time::Duration::ZERO);
+            }
+        }
+    }
+
+    /// The next transmit chain the limiter lets through; `None` when the
+    /// queue is empty or the limiter said to wait (the timer is armed).
+    fn next_tx(&mut self) -> Option<Chain> {
+        let Some(throttle) = self.tx_throttle.as_mut() else {
+            return self.qs.pop(TXQ);
+        };
+        if throttle.is_armed() {
+            return None;
+        }
+        let chain = self.tx_pending.take().or_else(|| self.qs.pop(TXQ))?;
+        let total: u64 = chain.descs.iter().map(|d| u64::from(d.len)).sum();
+        if let Err(wait) = self
+            .tx_limiter
+            .consume(total.saturating_sub(NET_HDR_LEN as u64))
+        {
+            self.tx_pending = Some(chain);
+            throttle.arm(wait);
+            return None;
+        }
+        Some(chain)
+    }
+
     /// Serves the transmit queue; true if chains were left for later.
     fn process_tx(&mut self) -> bool {
         let mut served = 0;
         while served < BUDGET {
-            let Some(chain) = self.qs.pop(TXQ) else {
+            let Some(chain) = self.next_tx() else {
                 break;
             };
             if let Err(why) = self.transmit(&chain) {

@@ -104,9 +104,15 @@ struct Rig<'a> {
 }
 
 fn rig<'a>(mem: &'a GuestMemoryMmap, name: &str) -> Rig<'a> {
+    rig_limited(mem, name, RateLimitConfig::default())
+}
+
+fn rig_limited<'a>(mem: &'a GuestMemoryMmap, name: &str, tx: RateLimitConfig) -> Rig<'a> {
     let el = EventLoop::new(name).unwrap();
     let (dev_end, host) = socketpair();
-    let net = Net::with_backend(Box::new(Seqpacket(dev_end)), None, el.clone()).unwrap();
+    let net = Net::with_backend(Box::new(Seqpacket(dev_end)), None, el.clone())
+        .unwrap()
+        .with_tx_limit(tx);
     let mut r = Rig {
         el,
         net,
@@ -198,6 +204,42 @@ fn tx_frame_reaches_the_backend_without_header() {
     assert!(wait_for(|| r.tx.used().idx().load() == 2));
     assert_eq!(host_recv(&r).unwrap(), big);
     r.el.stop();
+}
+
+#[test]
+fn tx_limit_holds_frames_back_until_its_timer_fires() {
+    use crate::rate_limiter::BucketConfig;
+    for (refill_time_ms, delivered) in [(3_600_000, false), (20, true)] {
+        let mem = guest_memory();
+        let ops = BucketConfig {
+            size: 1,
+            one_time_burst: 0,
+            refill_time_ms,
+        };
+        let limit = RateLimitConfig {
+            ops,
+            ..Default::default()
+        };
+        let r = rig_limited(&mem, "net-tx-limit", limit);
+        let mut data = vec![0; NET_HDR_LEN];
+        data.extend_from_slice(&frame(60, 1));
+        send_tx(&r, &mem, 0, &data, &[data.len()]);
+        assert!(wait_for(|| r.tx.used().idx().load() == 1));
+        send_tx(&r, &mem, 4, &data, &[data.len()]);
+        if delivered {
+            // The timer, not another kick, lets the second frame out.
+            assert!(wait_for(|| r.tx.used().idx().load() == 2));
+            assert!(host_recv(&r).is_some() && host_recv(&r).is_some());
+        } else {
+            // Kicks do not get past an empty bucket.
+            r.tx_evt.write(1).unwrap();
+            std::thread::sleep(Duration::from_millis(100));
+            assert_eq!(r.tx.used().idx().load(), 1);
+            assert!(host_recv(&r).is_some());
+            assert!(host_recv(&r).is_none());
+        }
+        r.el.stop();
+    }
 }
 
 #[test]
