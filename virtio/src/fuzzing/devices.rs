@@ -286,6 +286,7 @@ pub(super) fn make_device(
                         read_only: m == 2,
                         direct: false,
                         serial: Some("fuzz-serial".into()),
+                        rate_limit: Default::default(),
                     },
                     event_loop.clone(),
                 )
