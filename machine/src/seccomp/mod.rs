@@ -213,7 +213,7 @@ const SI_SYSCALL_OFFSET: usize = 24;
 
 /// The `SIGSYS` handler: only async-signal-safe calls (prctl to read the
 /// thread name, write, _exit), all allowed in every filter.
-extern "C" fn on_sigsys(_sig: libc::c_int, info: *mut libc::siginfo_t, _ctx: *mut libc::c_void) {
+extern "C" fn on_sigsys(_sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
     let mut nr: i32 = -1;
     if !info.is_null() {
         // SAFETY: the kernel passes a valid siginfo_t of at least 128 bytes;
@@ -226,7 +226,7 @@ extern "C" fn on_sigsys(_sig: libc::c_int, info: *mut libc::siginfo_t, _ctx: *mu
     // SAFETY: PR_GET_NAME writes at most 16 bytes into the buffer.
     unsafe { libc::prctl(libc::PR_GET_NAME, name.as_mut_ptr(), 0, 0, 0) };
     let name_len = name.iter().position(|&b| b == 0).unwrap_or(16);
-    let mut line = [0u8; 192];
+    let mut line = [0u8; 288];
     let mut len = 0;
     for part in [
         b"altovirt: seccomp: thread '".as_slice(),
@@ -237,6 +237,30 @@ extern "C" fn on_sigsys(_sig: libc::c_int, info: *mut libc::siginfo_t, _ctx: *mu
     }
     let mut digits = [0u8; 12];
     len += copy_into(&mut line[len..], format_i32(nr, &mut digits));
+    if nr == libc::SYS_openat as i32 && !ctx.is_null() {
+        // SAFETY: for SIGSYS the kernel passes the interrupted thread's
+        // ucontext; openat's path is its second argument (RSI), a
+        // NUL-terminated string the calling code passed, so readable.
+        let path = unsafe {
+            let uc = &*ctx.cast::<libc::ucontext_t>();
+            uc.uc_mcontext.gregs[libc::REG_RSI as usize] as *const u8
+        };
+        len += copy_into(&mut line[len..], b" (openat \"");
+        for i in 0..64 {
+            // SAFETY: reads the path string byte by byte up to its NUL or
+            // 64 bytes (see above).
+            let b = if path.is_null() {
+                0
+            } else {
+                unsafe { *path.add(i) }
+            };
+            if b == 0 {
+                break;
+            }
+            len += copy_into(&mut line[len..], &[b]);
+        }
+        len += copy_into(&mut line[len..], b"\")");
+    }
     len += copy_into(
         &mut line[len..],
         b"; exiting (see docs/security.md; -disable-seccomp turns the filters off)\n",
