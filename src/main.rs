@@ -15,7 +15,8 @@ use machine_manager::config::{
 use machine_manager::log_limit::LogStats;
 use machine_manager::logger::{self, LoggerError};
 use machine_manager::process::{
-    block_terminating_signals, daemonize, spawn_signal_thread, PidFile, ProcessError, TerminalGuard,
+    block_terminating_signals, daemonize, single_malloc_arena, spawn_signal_thread, PidFile,
+    ProcessError, TerminalGuard,
 };
 use qmp::{EventHub, QmpServer, QmpServerError, QmpServerHandle, QmpThreadFilters};
 
@@ -30,6 +31,7 @@ const EXIT_FAILURE: u8 = 1;
 
 fn main() -> ExitCode {
     let start = Instant::now();
+    single_malloc_arena();
     let mut args = Vec::new();
     for (i, arg) in std::env::args_os().skip(1).enumerate() {
         match arg.into_string() {
