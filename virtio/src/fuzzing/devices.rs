@@ -22,6 +22,8 @@ use crate::{lock, VirtioDevice};
 
 /// Size of the fuzzing disk image (128 sectors).
 const DISK_SIZE: usize = 64 << 10;
+/// Name prefix of the scratch directories.
+const DIR_PREFIX: &str = "altovirt-virtio-fuzz-";
 /// Host ports of the vsock listeners a guest can connect to.
 pub(super) const VSOCK_HOST_PORTS: [u32; 2] = [1024, 5000];
 
@@ -166,16 +168,16 @@ pub(super) struct HostSide {
 }
 
 impl HostSide {
-    /// Creates the directory and its files under `base`.
+    /// Creates the directory and its files under `base`, first removing
+    /// what fuzzing processes that are gone left there (libFuzzer ends
+    /// with `exit`, which drops no static).
     pub fn new(base: &Path) -> io::Result<Self> {
+        remove_stale(base);
         // Unique per process and instance (tests create several at once).
         let stamp = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos());
-        let dir = base.join(format!(
-            "altovirt-virtio-fuzz-{}-{stamp}",
-            std::process::id()
-        ));
+        let dir = base.join(format!("{DIR_PREFIX}{}-{stamp}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir)?;
         let disk = dir.join("disk.img");
@@ -209,6 +211,26 @@ impl HostSide {
                     into.push(s);
                 }
             }
+        }
+    }
+}
+
+/// Removes `base/altovirt-virtio-fuzz-PID-*` directories of processes
+/// that no longer exist.
+fn remove_stale(base: &Path) {
+    let Ok(entries) = std::fs::read_dir(base) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix(DIR_PREFIX)) else {
+            continue;
+        };
+        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_dir_all(e.path());
         }
     }
 }
