@@ -247,11 +247,11 @@ extern "C" fn on_sigsys(_sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut
         };
         len += copy_into(&mut line[len..], b" (openat \"");
         for i in 0..64 {
-            // SAFETY: reads the path string byte by byte up to its NUL or
-            // 64 bytes (see above).
             let b = if path.is_null() {
                 0
             } else {
+                // SAFETY: reads the path string byte by byte up to its NUL
+                // or 64 bytes (see above).
                 unsafe { *path.add(i) }
             };
             if b == 0 {
