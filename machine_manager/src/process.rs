@@ -250,6 +250,16 @@ impl Drop for TerminalGuard {
     }
 }
 
+/// Makes every thread allocate from glibc's main arena, before any thread
+/// exists. A per-thread arena reads `/proc/sys/vm/overcommit_memory` the
+/// first time it shrinks, an `openat` no confined thread may make (the
+/// nested rig caught a virtio I/O thread doing it at exit); one arena also
+/// keeps the VMM's memory small. Large blocks are still mmap'ed.
+pub fn single_malloc_arena() {
+    // SAFETY: mallopt only sets a malloc parameter; called before threads.
+    unsafe { libc::mallopt(libc::M_ARENA_MAX, 1) };
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -282,14 +292,4 @@ mod tests {
         drop(again);
         let _ = std::fs::remove_dir_all(&dir);
     }
-}
-
-/// Makes every thread allocate from glibc's main arena, before any thread
-/// exists. A per-thread arena reads `/proc/sys/vm/overcommit_memory` the
-/// first time it shrinks, an `openat` no confined thread may make (the
-/// nested rig caught a virtio I/O thread doing it at exit); one arena also
-/// keeps the VMM's memory small. Large blocks are still mmap'ed.
-pub fn single_malloc_arena() {
-    // SAFETY: mallopt only sets a malloc parameter; called before threads.
-    unsafe { libc::mallopt(libc::M_ARENA_MAX, 1) };
 }
