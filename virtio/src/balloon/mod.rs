@@ -30,10 +30,10 @@ use std::sync::{Arc, Mutex};
 
 use address_space::GuestMemoryMmap;
 use util::event_loop::EventLoop;
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::Queue;
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::worker::{QueueSet, Registrations};
+use crate::worker::{split_queues, QueueSet, Registrations};
 use crate::{read_config_bytes, ActivateError, Interrupt, VirtioDevice, TYPE_BALLOON};
 use crate::{VIRTIO_F_VERSION_1, VIRTIO_RING_F_INDIRECT_DESC};
 use discard::Discarder;
@@ -254,15 +254,9 @@ impl VirtioDevice for Balloon {
         }
         // Queues the driver does not use (reporting without the feature)
         // are left alone.
-        let mut used_queues = Vec::with_capacity(kinds.len());
-        let mut evts = Vec::with_capacity(kinds.len());
-        for (i, (q, evt)) in queues.into_iter().take(kinds.len()).enumerate() {
-            if !q.ready() {
-                return Err(ActivateError::QueueNotReady(i));
-            }
-            used_queues.push(q);
-            evts.push(evt);
-        }
+        let mut queues = queues;
+        queues.truncate(kinds.len());
+        let (used_queues, evts) = split_queues(queues, kinds.len())?;
         let worker = Arc::new(Mutex::new(BalloonWorker {
             discarder: Discarder::new(mem.clone(), &self.config.usable),
             qs: QueueSet::new("virtio-balloon", mem, interrupt.clone(), used_queues),

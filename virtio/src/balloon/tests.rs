@@ -5,6 +5,7 @@ use crate::VIRTIO_MMIO_INT_CONFIG;
 use address_space::memory::create_guest_memory;
 use address_space::MemoryOptions;
 use virtio_queue::mock::MockSplitQueue;
+use virtio_queue::QueueT;
 use vm_memory::GuestAddress;
 use vmm_sys_util::eventfd::EFD_NONBLOCK;
 
