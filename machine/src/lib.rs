@@ -21,6 +21,7 @@ pub mod power_button;
 pub mod qmp_bridge;
 mod qmp_convert;
 pub mod seccomp;
+pub mod snapshot;
 pub mod virtio_devices;
 
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
