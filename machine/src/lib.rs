@@ -248,7 +248,11 @@ impl MicroVm {
         if let Some(inc) = &incoming {
             restore_snapshot(inc, &vm, &vcpus, &mut virtio, &mut legacy, &hotplug)
                 .map_err(MachineError::Incoming)?;
-            log::info!("restored the snapshot in {}", inc.dir.display());
+            log::info!(
+                "restored the snapshot in {} after {} us",
+                inc.dir.display(),
+                start.elapsed().as_micros()
+            );
         }
         Ok(Self {
             vcpus,
