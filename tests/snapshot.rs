@@ -4,6 +4,9 @@
 //! and in a register and prints a checksum of a page it filled at boot: a
 //! restored guest must continue the count without booting again.
 
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::io::{BufRead, BufReader, Write};
