@@ -333,10 +333,25 @@ JSON
     if wait_for /tmp/$sc.serial L2-SNAP-READY 120; then
         say $sc cold-boot-complete-us $(boot_time_us $sc)
         say $sc cold-ready-ms $((($(now_cs) - T0) * 10))
-        qmp /tmp/$sc.qmp '{"execute":"stop"}' \
-            '{"execute":"migrate","arguments":{"uri":"file:/tmp/'$sc'-snap"}}' \
-            '{"execute":"query-migrate"}' '{"execute":"quit"}' |
-            tr -d '\r' | sed "s/^/RIG $sc qmp-save /"
+        # Writing guest RAM takes seconds here (L1's user space runs under
+        # TCG): the client stays until query-migrate has answered.
+        {
+            echo '{"execute":"qmp_capabilities"}'
+            echo '{"execute":"stop"}'
+            echo '{"execute":"migrate","arguments":{"uri":"file:/tmp/'$sc'-snap"}}'
+            echo '{"execute":"query-migrate"}'
+            i=0
+            while ! grep -q '"status"' /tmp/$sc.qmp-save 2>/dev/null && [ $i -lt 1200 ]; do
+                i=$((i + 1))
+                sleep 0.1
+            done
+            echo '{"execute":"quit"}'
+            sleep 1
+        } | socat -t 2 - UNIX-CONNECT:/tmp/$sc.qmp >/tmp/$sc.qmp-save 2>&1
+        tr -d '\r' </tmp/$sc.qmp-save | sed "s/^/RIG $sc qmp-save /"
+        i=0
+        while kill -0 $VMM 2>/dev/null && [ $i -lt 300 ]; do i=$((i + 1)); sleep 0.1; done
+        kill -9 $VMM 2>/dev/null
         wait $VMM
         say $sc save-exit $?
         say $sc snap-files "$(ls /tmp/$sc-snap | tr '\n' ' ')"
