@@ -353,6 +353,20 @@ impl VirtioDevice for Block {
         }
         self.acked_features = 0;
     }
+
+    fn snapshot_blocker(&self) -> Option<String> {
+        None
+    }
+
+    fn queue_states(&self) -> Option<Vec<virtio_queue::QueueState>> {
+        self.active
+            .as_ref()
+            .map(|a| crate::lock(&a.worker).queue_states())
+    }
+
+    fn sync(&self) -> std::io::Result<()> {
+        self.disk.as_ref().map_or(Ok(()), |d| d.flush())
+    }
 }
 
 #[cfg(test)]
