@@ -609,7 +609,8 @@ impl BlockHotplug {
                 .ok_or_else(|| format!("disk '{id}' is not on this command line"))?;
             let mut b = locked(&block.1);
             check_capacity(id, *capacity, b.capacity())?;
-            b.set_rate_limit(*limits).map_err(|e| format!("'{id}': {e}"))?;
+            b.set_rate_limit(*limits)
+                .map_err(|e| format!("'{id}': {e}"))?;
         }
         Ok(())
     }

@@ -404,7 +404,8 @@ impl NetHotplug {
             .cloned()
             .collect();
         for id in extra {
-            self.netdev_del(&id).map_err(|e| format!("netdev '{id}': {e}"))?;
+            self.netdev_del(&id)
+                .map_err(|e| format!("netdev '{id}': {e}"))?;
         }
         for n in &s.netdevs {
             if self.netdevs.contains_key(&n.id) {
@@ -462,5 +463,76 @@ mod tests {
         assert!(desc(choose_slot(Some("x"), &free, "block", "Slot")).contains("Invalid addr 'x'"));
         assert!(desc(choose_slot(None, &[false], "network", "Network slot"))
             .contains("No free network slot (all 1 in use)"));
+    }
+
+    struct FakeTap(vmm_sys_util::eventfd::EventFd, String);
+    impl std::os::fd::AsRawFd for FakeTap {
+        fn as_raw_fd(&self) -> std::os::fd::RawFd {
+            self.0.as_raw_fd()
+        }
+    }
+    impl FrameIo for FakeTap {
+        fn name(&self) -> &str {
+            &self.1
+        }
+        fn send(&self, _frame: &[u8]) -> std::io::Result<()> {
+            Ok(())
+        }
+        fn recv(&self, _buf: &mut [u8]) -> std::io::Result<usize> {
+            Err(std::io::ErrorKind::WouldBlock.into())
+        }
+    }
+
+    fn fake(name: &str) -> Arc<dyn FrameIo> {
+        let efd = vmm_sys_util::eventfd::EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        Arc::new(FakeTap(efd, name.to_string()))
+    }
+
+    #[test]
+    fn snapshot_refuses_a_tap_passed_as_descriptor_and_records_named_ones() {
+        let mut hp = NetHotplug::new(vec![]);
+        hp.netdevs.insert("n0".into(), Netdev::Free(fake("tap0")));
+        hp.origins.insert("n0".into(), Origin::Named("tap0".into()));
+        let s = hp.save_state().unwrap();
+        assert_eq!(
+            s.netdevs,
+            vec![NetdevState {
+                id: "n0".into(),
+                ifname: Some("tap0".into())
+            }]
+        );
+        hp.netdevs.insert("n1".into(), Netdev::Free(fake("tap1")));
+        hp.origins.insert("n1".into(), Origin::Fd);
+        let e = hp.save_state().unwrap_err();
+        assert!(
+            e.starts_with("netdev 'n1': its TAP was passed as a file descriptor"),
+            "{e}"
+        );
+        hp.netdev_del("n1").unwrap();
+        assert!(hp.save_state().is_ok(), "origin forgotten with the netdev");
+    }
+
+    #[test]
+    fn restore_drops_netdevs_deleted_before_the_snapshot() {
+        let mut hp = NetHotplug::new(vec![]);
+        hp.netdevs.insert("boot".into(), Netdev::Free(fake("tapb")));
+        hp.origins.insert("boot".into(), Origin::Boot);
+        let saved = NetHotplugState {
+            netdevs: vec![],
+            slots: vec![],
+        };
+        hp.restore_state(&saved).unwrap();
+        assert!(hp.netdevs.is_empty());
+        let saved = NetHotplugState {
+            netdevs: vec![NetdevState {
+                id: "other".into(),
+                ifname: None,
+            }],
+            slots: vec![],
+        };
+        assert_eq!(
+            hp.restore_state(&saved).unwrap_err(),
+            "netdev 'other' is not on this command line"
+        );
     }
 }

@@ -155,10 +155,8 @@ mod tests {
     fn kick(fd: &OwnedFd) {
         let v = 1u64;
         // SAFETY: valid buffer.
-        assert_eq!(
-            unsafe { libc::write(fd.as_raw_fd(), (&v as *const u64).cast(), 8) },
-            8
-        );
+        let n = unsafe { libc::write(fd.as_raw_fd(), (&v as *const u64).cast(), 8) };
+        assert_eq!(n, 8);
     }
 
     #[test]

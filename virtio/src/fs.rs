@@ -300,7 +300,10 @@ impl VirtioDevice for VhostUserFs {
     }
 
     fn snapshot_blocker(&self) -> Option<String> {
-        Some("vhost-user-fs cannot be snapshotted (the back-end process owns its queues and state)".to_string())
+        Some(
+            "vhost-user-fs cannot be snapshotted (the back-end process owns its queues and state)"
+                .to_string(),
+        )
     }
 
     fn reset(&mut self) {

@@ -226,7 +226,11 @@ impl Block {
 
     /// The GET_ID serial number, if one was given.
     pub fn serial(&self) -> Option<String> {
-        let end = self.serial.iter().position(|&b| b == 0).unwrap_or(SERIAL_LEN);
+        let end = self
+            .serial
+            .iter()
+            .position(|&b| b == 0)
+            .unwrap_or(SERIAL_LEN);
         let s = self.serial.get(..end)?;
         (!s.is_empty()).then(|| String::from_utf8_lossy(s).into_owned())
     }

@@ -24,8 +24,7 @@ impl MmioTransport {
     /// be consistent with guest memory.
     pub fn save(&self) -> TransportState {
         let device = lock(&self.device);
-        let mut queues: Vec<QueueSnapshot> =
-            self.queues.iter().map(|q| q.state().into()).collect();
+        let mut queues: Vec<QueueSnapshot> = self.queues.iter().map(|q| q.state().into()).collect();
         if self.activated {
             if let Some(live) = device.queue_states() {
                 for (slot, state) in queues.iter_mut().zip(live) {

@@ -360,9 +360,7 @@ impl VirtioDevice for Net {
     }
 
     fn queue_states(&self) -> Option<Vec<virtio_queue::QueueState>> {
-        self.active
-            .as_ref()
-            .map(|a| lock(&a.worker).queue_states())
+        self.active.as_ref().map(|a| lock(&a.worker).queue_states())
     }
 }
 

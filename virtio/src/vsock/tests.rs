@@ -387,7 +387,8 @@ fn restore_queues_a_transport_reset_event() {
     let mut rig = Rig::new(&mem, "vsock-restore");
     // The guest keeps event buffers posted; one 8-byte buffer here.
     let buf = 0x8_0000u64;
-    mem.write_obj(0xffff_ffffu32, vm_memory::GuestAddress(buf)).unwrap();
+    mem.write_obj(0xffff_ffffu32, vm_memory::GuestAddress(buf))
+        .unwrap();
     rig.ev.write_chain(0, &[(buf, 8, true)]);
     rig.ev.publish(&[0]);
     rig.irq.ack(u32::MAX);

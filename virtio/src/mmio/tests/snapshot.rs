@@ -69,7 +69,10 @@ fn save_restore_round_trip_keeps_registers_and_queue_positions() {
     let state: TransportState = a.save();
     drop(frozen);
     assert!(state.activated);
-    assert_eq!(state.queues[0].next_avail, 2, "live position from the worker");
+    assert_eq!(
+        state.queues[0].next_avail, 2,
+        "live position from the worker"
+    );
     assert_eq!(state.queues[0].next_used, 2);
     assert_ne!(state.interrupt_status & crate::VIRTIO_MMIO_INT_VRING, 0);
     // Stop the old device so only the restored one serves the ring.
@@ -81,7 +84,11 @@ fn save_restore_round_trip_keeps_registers_and_queue_positions() {
     b.restore(&state).unwrap();
     assert!(b.is_activated());
     assert_eq!(b.save(), state, "saving again gives the same state");
-    assert_eq!(registers(&mut b), before, "the driver reads the same registers");
+    assert_eq!(
+        registers(&mut b),
+        before,
+        "the driver reads the same registers"
+    );
 
     // The guest offered a third chain just before the snapshot; the kick
     // after restore serves it, at the saved positions.
