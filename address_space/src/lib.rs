@@ -4,6 +4,7 @@
 
 pub mod bus;
 pub mod memory;
+pub mod ram_file;
 
 pub use bus::{Bus, BusDevice, BusError};
 pub use memory::{GuestMemoryMmap, MemoryError, MemoryOptions};

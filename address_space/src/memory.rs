@@ -35,6 +35,9 @@ pub enum MemoryError {
     /// memfd_create failed (needed for mem-share=on).
     #[error("cannot create shared memory file: {0}")]
     Memfd(std::io::Error),
+    /// The snapshot's RAM file could not be used.
+    #[error("cannot use the RAM file: {0}")]
+    RamFile(std::io::Error),
     /// mmap of a RAM region failed.
     #[error("cannot map {size:#x} bytes of guest RAM: {source}")]
     Mmap {

@@ -7,9 +7,11 @@ pub mod error;
 pub mod lapic;
 pub mod msrs;
 pub mod regs;
+pub mod state;
 pub mod vcpu;
 
 pub use error::CpuError;
+pub use state::VcpuState;
 pub use vcpu::{
     install_kick_handler, Vcpu, VcpuControl, VcpuEvent, VcpuEventSink, VcpuHandle, VcpuRunState,
     VcpuStopState,

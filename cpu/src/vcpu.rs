@@ -18,6 +18,7 @@ use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
 use vmm_sys_util::signal::{register_signal_handler, SIGRTMIN};
 
 use crate::error::{kvm, CpuError};
+use crate::state::{self, VcpuState};
 use crate::{cpuid, lapic, msrs, regs};
 
 /// KVM_SYSTEM_EVENT_SHUTDOWN.
@@ -52,6 +53,8 @@ pub trait VcpuEventSink: Send + Sync {
 enum NextStep {
     Run,
     Reset,
+    /// Read the whole state for a snapshot (these MSRs).
+    Save(Vec<u32>),
     Exit,
 }
 
@@ -95,6 +98,10 @@ struct ControlState {
     parked: bool,
     /// Read when the thread parked for a pause (or was reset while paused).
     stopped: Option<VcpuStopState>,
+    /// A snapshot of the state is asked for (the MSRs to read).
+    save_requested: Option<Vec<u32>>,
+    /// The answer to `save_requested`.
+    saved: Option<Result<VcpuState, String>>,
 }
 
 /// Shared control block between a vCPU thread and the machine.
@@ -113,6 +120,8 @@ impl VcpuControl {
                 tid: None,
                 parked: false,
                 stopped: None,
+                save_requested: None,
+                saved: None,
             }),
             changed: Condvar::new(),
         })
@@ -162,6 +171,11 @@ impl VcpuControl {
             if st.reset_requested && st.requested != VcpuRunState::Exiting {
                 return NextStep::Reset;
             }
+            if st.requested == VcpuRunState::Paused {
+                if let Some(msrs) = st.save_requested.take() {
+                    return NextStep::Save(msrs);
+                }
+            }
             match st.requested {
                 VcpuRunState::Running => {
                     st.parked = false;
@@ -191,6 +205,32 @@ impl VcpuControl {
         st.reset_requested = false;
         st.stopped = stopped;
         self.changed.notify_all();
+    }
+
+    /// The state asked for by `save_and_wait` is read (or failed).
+    fn save_done(&self, saved: Result<VcpuState, String>) {
+        let mut st = self.lock();
+        st.saved = Some(saved);
+        self.changed.notify_all();
+    }
+
+    /// Asks a paused vCPU for its whole state and waits (up to `timeout`).
+    fn save_and_wait(&self, msrs: Vec<u32>, timeout: Duration) -> Result<VcpuState, String> {
+        let mut st = self.lock();
+        if st.requested != VcpuRunState::Paused {
+            return Err("the vCPU is not paused".into());
+        }
+        st.saved = None;
+        st.save_requested = Some(msrs);
+        self.changed.notify_all();
+        let (mut st, _) = self
+            .changed
+            .wait_timeout_while(st, timeout, |s| s.saved.is_none())
+            .unwrap_or_else(|p| p.into_inner());
+        st.save_requested = None;
+        st.saved
+            .take()
+            .unwrap_or_else(|| Err("the vCPU did not answer".into()))
     }
 
     /// Asks a paused vCPU to return to its initial state and waits (up to
@@ -323,6 +363,11 @@ impl Vcpu {
         })
     }
 
+    /// Puts the vCPU in a snapshot's state (before its thread starts).
+    pub fn restore_state(&self, saved: &VcpuState) -> Result<(), CpuError> {
+        state::apply(&self.fd, saved)
+    }
+
     /// Starts the vCPU on its own thread, named `vcpu<N>`. The thread
     /// installs `filter` (a seccomp program) before its first KVM_RUN; if
     /// that fails the vCPU reports an error and never runs.
@@ -371,6 +416,11 @@ impl Vcpu {
                         log::error!("vCPU {id}: reset failed: {e}");
                     }
                     control.reset_done(self.stop_state());
+                    continue;
+                }
+                NextStep::Save(msrs) => {
+                    let saved = state::capture(&self.fd, id, &msrs).map_err(|e| e.to_string());
+                    control.save_done(saved);
                     continue;
                 }
             }
@@ -528,6 +578,17 @@ impl VcpuHandle {
     /// vCPU could not be reset (its thread has ended).
     pub fn reset(&self) -> bool {
         !self.finished() && self.control.reset_and_wait(Duration::from_secs(5))
+    }
+
+    /// The whole state of a paused vCPU, for a snapshot; `msrs` are the
+    /// MSR indices to save. Read on the vCPU's thread (which owns it).
+    pub fn save_state(&self, msrs: Vec<u32>) -> Result<VcpuState, String> {
+        if self.finished() {
+            return Err(format!("vCPU {}: its thread has ended", self.id));
+        }
+        self.control
+            .save_and_wait(msrs, Duration::from_secs(5))
+            .map_err(|e| format!("vCPU {}: {e}", self.id))
     }
 
     /// Lets a paused vCPU run again.

@@ -2,6 +2,7 @@
 //! lifecycle requests answered by the VM's control loop, and the listener
 //! that receives lifecycle events (STOP, RESUME, SHUTDOWN, …).
 
+use std::path::PathBuf;
 use std::sync::mpsc::{self, Sender};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
@@ -34,7 +35,7 @@ impl VmStatus {
 }
 
 /// A lifecycle request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ControlRequest {
     /// Stop every vCPU (QMP `stop`).
     Stop,
@@ -46,6 +47,49 @@ pub enum ControlRequest {
     SystemReset,
     /// Ask the guest to power off (QMP `system_powerdown`).
     SystemPowerdown,
+    /// Save a snapshot of the paused VM into this directory (QMP
+    /// `migrate file:DIR`).
+    Migrate(PathBuf),
+}
+
+/// Where the last snapshot is (QMP `query-migrate` status names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MigrationStatus {
+    /// Checked, about to start.
+    Setup,
+    /// Being written.
+    Active,
+    /// Written completely.
+    Completed,
+    /// Failed (the reason was the reply to `migrate`).
+    Failed,
+}
+
+impl MigrationStatus {
+    /// The QMP name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MigrationStatus::Setup => "setup",
+            MigrationStatus::Active => "active",
+            MigrationStatus::Completed => "completed",
+            MigrationStatus::Failed => "failed",
+        }
+    }
+}
+
+/// The last snapshot, for `query-migrate`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MigrationInfo {
+    /// How far it got.
+    pub status: MigrationStatus,
+    /// Milliseconds from start to end (0 while it runs).
+    pub total_time_ms: u64,
+    /// Guest RAM size in bytes.
+    pub ram_total: u64,
+    /// Bytes of guest RAM written (all-zero pages are not).
+    pub ram_written: u64,
+    /// Why it failed.
+    pub error: Option<String>,
 }
 
 /// A request travelling to the control loop with the channel for its answer.
@@ -79,6 +123,8 @@ pub struct VmShared {
     /// The vCPUs, once their threads are started.
     vcpus: Mutex<Option<Vec<Arc<VcpuControl>>>>,
     vcpus_started: Condvar,
+    /// The last snapshot (`migrate`), if any.
+    migration: Mutex<Option<MigrationInfo>>,
     /// Number of vCPUs at boot.
     pub nr_vcpus: u8,
     /// Guest name.
@@ -94,6 +140,7 @@ impl VmShared {
             status: Mutex::new(VmStatus::Prelaunch),
             vcpus: Mutex::new(None),
             vcpus_started: Condvar::new(),
+            migration: Mutex::new(None),
             nr_vcpus,
             name,
             uuid,
@@ -107,6 +154,18 @@ impl VmShared {
 
     pub(crate) fn set_status(&self, status: VmStatus) {
         *self.status.lock().unwrap_or_else(|p| p.into_inner()) = status;
+    }
+
+    /// The last snapshot's progress, if `migrate` was ever asked for.
+    pub fn migration(&self) -> Option<MigrationInfo> {
+        self.migration
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub(crate) fn set_migration(&self, info: MigrationInfo) {
+        *self.migration.lock().unwrap_or_else(|p| p.into_inner()) = Some(info);
     }
 
     pub(crate) fn set_vcpus(&self, vcpus: Vec<Arc<VcpuControl>>) {

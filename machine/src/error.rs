@@ -119,6 +119,9 @@ pub enum MachineError {
     /// A configured device type is not implemented yet.
     #[error("{0}: not supported yet by this altovirt build")]
     Unsupported(String),
+    /// The snapshot given with `-incoming` cannot be restored.
+    #[error("-incoming: {0}")]
+    Incoming(crate::snapshot::SnapshotError),
 }
 
 impl MachineError {
@@ -137,6 +140,7 @@ impl MachineError {
                 | MachineError::Virtio { .. }
                 | MachineError::TooManyDevices { .. }
                 | MachineError::CmdlineTooLong { .. }
+                | MachineError::Incoming(_)
         )
     }
 

@@ -92,6 +92,7 @@ impl GuestImage {
 const IRQCHIPS: [u32; 3] = [0, 1, 2];
 
 /// In-kernel interrupt controller and PIT state.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct PlatformSnapshot {
     irqchips: Vec<kvm_irqchip>,
     pit: kvm_pit_state2,

@@ -29,6 +29,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use address_space::memory::{create_guest_memory, ram_size, register_with_kvm};
+use address_space::ram_file::map_ram_file;
 use address_space::{Bus, GuestMemoryMmap, MemoryOptions};
 use boot_loader::{AcpiLayout, BootInfo};
 use cpu::{Vcpu, VcpuControl, VcpuEvent, VcpuHandle, VcpuRunState};
@@ -37,7 +38,10 @@ use kvm_ioctls::{Kvm, VmFd};
 use machine_manager::config::{DeviceConfig, SerialConfig, VmConfig};
 
 use balloon::{BalloonHandle, EventThrottle, BALLOON_EVENT_PERIOD};
-pub use control::{ControlRequest, LifecycleListener, NoListener, VmShared, VmStatus};
+pub use control::{
+    ControlRequest, LifecycleListener, MigrationInfo, MigrationStatus, NoListener, VmShared,
+    VmStatus,
+};
 pub use error::MachineError;
 pub use events::{EventSender, VmEvent};
 pub use guest_image::KernelSource;
@@ -47,6 +51,7 @@ use legacy::LegacyDevices;
 use net_hotplug::NetHotplug;
 use power_button::PowerButton;
 use seccomp::{ThreadFilters, ThreadKind};
+use snapshot::MachineFacts;
 use virtio_devices::VirtioDevices;
 
 /// Address of the 3-page region KVM needs for the TSS on Intel hosts
@@ -89,9 +94,10 @@ pub struct MicroVm {
     balloon: Option<Arc<BalloonHandle>>,
     power_button: PowerButton,
     vm: VmFd,
-    _kvm: Kvm,
+    kvm: Kvm,
     mem: GuestMemoryMmap,
     seccomp: ThreadFilters,
+    facts: MachineFacts,
 }
 
 impl MicroVm {
@@ -103,19 +109,37 @@ impl MicroVm {
         start: Instant,
     ) -> Result<Self, MachineError> {
         host_memory::check_guest_ram(cfg.machine.mem_size, cfg.machine.mem_overcommit)?;
+        let facts = MachineFacts {
+            mem_size: cfg.machine.mem_size,
+            nr_vcpus: cfg.machine.nr_vcpus,
+        };
+        // A snapshot to restore is read and checked before anything exists.
+        let incoming = match &cfg.incoming {
+            Some(dir) => Some(open_incoming(dir, &facts, cfg.machine.mem_share)?),
+            None => None,
+        };
         // Compiled first: a host without seccomp filtering fails before
         // anything is created.
         let seccomp = ThreadFilters::new(!cfg.disable_seccomp)?;
         let kvm = kvm_checks::open_kvm()?;
         let vm = create_vm(&kvm)?;
         let platform = PlatformSnapshot::capture(&vm)?;
-        let mem = create_guest_memory(
-            cfg.machine.mem_size,
-            MemoryOptions {
-                shared: cfg.machine.mem_share,
-                no_dump: !cfg.machine.dump_guest_core,
-            },
-        )?;
+        let mem = match &incoming {
+            // The snapshot's RAM, mapped copy-on-write: the restore costs
+            // what the guest touches.
+            Some(inc) => map_ram_file(
+                cfg.machine.mem_size,
+                &inc.memory,
+                !cfg.machine.dump_guest_core,
+            )?,
+            None => create_guest_memory(
+                cfg.machine.mem_size,
+                MemoryOptions {
+                    shared: cfg.machine.mem_share,
+                    no_dump: !cfg.machine.dump_guest_core,
+                },
+            )?,
+        };
         register_with_kvm(&vm, &mem)?;
         let mut mmio_bus = Bus::new();
         let mut virtio = VirtioDevices::attach(
@@ -161,16 +185,24 @@ impl MicroVm {
             nr_cpus: cfg.machine.nr_vcpus,
             acpi,
         };
-        let boot = image
-            .load(&mem)
-            .map_err(|e| explain_cmdline_overflow(e, &cfg.boot.cmdline, tokens))?;
-        log::info!(
-            "kernel loaded at {:#x}-{:#x}, entry {:#x} ({:?})",
-            boot.kernel.0,
-            boot.kernel.1,
-            boot.entry,
-            boot.protocol
-        );
+        let boot = match &incoming {
+            // The guest is already in memory; the kernel is loaded again
+            // only if the guest resets.
+            Some(inc) => BootInfo::from(&inc.state.boot),
+            None => {
+                let boot = image
+                    .load(&mem)
+                    .map_err(|e| explain_cmdline_overflow(e, &cfg.boot.cmdline, tokens))?;
+                log::info!(
+                    "kernel loaded at {:#x}-{:#x}, entry {:#x} ({:?})",
+                    boot.kernel.0,
+                    boot.kernel.1,
+                    boot.entry,
+                    boot.protocol
+                );
+                boot
+            }
+        };
 
         let (sender, events) = events::channel();
         // The balloon reports the guest's `actual` to the control loop,
@@ -183,7 +215,7 @@ impl MicroVm {
             Arc::new(BalloonHandle::new(device, ram_size(&mem)))
         });
         let mut io_bus = Bus::new();
-        let legacy = LegacyDevices::attach(
+        let mut legacy = LegacyDevices::attach(
             &vm,
             &mut io_bus,
             &cfg.serial,
@@ -191,6 +223,11 @@ impl MicroVm {
             start,
             seccomp.get(ThreadKind::SerialIn),
         )?;
+        if let Some(inc) = &incoming {
+            let hotplug = hotplug.lock().unwrap_or_else(|p| p.into_inner());
+            snapshot::devices::check(&inc.state.devices, &virtio, &legacy, &hotplug)
+                .map_err(MachineError::Incoming)?;
+        }
         let io_bus = Arc::new(io_bus);
         let mmio_bus = Arc::new(mmio_bus);
 
@@ -207,6 +244,15 @@ impl MicroVm {
                 mmio_bus.clone(),
                 Arc::new(sender.clone()),
             )?);
+        }
+        if let Some(inc) = &incoming {
+            restore_snapshot(inc, &vm, &vcpus, &mut virtio, &mut legacy, &hotplug)
+                .map_err(MachineError::Incoming)?;
+            log::info!(
+                "restored the snapshot in {} after {} us",
+                inc.dir.display(),
+                start.elapsed().as_micros()
+            );
         }
         Ok(Self {
             vcpus,
@@ -233,9 +279,10 @@ impl MicroVm {
             balloon,
             power_button,
             vm,
-            _kvm: kvm,
+            kvm,
             mem,
             seccomp,
+            facts,
         })
     }
 
@@ -288,8 +335,12 @@ impl MicroVm {
             power_button,
             balloon,
             vm,
+            kvm,
             mem,
             seccomp,
+            boot,
+            hotplug,
+            facts,
             ..
         } = self;
         // Every thread confines itself before the guest runs: the device
@@ -349,13 +400,18 @@ impl MicroVm {
                     }
                 }
                 VmEvent::Control(call) => {
-                    let mut parts = ResetParts {
+                    let mut parts = ControlParts {
+                        kvm: &kvm,
                         vm: &vm,
                         mem: &mem,
                         image: &image,
                         platform: &platform,
                         virtio: &mut virtio,
+                        legacy: &legacy,
+                        hotplug: &hotplug,
                         power_button: &power_button,
+                        boot: &boot,
+                        facts: &facts,
                     };
                     if let Some(reason) = control(call, &handles, &shared, &mut parts, listener) {
                         break reason;
@@ -408,15 +464,20 @@ fn balloon_change(listener: &dyn LifecycleListener, bytes: u64) {
     listener.lifecycle_event("BALLOON_CHANGE", serde_json::json!({ "actual": bytes }));
 }
 
-/// What a system reset touches besides the vCPUs (and the power button,
-/// which `system_powerdown` presses).
-struct ResetParts<'a> {
+/// What lifecycle requests touch besides the vCPUs: a system reset (the
+/// power button too, which `system_powerdown` presses) and a snapshot.
+struct ControlParts<'a> {
+    kvm: &'a Kvm,
     vm: &'a VmFd,
     mem: &'a GuestMemoryMmap,
     image: &'a GuestImage,
     platform: &'a PlatformSnapshot,
     virtio: &'a mut VirtioDevices,
+    legacy: &'a LegacyDevices,
+    hotplug: &'a Mutex<Hotplug>,
     power_button: &'a PowerButton,
+    boot: &'a BootInfo,
+    facts: &'a MachineFacts,
 }
 
 /// Resets the machine in place: vCPUs stopped, devices reset (block
@@ -426,7 +487,7 @@ struct ResetParts<'a> {
 fn system_reset(
     handles: &[VcpuHandle],
     shared: &VmShared,
-    parts: &mut ResetParts<'_>,
+    parts: &mut ControlParts<'_>,
 ) -> Result<(), String> {
     let was = shared.status();
     handles.iter().for_each(VcpuHandle::pause);
@@ -454,7 +515,7 @@ fn control(
     call: control::ControlCall,
     handles: &[VcpuHandle],
     shared: &VmShared,
-    parts: &mut ResetParts<'_>,
+    parts: &mut ControlParts<'_>,
     listener: &dyn LifecycleListener,
 ) -> Option<ExitReason> {
     use serde_json::{json, Value};
@@ -493,6 +554,7 @@ fn control(
                 Ok(()) => (Ok(()), Some(("POWERDOWN", Value::Null)), None),
                 Err(e) => (Err(e), None, None),
             },
+            ControlRequest::Migrate(dir) => (migrate(&dir, handles, shared, parts), None, None),
         };
     // The answer goes out before the event it causes.
     let _ = call.reply.send(answer);
@@ -500,6 +562,112 @@ fn control(
         listener.lifecycle_event(name, data);
     }
     exit
+}
+
+/// Writes a snapshot of the paused VM into `dir`; the progress is what
+/// `query-migrate` reports. The VM stays paused.
+fn migrate(
+    dir: &std::path::Path,
+    handles: &[VcpuHandle],
+    shared: &VmShared,
+    parts: &ControlParts<'_>,
+) -> Result<(), String> {
+    let mut info = MigrationInfo {
+        status: MigrationStatus::Setup,
+        total_time_ms: 0,
+        ram_total: parts.facts.mem_size,
+        ram_written: 0,
+        error: None,
+    };
+    if !matches!(shared.status(), VmStatus::Paused | VmStatus::Prelaunch) {
+        // Refused before it starts: the last snapshot's report stays.
+        return Err("migrate: the VM must be paused first (QMP 'stop')".into());
+    }
+    shared.set_migration(info.clone());
+    info.status = MigrationStatus::Active;
+    shared.set_migration(info.clone());
+    let hotplug = parts.hotplug.lock().unwrap_or_else(|p| p.into_inner());
+    let result = snapshot::save(
+        dir,
+        &snapshot::SaveParts {
+            kvm: parts.kvm,
+            vm: parts.vm,
+            mem: parts.mem,
+            vcpus: handles,
+            virtio: parts.virtio,
+            legacy: parts.legacy,
+            hotplug: &hotplug,
+            boot: parts.boot,
+            facts: parts.facts.clone(),
+        },
+    );
+    match result {
+        Ok(stats) => {
+            info.status = MigrationStatus::Completed;
+            info.total_time_ms = u64::try_from(stats.elapsed.as_millis()).unwrap_or(u64::MAX);
+            info.ram_written = stats.ram_written;
+            log::info!(
+                "snapshot written to {} in {} ms ({} bytes of RAM)",
+                dir.display(),
+                info.total_time_ms,
+                stats.ram_written
+            );
+            shared.set_migration(info);
+            Ok(())
+        }
+        Err(e) => {
+            let why = format!("migrate: {e}");
+            log::error!("{why}");
+            info.status = MigrationStatus::Failed;
+            info.error = Some(why.clone());
+            shared.set_migration(info);
+            Err(why)
+        }
+    }
+}
+
+/// Reads the snapshot for `-incoming` and checks it fits the command line.
+fn open_incoming(
+    dir: &std::path::Path,
+    facts: &MachineFacts,
+    mem_share: bool,
+) -> Result<snapshot::Incoming, MachineError> {
+    if mem_share {
+        return Err(MachineError::Incoming(snapshot::SnapshotError::State(
+            "a snapshot cannot be restored into shared guest memory (-machine mem-share=on)".into(),
+        )));
+    }
+    snapshot::Incoming::open(dir, facts).map_err(MachineError::Incoming)
+}
+
+/// Puts the snapshot's state into the VM just built: interrupt controllers,
+/// PIT and clock, then the vCPUs (their LAPICs before any device raises an
+/// interrupt), then the devices (which kick their queues and re-raise what
+/// was pending).
+fn restore_snapshot(
+    inc: &snapshot::Incoming,
+    vm: &VmFd,
+    vcpus: &[Vcpu],
+    virtio: &mut VirtioDevices,
+    legacy: &mut LegacyDevices,
+    hotplug: &Mutex<Hotplug>,
+) -> Result<(), snapshot::SnapshotError> {
+    let state = &inc.state;
+    state
+        .platform
+        .restore(vm)
+        .map_err(|e| snapshot::SnapshotError::State(e.to_string()))?;
+    vm.set_clock(&state.clock)
+        .map_err(|source| snapshot::SnapshotError::Kvm {
+            what: "KVM_SET_CLOCK".into(),
+            source,
+        })?;
+    for (vcpu, saved) in vcpus.iter().zip(&state.vcpus) {
+        vcpu.restore_state(saved)
+            .map_err(|e| snapshot::SnapshotError::State(e.to_string()))?;
+    }
+    let mut hotplug = hotplug.lock().unwrap_or_else(|p| p.into_inner());
+    snapshot::devices::restore(&state.devices, virtio, legacy, &mut hotplug)
 }
 
 /// QMP SHUTDOWN event fields (`guest`, `reason`) for an exit reason.

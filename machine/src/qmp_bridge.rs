@@ -16,12 +16,14 @@ use crate::events::{EventSender, VmEvent};
 use crate::hotplug::Hotplug;
 use crate::kvm_checks;
 use crate::qmp_convert::{
-    balloon_target, blockdev_request, device_request, no_balloon, query_balloon_reply,
-    query_block_reply, tap_request, throttle_limits, ClientFds,
+    balloon_target, blockdev_request, device_request, migrate_dir, no_balloon, query_balloon_reply,
+    query_block_reply, query_migrate_reply, tap_request, throttle_limits, ClientFds,
 };
 
 /// How long a QMP command waits for the control loop.
 const CONTROL_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long `migrate` may take (writing guest RAM to the file).
+const MIGRATE_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// The VM as a QMP command handler.
 pub struct VmQmpHandler {
@@ -99,14 +101,18 @@ impl VmQmpHandler {
     }
 
     fn control(&self, request: ControlRequest) -> Result<Value, QmpError> {
+        self.control_within(request, CONTROL_TIMEOUT)
+    }
+
+    fn control_within(
+        &self,
+        request: ControlRequest,
+        timeout: Duration,
+    ) -> Result<Value, QmpError> {
         let sender = self.sender.clone();
-        control::call(
-            move |c| sender.send(VmEvent::Control(c)),
-            request,
-            CONTROL_TIMEOUT,
-        )
-        .map(|()| json!({}))
-        .map_err(QmpError::generic)
+        control::call(move |c| sender.send(VmEvent::Control(c)), request, timeout)
+            .map(|()| json!({}))
+            .map_err(QmpError::generic)
     }
 
     fn cpu_props(index: usize) -> Value {
@@ -227,6 +233,11 @@ impl QmpHandler for VmQmpHandler {
                 Ok(json!({}))
             }
             QmpCommand::QueryBalloon => Ok(query_balloon_reply(self.balloon()?.actual_bytes())),
+            QmpCommand::Migrate { uri } => {
+                let dir = migrate_dir(&uri)?;
+                self.control_within(ControlRequest::Migrate(dir), MIGRATE_TIMEOUT)
+            }
+            QmpCommand::QueryMigrate => Ok(query_migrate_reply(self.shared.migration().as_ref())),
             other => Err(QmpError::not_supported(other.name())),
         }
     }

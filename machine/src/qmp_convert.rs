@@ -11,6 +11,7 @@ use qmp::{
 use serde_json::{json, Value};
 use virtio::rate_limiter::RateLimitConfig;
 
+use crate::control::{MigrationInfo, MigrationStatus};
 use crate::hotplug_request::{
     BlockEntry, BlockdevRequest, DeviceRequest, FdSource, HotplugError, ImageInfo, ImageSource,
     TapRequest,
@@ -130,6 +131,47 @@ pub(crate) fn query_balloon_reply(actual: u64) -> Value {
     json!({ "actual": actual })
 }
 
+/// `migrate`'s `uri`: StratoVirt's `file:DIR` is the only kind a microVM
+/// snapshot goes to; QEMU's stream URIs are refused by name.
+pub(crate) fn migrate_dir(uri: &str) -> Result<std::path::PathBuf, QmpError> {
+    match uri.split_once(':') {
+        Some(("file", dir)) if !dir.is_empty() => Ok(std::path::PathBuf::from(dir)),
+        Some(("file", _)) => Err(QmpError::generic(
+            "migrate: 'file:' needs a directory (file:DIR)",
+        )),
+        _ => Err(QmpError::generic(format!(
+            "migrate: URI '{uri}' is not supported; use file:DIR (a snapshot directory)"
+        ))),
+    }
+}
+
+/// `query-migrate`'s reply, shaped as QEMU's `MigrationInfo`: empty before
+/// any `migrate`; then `status`, and once it ended `total-time` (ms) and the
+/// RAM counters (`transferred` counts the bytes written; zero pages are not).
+pub(crate) fn query_migrate_reply(info: Option<&MigrationInfo>) -> Value {
+    let Some(info) = info else {
+        return json!({});
+    };
+    let mut out = json!({ "status": info.status.as_str() });
+    if matches!(
+        info.status,
+        MigrationStatus::Completed | MigrationStatus::Failed
+    ) {
+        out["total-time"] = json!(info.total_time_ms);
+    }
+    if info.status == MigrationStatus::Completed {
+        out["ram"] = json!({
+            "total": info.ram_total,
+            "transferred": info.ram_written,
+            "remaining": 0,
+        });
+    }
+    if let Some(why) = &info.error {
+        out["error-desc"] = json!(why);
+    }
+    out
+}
+
 /// `query-block`'s reply: boot-time disks as QEMU lists `-drive` disks
 /// (`device` is the drive id, no `slot`), then every slot.
 pub(crate) fn query_block_reply(entries: &[BlockEntry]) -> Value {
@@ -170,6 +212,47 @@ pub(crate) fn throttle_limits(args: &BlockSetIoThrottleArgs) -> RateLimitConfig 
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn migrate_uris() {
+        use super::migrate_dir;
+        assert_eq!(
+            migrate_dir("file:/a/b").unwrap(),
+            std::path::PathBuf::from("/a/b")
+        );
+        assert!(migrate_dir("file:").unwrap_err().desc.contains("file:DIR"));
+        assert!(migrate_dir("tcp:1.2.3.4:5")
+            .unwrap_err()
+            .desc
+            .contains("'tcp:1.2.3.4:5' is not supported"));
+        assert!(migrate_dir("/a/b").is_err());
+    }
+
+    #[test]
+    fn query_migrate_shapes() {
+        use super::query_migrate_reply;
+        use crate::control::{MigrationInfo, MigrationStatus};
+        assert_eq!(query_migrate_reply(None), serde_json::json!({}));
+        let mut info = MigrationInfo {
+            status: MigrationStatus::Active,
+            total_time_ms: 0,
+            ram_total: 1 << 20,
+            ram_written: 0,
+            error: None,
+        };
+        assert_eq!(
+            query_migrate_reply(Some(&info)),
+            serde_json::json!({"status": "active"})
+        );
+        info.status = MigrationStatus::Completed;
+        info.total_time_ms = 12;
+        info.ram_written = 4096;
+        assert_eq!(
+            query_migrate_reply(Some(&info)),
+            serde_json::json!({"status": "completed", "total-time": 12,
+                "ram": {"total": 1 << 20, "transferred": 4096, "remaining": 0}})
+        );
+    }
+
     use super::*;
     use qmp::QmpCommand;
 

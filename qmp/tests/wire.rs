@@ -187,9 +187,9 @@ fn unknown_command_and_bad_arguments_never_reach_the_handler() {
     let s = Setup::new("args");
     let mut c = s.negotiated();
     assert_eq!(
-        c.cmd(r#"{"execute":"migrate","id":1}"#),
+        c.cmd(r#"{"execute":"migrate-incoming","id":1}"#),
         json!({"error": {"class": "CommandNotFound",
-            "desc": "The command migrate has not been found"}, "id": 1})
+            "desc": "The command migrate-incoming has not been found"}, "id": 1})
     );
     let cases = [
         (

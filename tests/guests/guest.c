@@ -230,7 +230,7 @@ static void parse_start_info(u64 si)
 
 /* ---- Command line ---------------------------------------------------------- */
 
-enum exit_action { EXIT_RESET, EXIT_TRIPLEFAULT, EXIT_HALT, EXIT_SPIN, EXIT_POWEROFF };
+enum exit_action { EXIT_RESET, EXIT_TRIPLEFAULT, EXIT_HALT, EXIT_SPIN, EXIT_POWEROFF, EXIT_COUNTER };
 
 static int is_space(u8 c)
 {
@@ -279,6 +279,8 @@ static enum exit_action parse_exit_action(u64 cmdline)
 			action = EXIT_SPIN;
 		else if (token_is(val, vlen, "poweroff"))
 			action = EXIT_POWEROFF;
+		else if (token_is(val, vlen, "counter"))
+			action = EXIT_COUNTER;
 		else
 			action = EXIT_RESET;
 	}
@@ -442,9 +444,43 @@ static void __attribute__((noreturn)) halt_forever(void)
 		__asm__ volatile("cli; hlt");
 }
 
+/*
+ * guest.exit=counter (snapshot tests): each byte received on COM1 adds one
+ * to a counter kept in memory and in a register, and the guest prints both
+ * with a checksum of a page it filled at boot. A guest restored from a
+ * snapshot continues the count: its registers, its memory and the UART
+ * came back.
+ */
+static volatile u32 counter_mem;
+static u8 counter_page[4096];
+
+static void __attribute__((noreturn)) run_counter(void)
+{
+	for (u32 i = 0; i < sizeof(counter_page); i++)
+		counter_page[i] = (u8)(i * 7 + 3);
+	u32 in_reg = 0;
+	puts_serial("counter: ready\n");
+	for (;;) {
+		while (!(inb(COM1_LSR) & 1))
+			cpu_pause();
+		(void)inb(COM1);
+		in_reg++;
+		counter_mem = counter_mem + 1;
+		puts_serial("count ");
+		put_dec(counter_mem);
+		puts_serial(" reg ");
+		put_dec(in_reg);
+		puts_serial(" sum 0x");
+		put_hex(fnv1a32((u64)counter_page, sizeof(counter_page)), 8);
+		putc_serial('\n');
+	}
+}
+
 static void __attribute__((noreturn)) do_exit(enum exit_action action)
 {
 	switch (action) {
+	case EXIT_COUNTER:
+		run_counter();
 	case EXIT_TRIPLEFAULT: {
 		/*
 		 * #UD with an empty IDT: #GP, then #DF, then shutdown. (ud2, not

@@ -10,8 +10,9 @@
 use std::collections::BTreeMap;
 
 use kvm_bindings::{
-    kvm_clock_data, kvm_fpu, kvm_irq_level, kvm_irqchip, kvm_lapic_state, kvm_mp_state, kvm_msrs,
-    kvm_pit_state2, kvm_regs, kvm_sregs, kvm_vcpu_events, kvm_xcrs, kvm_xsave, KVMIO,
+    kvm_clock_data, kvm_debugregs, kvm_fpu, kvm_irq_level, kvm_irqchip, kvm_lapic_state,
+    kvm_mp_state, kvm_msr_list, kvm_msrs, kvm_pit_state2, kvm_regs, kvm_sregs, kvm_vcpu_events,
+    kvm_xcrs, kvm_xsave, KVMIO,
 };
 use seccompiler::{BackendError, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompRule};
 use vhost::vhost_kern::vhost_binding as vhost_nr;
@@ -78,6 +79,7 @@ mod nr {
 
     // KVM requests (linux/kvm.h), numbered from the same structures kvm-ioctls uses.
     ioctl_io_nr!(KVM_GET_API_VERSION, KVMIO, 0x00);
+    ioctl_iowr_nr!(KVM_GET_MSR_INDEX_LIST, KVMIO, 0x02, kvm_msr_list);
     ioctl_io_nr!(KVM_CHECK_EXTENSION, KVMIO, 0x03);
     ioctl_iow_nr!(KVM_IRQ_LINE, KVMIO, 0x61, kvm_irq_level);
     ioctl_iowr_nr!(KVM_GET_IRQCHIP, KVMIO, 0x62, kvm_irqchip);
@@ -105,6 +107,8 @@ mod nr {
     ioctl_iow_nr!(KVM_SET_XSAVE, KVMIO, 0xa5, kvm_xsave);
     ioctl_ior_nr!(KVM_GET_XCRS, KVMIO, 0xa6, kvm_xcrs);
     ioctl_iow_nr!(KVM_SET_XCRS, KVMIO, 0xa7, kvm_xcrs);
+    ioctl_ior_nr!(KVM_GET_DEBUGREGS, KVMIO, 0xa1, kvm_debugregs);
+    ioctl_iow_nr!(KVM_SET_DEBUGREGS, KVMIO, 0xa2, kvm_debugregs);
 }
 use nr::*;
 
@@ -306,6 +310,9 @@ fn vcpu_ioctls() -> Vec<u64> {
         KVM_SET_XSAVE(),
         KVM_GET_XCRS(),
         KVM_SET_XCRS(),
+        // Snapshots read the debug registers with the rest of the state.
+        KVM_GET_DEBUGREGS(),
+        KVM_SET_DEBUGREGS(),
     ]
 }
 
@@ -471,9 +478,19 @@ fn vmm(r: &mut Rules) -> Result<(), BackendError> {
             libc::SYS_unlinkat,
             libc::SYS_tgkill,
             libc::SYS_epoll_wait,
+            // `migrate file:DIR` creates DIR if needed, sizes the memory
+            // file and renames the state file into place when complete.
+            libc::SYS_mkdir,
+            libc::SYS_mkdirat,
+            libc::SYS_ftruncate,
+            libc::SYS_rename,
+            libc::SYS_renameat,
+            libc::SYS_renameat2,
         ],
     );
     ioctls(r, &vm_ioctls())?;
+    // `migrate` lists the MSRs to save (on the /dev/kvm descriptor).
+    ioctls(r, &[KVM_GET_MSR_INDEX_LIST()])?;
     ioctls(r, &vhost_ioctls())?;
     ioctls(r, &tap_ioctls())?;
     ioctls(r, &descriptor_ioctls())?;

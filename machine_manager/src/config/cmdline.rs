@@ -107,6 +107,7 @@ struct Flags {
     config: Option<PathBuf>,
     qmp: Vec<PathBuf>,
     start_paused: bool,
+    incoming: Option<PathBuf>,
     raw_devices: RawDeviceFlags,
 }
 
@@ -147,7 +148,7 @@ pub fn parse_cmdline(args: &[String]) -> Result<Command, ConfigError> {
             }
             "kernel" | "initrd" | "append" | "m" | "smp" | "machine" | "name" | "uuid"
             | "serial" | "pidfile" | "config" | "qmp" | "api-channel" | "drive" | "device"
-            | "object" | "chardev" | "netdev" => {
+            | "object" | "chardev" | "netdev" | "incoming" => {
                 let flag = format!("-{name}");
                 let value = args
                     .get(i)
@@ -198,6 +199,7 @@ fn apply_valued(flags: &mut Flags, flag: &str, value: &str) -> Result<(), Config
         "-object" => flags.raw_devices.objects.push(value.into()),
         "-chardev" => flags.raw_devices.chardevs.push(value.into()),
         "-netdev" => flags.raw_devices.netdevs.push(value.into()),
+        "-incoming" => flags.incoming = Some(parse_incoming(value)?),
         "-pidfile" => {
             check_non_empty(flag, value)?;
             flags.pidfile = Some(value.into());
@@ -441,10 +443,28 @@ fn merge(flags: Flags, file: FileConfig) -> Result<VmConfig, ConfigError> {
         rng: file.rng,
         qmp: flags.qmp,
         start_paused: flags.start_paused,
+        incoming: flags.incoming,
         devices: resolved.devices,
         iothreads: resolved.iothreads,
         iothread_of: resolved.iothread_of,
     })
+}
+
+/// `-incoming file:DIR`: restore the snapshot `migrate` wrote to DIR
+/// (StratoVirt's form; QEMU's network and `defer` forms are refused).
+fn parse_incoming(value: &str) -> Result<PathBuf, ConfigError> {
+    let invalid = |reason: &str| ConfigError::InvalidIncoming {
+        at: "-incoming".into(),
+        value: value.into(),
+        reason: reason.into(),
+    };
+    match value.split_once(':') {
+        Some(("file", "")) => Err(invalid("the directory is missing (file:DIR)")),
+        Some(("file", dir)) => Ok(PathBuf::from(dir)),
+        _ => Err(invalid(
+            "only file:DIR (a snapshot written by QMP migrate) is supported",
+        )),
+    }
 }
 
 /// `-qmp unix:PATH,server,nowait` (also `server=on,wait=off`) and

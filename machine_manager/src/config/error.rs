@@ -183,6 +183,17 @@ pub enum ConfigError {
         reason: String,
     },
 
+    /// `-incoming` with a form altovirt cannot restore from.
+    #[error("{at}: unsupported value '{value}': {reason}")]
+    InvalidIncoming {
+        /// The flag.
+        at: String,
+        /// The value given.
+        value: String,
+        /// Why it is refused.
+        reason: String,
+    },
+
     /// A QMP socket option that altovirt cannot serve.
     #[error("{at}: unsupported QMP socket '{value}': {reason}")]
     InvalidQmpSocket {

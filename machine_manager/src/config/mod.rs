@@ -76,6 +76,9 @@ pub struct VmConfig {
     pub qmp: Vec<PathBuf>,
     /// Start with the vCPUs stopped (`-S`); `cont` over QMP starts them.
     pub start_paused: bool,
+    /// Restore the snapshot in this directory instead of booting
+    /// (`-incoming file:DIR`).
+    pub incoming: Option<PathBuf>,
     /// Device models to create at boot: the JSON `drive` list and `rng`
     /// section first, then `-device` flags in order.
     pub devices: Vec<DeviceConfig>,
@@ -107,6 +110,7 @@ impl Default for VmConfig {
             rng: None,
             qmp: Vec::new(),
             start_paused: false,
+            incoming: None,
             devices: Vec::new(),
             iothreads: Vec::new(),
             iothread_of: std::collections::BTreeMap::new(),
