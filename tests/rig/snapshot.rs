@@ -25,25 +25,45 @@ fn rig_kernel_b_guest_keeps_working_after_snapshot_and_restore() {
 
     // The snapshot: migrate answered, completed, both files written.
     let saved = sc.all("qmp-save").join("\n").replace(' ', "");
-    assert!(saved.contains("\"status\":\"completed\""), "query-migrate:\n{ctx}");
+    assert!(
+        saved.contains("\"status\":\"completed\""),
+        "query-migrate:\n{ctx}"
+    );
     assert_eq!(sc.get("save-exit"), Some("0"), "first altovirt:\n{ctx}");
-    assert_eq!(sc.get("snap-files").map(str::trim), Some("memory state"), "{ctx}");
+    assert_eq!(
+        sc.get("snap-files").map(str::trim),
+        Some("memory state"),
+        "{ctx}"
+    );
 
     // After the restore: the same guest (one boot, one READY line) answers
     // the new vsock connection with the word L1 sent.
-    assert_eq!(sc.guest_all("SNAP-READY").len(), 1, "L2 booted again:\n{ctx}");
-    assert!(sc.get("no-vsock-answer").is_none(), "no vsock answer:\n{ctx}");
+    assert_eq!(
+        sc.guest_all("SNAP-READY").len(),
+        1,
+        "L2 booted again:\n{ctx}"
+    );
+    assert!(
+        sc.get("no-vsock-answer").is_none(),
+        "no vsock answer:\n{ctx}"
+    );
     let word = sc.get("word").unwrap_or_else(|| panic!("no word:\n{ctx}"));
     assert_eq!(sc.guest("SNAP-ASKED"), Some(word), "vsock request:\n{ctx}");
     let replies = sc.all("vsock-reply");
     assert!(
-        replies.iter().any(|l| l.starts_with("L2-SNAP-ASKED ") && l.ends_with(word)),
+        replies
+            .iter()
+            .any(|l| l.starts_with("L2-SNAP-ASKED ") && l.ends_with(word)),
         "vsock reply: {replies:?}\n{ctx}"
     );
     // virtio-blk: the file written before the snapshot, read from the disk
     // after the restore (caches dropped), and the one written after it is
     // in the image once altovirt has quit.
-    assert_eq!(sc.guest("SNAP-READ"), Some(wrote), "file after restore:\n{ctx}");
+    assert_eq!(
+        sc.guest("SNAP-READ"),
+        Some(wrote),
+        "file after restore:\n{ctx}"
+    );
     assert_eq!(sc.guest("SNAP-WROTE-AFTER"), Some("ok"), "{ctx}");
     assert_eq!(
         sc.get("after-file").map(str::trim),
@@ -51,10 +71,21 @@ fn rig_kernel_b_guest_keeps_working_after_snapshot_and_restore() {
         "/after.txt in the image:\n{ctx}"
     );
     // virtio-net: L1 answers again.
-    assert_eq!(sc.guest("SNAP-PING"), Some("ok"), "ping after restore:\n{ctx}");
+    assert_eq!(
+        sc.guest("SNAP-PING"),
+        Some("ok"),
+        "ping after restore:\n{ctx}"
+    );
     let restored = sc.all("qmp-restored").join("\n").replace(' ', "");
-    assert!(restored.contains("\"status\":\"running\""), "query-status:\n{ctx}");
-    assert_eq!(sc.get("restore-exit"), Some("0"), "restored altovirt:\n{ctx}");
+    assert!(
+        restored.contains("\"status\":\"running\""),
+        "query-status:\n{ctx}"
+    );
+    assert_eq!(
+        sc.get("restore-exit"),
+        Some("0"),
+        "restored altovirt:\n{ctx}"
+    );
     eprintln!(
         "b_snapshot: cold boot-complete {} us, ready {} ms; restore {} us (exec to restored), \
          answer {} ms; snapshot memory {} KiB on disk, restored RSS {} KiB",
