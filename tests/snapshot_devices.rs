@@ -3,6 +3,8 @@
 //! `-incoming` (each line reaches the host once: the queue positions came
 //! back), and a restore onto a VM with different devices is refused.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::io::{BufRead, BufReader, Write};
