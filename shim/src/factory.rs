@@ -283,10 +283,7 @@ pub fn load(dir: &Path) -> Result<TemplateStatus, FactoryError> {
     if meta.version != META_VERSION {
         return Err(corrupt(
             &meta_path,
-            format!(
-                "version {} (this shim reads {META_VERSION})",
-                meta.version
-            ),
+            format!("version {} (this shim reads {META_VERSION})", meta.version),
         ));
     }
     let stat = |name: &str| {
@@ -299,10 +296,7 @@ pub fn load(dir: &Path) -> Result<TemplateStatus, FactoryError> {
     if memory.len() != want {
         return Err(corrupt(
             &dir.join(MEMORY_FILE),
-            format!(
-                "{} bytes, the template's guest has {want}",
-                memory.len()
-            ),
+            format!("{} bytes, the template's guest has {want}", memory.len()),
         ));
     }
     if state.len() == 0 {
@@ -323,9 +317,10 @@ pub fn load(dir: &Path) -> Result<TemplateStatus, FactoryError> {
 /// memory above the template's, which altovirt cannot, so here they must
 /// match as well.
 pub fn differing_keys(template: &HypervisorConfig, sandbox: &HypervisorConfig) -> Vec<String> {
-    let (Ok(Value::Object(a)), Ok(Value::Object(b))) =
-        (serde_json::to_value(template), serde_json::to_value(sandbox))
-    else {
+    let (Ok(Value::Object(a)), Ok(Value::Object(b))) = (
+        serde_json::to_value(template),
+        serde_json::to_value(sandbox),
+    ) else {
         return vec!["(unreadable)".into()];
     };
     a.iter()
@@ -490,7 +485,11 @@ fn wait_ready(h: &mut Hypervisor, vm_dir: &Path, opts: &InitOptions) -> Result<(
     loop {
         exited(h, vm_dir, "waiting for the guest")?;
         let seen = fs::read(&file)
-            .map(|b| String::from_utf8_lossy(&b).lines().any(|l| l.contains(text)))
+            .map(|b| {
+                String::from_utf8_lossy(&b)
+                    .lines()
+                    .any(|l| l.contains(text))
+            })
             .unwrap_or(false);
         if seen {
             return Ok(());

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 mod common;
-use common::{guest, kvm_usable, parse_prometheus, target_debug};
+use common::{guest, kvm_usable, parse_prometheus, target_debug, Netns};
 
 const BIN: &str = env!("CARGO_BIN_EXE_altovirt-shim");
 
@@ -130,13 +130,27 @@ struct Running {
 
 impl Running {
     fn start(s: &Scratch, cfg: &Path, id: &str) -> Running {
-        let stderr = s.0.join(format!("run-{id}.stderr"));
-        let mut child = Command::new(BIN)
+        Self::start_in(&[], s, cfg, &["--id", id])
+    }
+
+    /// `run ARGS` through a prefix (`ip netns exec NS`).
+    fn start_in(prefix: &[&str], s: &Scratch, cfg: &Path, args: &[&str]) -> Running {
+        let stderr = s.0.join(format!("run-{}.stderr", args.join("_")));
+        let mut cmd = match prefix.split_first() {
+            Some((p, rest)) => {
+                let mut c = Command::new(p);
+                c.args(rest).arg(BIN);
+                c
+            }
+            None => Command::new(BIN),
+        };
+        let mut child = cmd
             .arg("--config")
             .arg(cfg)
             .arg("--run-dir")
             .arg(s.run_dir())
-            .args(["run", "--id", id])
+            .arg("run")
+            .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&stderr).unwrap())
@@ -206,7 +220,12 @@ fn status_json(s: &Scratch, cfg: &Path, id: &str) -> Value {
 /// CPU time (ticks) of thread `tid` of process `pid`.
 fn thread_ticks(pid: u64, tid: u64) -> u64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat")).unwrap();
-    let rest: Vec<&str> = stat.rsplit_once(')').unwrap().1.split_whitespace().collect();
+    let rest: Vec<&str> = stat
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .collect();
     rest[11].parse::<u64>().unwrap() + rest[12].parse::<u64>().unwrap()
 }
 
@@ -229,8 +248,7 @@ fn assert_cloned(s: &Scratch, cfg: &Path, id: &str, r: &Running) {
     let con = console(s, id);
     assert!(!con.contains(BOOT_LINE), "the clone booted: {con}");
     assert!(!con.contains("counter: ready"), "the clone booted: {con}");
-    let log =
-        std::fs::read_to_string(s.run_dir().join(id).join("vmm.log")).unwrap_or_default();
+    let log = std::fs::read_to_string(s.run_dir().join(id).join("vmm.log")).unwrap_or_default();
     assert!(!log.contains("guest boot complete"), "{log}");
 }
 
@@ -300,7 +318,10 @@ fn template_init_status_run_destroy() {
     let out = ok(&shim(&s, &cfg, &["factory", "destroy"]));
     assert!(out.starts_with("vm factory destroyed"), "{out}");
     assert!(!t.exists());
-    assert_eq!(shim(&s, &cfg, &["factory", "status"]).status.code(), Some(1));
+    assert_eq!(
+        shim(&s, &cfg, &["factory", "status"]).status.code(),
+        Some(1)
+    );
     let again = ok(&shim(&s, &cfg, &["factory", "destroy"]));
     assert!(again.starts_with("no template in"), "{again}");
 
@@ -431,4 +452,36 @@ fn factory_init_refuses_what_it_cannot_template() {
     assert!(!o.status.success());
     assert!(text(&o.stderr).contains("use boot-complete, console=TEXT or delay=SECONDS"));
     assert!(!s.template().exists());
+}
+
+#[test]
+fn taps_are_hotplugged_into_a_sandbox_from_the_template() {
+    if !kvm_usable("taps_are_hotplugged_into_a_sandbox_from_the_template") {
+        return;
+    }
+    let Some(ns) = Netns::create("fac") else {
+        let must = std::env::var("CI").is_ok_and(|v| v == "true")
+            || std::env::var("ALTOVIRT_REQUIRE_KVM").is_ok_and(|v| v == "1");
+        assert!(
+            !must,
+            "cannot create a network namespace (needs root and iproute2)"
+        );
+        eprintln!("SKIP: cannot create a network namespace (needs root and iproute2)");
+        return;
+    };
+    let s = Scratch::new("tap");
+    let cfg = s.config();
+    ok(&shim(&s, &cfg, &["factory", "init"]));
+    let r = Running::start_in(&ns.prefix(), &s, &cfg, &["--id", "net", "--tap", "tap0"]);
+    let st = status_json(&s, &cfg, "net");
+    assert_eq!(st["template"], s.template().display().to_string(), "{st}");
+    let vmm = st["vmm_pid"].as_u64().unwrap();
+    let args = std::fs::read_to_string(format!("/proc/{vmm}/cmdline")).unwrap();
+    let args: Vec<&str> = args.split('\0').collect();
+    // The template has no NIC: the tap is not a boot device of the clone
+    // but was hot-plugged into network slot 0 once it ran.
+    assert!(!args.contains(&"-netdev"), "{args:?}");
+    assert!(args.contains(&"-incoming"), "{args:?}");
+    assert_eq!(st["net_slots"][0]["device"], "net0", "{st}");
+    r.stop(&s, &cfg, "net");
 }
