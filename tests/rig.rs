@@ -19,6 +19,8 @@ mod harness;
 mod power_button;
 #[path = "rig/slots.rs"]
 mod slots;
+#[path = "rig/snapshot.rs"]
+mod snapshot;
 
 use harness::*;
 use std::time::Duration;

@@ -4,6 +4,9 @@
 //! and in a register and prints a checksum of a page it filled at boot: a
 //! restored guest must continue the count without booting again.
 
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::io::{BufRead, BufReader, Write};
@@ -158,6 +161,44 @@ fn restored_guest_continues_where_it_stopped() {
         assert_eq!(qmp.execute("quit"), json!({"return": {}}));
         assert_eq!(vm.wait_exit(), 0);
     }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn a_restored_guest_can_be_snapshotted_again_into_the_same_directory() {
+    if !kvm_usable("a_restored_guest_can_be_snapshotted_again") {
+        return;
+    }
+    let dir = scratch("snap-again");
+    let snap = dir.join("snap");
+    let second = counted_snapshot(&dir, &snap);
+    let sum = second.rsplit(' ').next().unwrap().to_string();
+    let incoming = format!("file:{}", snap.display());
+    let mut args = COUNTER_ARGS.to_vec();
+    args.extend(["-incoming", &incoming]);
+    // Restored from snap/, counts to 3, and is saved over snap/ while its
+    // own RAM is still mapped from the old snap/memory.
+    let sock = dir.join("r1.sock");
+    let mut vm = Vm::start(&sock, &args);
+    assert_eq!(vm.tick(), format!("count 3 reg 3 sum {sum}"));
+    let mut qmp = Client::negotiated(&sock);
+    assert_eq!(qmp.execute("stop"), json!({"return": {}}));
+    assert_eq!(
+        qmp.cmd("migrate", json!({ "uri": incoming })),
+        json!({"return": {}})
+    );
+    // It still has its own memory: it goes on counting after cont.
+    assert_eq!(qmp.execute("cont"), json!({"return": {}}));
+    assert_eq!(vm.tick(), format!("count 4 reg 4 sum {sum}"));
+    assert_eq!(qmp.execute("quit"), json!({"return": {}}));
+    assert_eq!(vm.wait_exit(), 0);
+    // The new snapshot continues at 4, not 3 or 5.
+    let sock = dir.join("r2.sock");
+    let mut vm = Vm::start(&sock, &args);
+    assert_eq!(vm.tick(), format!("count 4 reg 4 sum {sum}"));
+    let mut qmp = Client::negotiated(&sock);
+    assert_eq!(qmp.execute("quit"), json!({"return": {}}));
+    assert_eq!(vm.wait_exit(), 0);
     let _ = std::fs::remove_dir_all(dir);
 }
 

@@ -109,7 +109,10 @@ pub fn apply(fd: &VcpuFd, state: &VcpuState) -> Result<(), CpuError> {
     // KVM_SET_XSAVE reads: altovirt never enables the dynamic XSAVE
     // features (KVM_CAP_XSAVE2) that would make the kernel read more.
     unsafe { fd.set_xsave(&state.xsave) }.map_err(kvm(id, "KVM_SET_XSAVE"))?;
-    fd.set_xcrs(&state.xcrs).map_err(kvm(id, "KVM_SET_XCRS"))?;
+    // A host without XSAVE reports no XCRs and refuses to set any.
+    if state.xcrs.nr_xcrs > 0 {
+        fd.set_xcrs(&state.xcrs).map_err(kvm(id, "KVM_SET_XCRS"))?;
+    }
     fd.set_debug_regs(&state.debugregs)
         .map_err(kvm(id, "KVM_SET_DEBUGREGS"))?;
     fd.set_lapic(&state.lapic)

@@ -34,6 +34,17 @@ const REG_D_VRT: u8 = 0x80;
 
 const CMOS_SIZE: usize = 128;
 
+/// The CMOS RTC as saved in a snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RtcSnapshot {
+    /// The selected register.
+    pub index: u8,
+    /// The 128 bytes of CMOS RAM.
+    pub ram: Vec<u8>,
+    /// Guest time minus host time, in seconds.
+    pub offset: i64,
+}
+
 /// The CMOS RTC and its 128 bytes of CMOS RAM.
 pub struct CmosRtc {
     index: u8,
@@ -59,6 +70,31 @@ impl CmosRtc {
     /// An RTC that follows the host's clock (UTC).
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// The index register, the CMOS RAM and the guest's offset from the
+    /// host clock (snapshots).
+    pub fn state(&self) -> RtcSnapshot {
+        RtcSnapshot {
+            index: self.index,
+            ram: self.ram.to_vec(),
+            offset: self.offset,
+        }
+    }
+
+    /// Puts a saved state back; the time registers follow the host clock
+    /// plus the saved offset from then on.
+    pub fn restore(&mut self, s: &RtcSnapshot) -> Result<(), crate::DeviceError> {
+        let ram: [u8; CMOS_SIZE] = s.ram.as_slice().try_into().map_err(|_| {
+            crate::DeviceError::BadState(format!(
+                "CMOS RTC: {} bytes of RAM saved, {CMOS_SIZE} expected",
+                s.ram.len()
+            ))
+        })?;
+        self.index = s.index;
+        self.ram = ram;
+        self.offset = s.offset;
+        Ok(())
     }
 
     fn with_clock(now: fn() -> i64) -> Self {
@@ -308,5 +344,21 @@ mod tests {
         }
         assert_eq!(civil_from_days(0), (1970, 1, 1));
         assert_eq!(civil_from_days(11_016), (2000, 2, 29));
+    }
+
+    #[test]
+    fn state_round_trip_keeps_ram_and_guest_offset() {
+        let mut a = CmosRtc::with_clock(fixed);
+        set(&mut a, 0x30, 0x42); // a byte of plain CMOS RAM
+        let mut s = a.state();
+        s.offset = 3600;
+        let mut b = CmosRtc::with_clock(fixed);
+        b.restore(&s).unwrap();
+        assert_eq!(b.state(), s);
+        assert_eq!(reg(&mut b, 0x30), 0x42);
+        // One hour ahead of the host clock (22:24 -> 23:24, BCD).
+        assert_eq!(reg(&mut b, REG_HOURS), 0x23);
+        s.ram.pop();
+        assert!(b.restore(&s).unwrap_err().to_string().contains("127 bytes"));
     }
 }

@@ -100,8 +100,8 @@ const KBD_ID: [u8; 2] = [0xab, 0x41];
 const MAX_QUEUED: usize = 16;
 
 /// What the next byte written to the data port is for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum DataTarget {
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum DataTarget {
     /// A command for the keyboard.
     Keyboard,
     /// The parameter of a keyboard command.
@@ -132,7 +132,42 @@ pub struct I8042 {
     target: DataTarget,
 }
 
+/// The i8042 as saved in a snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct I8042Snapshot {
+    /// Controller configuration byte.
+    pub ctr: u8,
+    /// Status register.
+    pub status: u8,
+    /// Byte waiting in the output buffer.
+    pub out: Option<u8>,
+    /// Keyboard bytes waiting behind it.
+    pub queue: Vec<u8>,
+    /// What the next data-port byte is for.
+    pub target: DataTarget,
+}
+
 impl I8042 {
+    /// The controller's registers (snapshots).
+    pub fn state(&self) -> I8042Snapshot {
+        I8042Snapshot {
+            ctr: self.ctr,
+            status: self.status,
+            out: self.out,
+            queue: self.queue.iter().copied().collect(),
+            target: self.target,
+        }
+    }
+
+    /// Puts saved registers back (the reset notifier and IRQ stay).
+    pub fn restore(&mut self, s: &I8042Snapshot) {
+        self.ctr = s.ctr;
+        self.status = s.status;
+        self.out = s.out;
+        self.queue = s.queue.iter().copied().take(MAX_QUEUED).collect();
+        self.target = s.target;
+    }
+
     /// Creates the controller; `notifier` runs on a guest reset request;
     /// `irq` (IRQ 1), if given, is signalled when a keyboard byte is ready.
     pub fn new(notifier: Box<dyn ResetNotifier>, irq: Option<EventFd>) -> Self {
@@ -404,5 +439,17 @@ mod tests {
             n += 1;
         }
         assert!(n <= MAX_QUEUED + 1, "{n} bytes queued");
+    }
+
+    #[test]
+    fn state_round_trip_keeps_registers_and_queue() {
+        let (mut a, _n, _irq) = dev();
+        a.kbd_send(&[1, 2, 3]);
+        a.target = DataTarget::Ctr;
+        let s = a.state();
+        let (mut b, _n2, _irq2) = dev();
+        b.restore(&s);
+        assert_eq!(b.state(), s);
+        assert_eq!(rd(&mut b, 0), 1);
     }
 }

@@ -67,6 +67,9 @@ pub enum DeviceError {
         /// The OS error.
         source: std::io::Error,
     },
+    /// A saved device state cannot be applied.
+    #[error("{0}")]
+    BadState(String),
     /// Spawning the serial input thread failed.
     #[error("cannot start the serial input thread: {0}")]
     InputThread(std::io::Error),

@@ -17,6 +17,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use machine_manager::config::DriveConfig;
+use serde::{Deserialize, Serialize};
 use virtio::block::{Block, BlockConfig, BlockError};
 use virtio::rate_limiter::RateLimitConfig;
 
@@ -437,5 +438,190 @@ impl BlockHotplug {
                 }),
             });
         boot.chain(slots).collect()
+    }
+}
+
+/// An image node as saved in a snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeState {
+    /// Node name.
+    pub name: String,
+    /// Image path (re-opened on restore).
+    pub path: PathBuf,
+    /// Read-only.
+    pub read_only: bool,
+    /// O_DIRECT.
+    pub direct: bool,
+    /// Defined on the command line (`-drive`).
+    pub boot: bool,
+}
+
+/// A filled block slot as saved in a snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SlotDiskState {
+    /// Device id.
+    pub id: String,
+    /// Node name.
+    pub node: String,
+    /// GET_ID serial.
+    pub serial: Option<String>,
+    /// Capacity in sectors (the image must not have changed size).
+    pub capacity: u64,
+    /// I/O limits in force (buckets restart full).
+    pub rate_limit: RateLimitConfig,
+}
+
+/// Block hotplug state: nodes, slots and the limits of the other disks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlockHotplugState {
+    /// Every node.
+    pub nodes: Vec<NodeState>,
+    /// Every slot, in order.
+    pub slots: Vec<Option<SlotDiskState>>,
+    /// Disks outside the slots: id, capacity and I/O limits.
+    pub fixed: Vec<(String, u64, RateLimitConfig)>,
+}
+
+fn locked(b: &Arc<Mutex<Block>>) -> std::sync::MutexGuard<'_, Block> {
+    b.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl BlockHotplug {
+    /// The state to save.
+    pub fn save_state(&self) -> BlockHotplugState {
+        BlockHotplugState {
+            nodes: self
+                .nodes
+                .iter()
+                .map(|(name, n)| NodeState {
+                    name: name.clone(),
+                    path: n.path.clone(),
+                    read_only: n.read_only,
+                    direct: n.direct,
+                    boot: n.boot,
+                })
+                .collect(),
+            slots: self
+                .slots
+                .iter()
+                .map(|s| {
+                    s.device.as_ref().map(|(id, node)| {
+                        let b = locked(&s.block);
+                        SlotDiskState {
+                            id: id.clone(),
+                            node: node.clone(),
+                            serial: b.serial(),
+                            capacity: b.capacity(),
+                            rate_limit: b.rate_limit(),
+                        }
+                    })
+                })
+                .collect(),
+            fixed: self
+                .fixed_blocks
+                .iter()
+                .map(|(id, b)| {
+                    let b = locked(b);
+                    (id.clone(), b.capacity(), b.rate_limit())
+                })
+                .collect(),
+        }
+    }
+
+    /// Makes nodes and slots what `s` says (the VM was just built from
+    /// the same command line): unplugs boot disks that were gone, defines
+    /// the saved nodes, re-opens hot-plugged images into their slots, and
+    /// sets the I/O limits. Errors name the slot or device.
+    pub fn restore_state(&mut self, s: &BlockHotplugState) -> Result<(), String> {
+        if s.slots.len() != self.slots.len() {
+            return Err(format!(
+                "{} block slots saved, {} here",
+                s.slots.len(),
+                self.slots.len()
+            ));
+        }
+        // Devices here that the snapshot does not have in the same slot
+        // (boot disks unplugged before the snapshot).
+        let gone: Vec<String> = self
+            .slots
+            .iter()
+            .zip(&s.slots)
+            .filter_map(|(slot, saved)| {
+                let (id, node) = slot.device.as_ref()?;
+                let same = saved
+                    .as_ref()
+                    .is_some_and(|d| &d.id == id && &d.node == node);
+                (!same).then(|| id.clone())
+            })
+            .collect();
+        for id in gone {
+            self.device_del(&id)
+                .map_err(|e| format!("unplugging '{id}': {e}"))?;
+        }
+        for n in &s.nodes {
+            if self.nodes.contains_key(&n.name) {
+                continue;
+            }
+            if n.boot {
+                return Err(format!("drive '{}' is not on this command line", n.name));
+            }
+            self.nodes.insert(
+                n.name.clone(),
+                Node {
+                    path: n.path.clone(),
+                    read_only: n.read_only,
+                    direct: n.direct,
+                    user: None,
+                    boot: false,
+                },
+            );
+        }
+        for (index, saved) in s.slots.iter().enumerate() {
+            let Some(d) = saved else { continue };
+            let slot = &mut self.slots[index];
+            if slot.device.is_none() {
+                let node = self
+                    .nodes
+                    .get_mut(&d.node)
+                    .ok_or_else(|| format!("slot {index}: node '{}' not saved", d.node))?;
+                locked(&slot.block)
+                    .attach(BlockConfig {
+                        path: node.path.clone(),
+                        read_only: node.read_only,
+                        direct: node.direct,
+                        serial: d.serial.clone(),
+                        rate_limit: d.rate_limit,
+                    })
+                    .map_err(|e| format!("'{}' in slot {index}: {e}", d.id))?;
+                node.user = Some(d.id.clone());
+                slot.device = Some((d.id.clone(), d.node.clone()));
+            }
+            let mut b = locked(&slot.block);
+            check_capacity(&d.id, d.capacity, b.capacity())?;
+            b.set_rate_limit(d.rate_limit)
+                .map_err(|e| format!("'{}': {e}", d.id))?;
+        }
+        for (id, capacity, limits) in &s.fixed {
+            let block = self
+                .fixed_blocks
+                .iter()
+                .find(|b| &b.0 == id)
+                .ok_or_else(|| format!("disk '{id}' is not on this command line"))?;
+            let mut b = locked(&block.1);
+            check_capacity(id, *capacity, b.capacity())?;
+            b.set_rate_limit(*limits)
+                .map_err(|e| format!("'{id}': {e}"))?;
+        }
+        Ok(())
+    }
+}
+
+fn check_capacity(id: &str, saved: u64, now: u64) -> Result<(), String> {
+    if saved == now {
+        Ok(())
+    } else {
+        Err(format!(
+            "disk '{id}': the image has {now} sectors, the snapshot {saved}"
+        ))
     }
 }

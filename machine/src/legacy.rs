@@ -27,6 +27,8 @@ use crate::events::EventSender;
 /// The legacy devices of a running VM.
 pub struct LegacyDevices {
     serial: Option<Arc<Mutex<SerialDevice>>>,
+    i8042: Arc<Mutex<I8042>>,
+    rtc: Arc<Mutex<CmosRtc>>,
     boot_complete: Arc<Mutex<BootCompletePort>>,
 }
 
@@ -72,15 +74,12 @@ impl LegacyDevices {
                 what: "KVM_IRQFD (i8042)",
                 source,
             })?;
+        let i8042 = Arc::new(Mutex::new(I8042::new(
+            Box::new(events.clone()),
+            Some(kbd_irq),
+        )));
         io_bus
-            .insert(
-                I8042_PORT,
-                I8042_PORT_LEN,
-                Arc::new(Mutex::new(I8042::new(
-                    Box::new(events.clone()),
-                    Some(kbd_irq),
-                ))),
-            )
+            .insert(I8042_PORT, I8042_PORT_LEN, i8042.clone())
             .map_err(bus_err("i8042"))?;
         io_bus
             .insert(
@@ -89,12 +88,9 @@ impl LegacyDevices {
                 Arc::new(Mutex::new(AcpiSleep::new(Box::new(events.clone())))),
             )
             .map_err(bus_err("ACPI sleep registers"))?;
+        let rtc = Arc::new(Mutex::new(CmosRtc::new()));
         io_bus
-            .insert(
-                CMOS_RTC_PORT,
-                CMOS_RTC_PORT_LEN,
-                Arc::new(Mutex::new(CmosRtc::new())),
-            )
+            .insert(CMOS_RTC_PORT, CMOS_RTC_PORT_LEN, rtc.clone())
             .map_err(bus_err("CMOS RTC"))?;
         let boot_complete = Arc::new(Mutex::new(BootCompletePort::new(start)));
         io_bus
@@ -102,8 +98,25 @@ impl LegacyDevices {
             .map_err(bus_err("boot-complete port"))?;
         Ok(Self {
             serial,
+            i8042,
+            rtc,
             boot_complete,
         })
+    }
+
+    /// COM1, if the VM has one (snapshots).
+    pub(crate) fn serial(&self) -> Option<&Arc<Mutex<SerialDevice>>> {
+        self.serial.as_ref()
+    }
+
+    /// The i8042 (snapshots).
+    pub(crate) fn i8042(&self) -> &Arc<Mutex<I8042>> {
+        &self.i8042
+    }
+
+    /// The CMOS RTC (snapshots).
+    pub(crate) fn rtc(&self) -> &Arc<Mutex<CmosRtc>> {
+        &self.rtc
     }
 
     /// Flushes guest console output.

@@ -115,7 +115,11 @@ impl MicroVm {
         };
         // A snapshot to restore is read and checked before anything exists.
         let incoming = match &cfg.incoming {
-            Some(dir) => Some(open_incoming(dir, &facts, cfg.machine.mem_share)?),
+            Some(dir) => Some(snapshot::lifecycle::open_incoming(
+                dir,
+                &facts,
+                cfg.machine.mem_share,
+            )?),
             None => None,
         };
         // Compiled first: a host without seccomp filtering fails before
@@ -246,9 +250,20 @@ impl MicroVm {
             )?);
         }
         if let Some(inc) = &incoming {
-            restore_snapshot(inc, &vm, &vcpus, &mut virtio, &mut legacy, &hotplug)
-                .map_err(MachineError::Incoming)?;
-            log::info!("restored the snapshot in {}", inc.dir.display());
+            snapshot::lifecycle::restore_snapshot(
+                inc,
+                &vm,
+                &vcpus,
+                &mut virtio,
+                &mut legacy,
+                &hotplug,
+            )
+            .map_err(MachineError::Incoming)?;
+            log::info!(
+                "restored the snapshot in {} after {} us",
+                inc.dir.display(),
+                start.elapsed().as_micros()
+            );
         }
         Ok(Self {
             vcpus,
@@ -550,7 +565,25 @@ fn control(
                 Ok(()) => (Ok(()), Some(("POWERDOWN", Value::Null)), None),
                 Err(e) => (Err(e), None, None),
             },
-            ControlRequest::Migrate(dir) => (migrate(&dir, handles, shared, parts), None, None),
+            ControlRequest::Migrate(dir) => {
+                let hotplug = parts.hotplug.lock().unwrap_or_else(|p| p.into_inner());
+                let save = snapshot::SaveParts {
+                    kvm: parts.kvm,
+                    vm: parts.vm,
+                    mem: parts.mem,
+                    vcpus: handles,
+                    virtio: parts.virtio,
+                    legacy: parts.legacy,
+                    hotplug: &hotplug,
+                    boot: parts.boot,
+                    facts: parts.facts.clone(),
+                };
+                (
+                    snapshot::lifecycle::migrate(&dir, shared, &save),
+                    None,
+                    None,
+                )
+            }
         };
     // The answer goes out before the event it causes.
     let _ = call.reply.send(answer);
@@ -558,112 +591,6 @@ fn control(
         listener.lifecycle_event(name, data);
     }
     exit
-}
-
-/// Writes a snapshot of the paused VM into `dir`; the progress is what
-/// `query-migrate` reports. The VM stays paused.
-fn migrate(
-    dir: &std::path::Path,
-    handles: &[VcpuHandle],
-    shared: &VmShared,
-    parts: &ControlParts<'_>,
-) -> Result<(), String> {
-    let mut info = MigrationInfo {
-        status: MigrationStatus::Setup,
-        total_time_ms: 0,
-        ram_total: parts.facts.mem_size,
-        ram_written: 0,
-        error: None,
-    };
-    if !matches!(shared.status(), VmStatus::Paused | VmStatus::Prelaunch) {
-        // Refused before it starts: the last snapshot's report stays.
-        return Err("migrate: the VM must be paused first (QMP 'stop')".into());
-    }
-    shared.set_migration(info.clone());
-    info.status = MigrationStatus::Active;
-    shared.set_migration(info.clone());
-    let hotplug = parts.hotplug.lock().unwrap_or_else(|p| p.into_inner());
-    let result = snapshot::save(
-        dir,
-        &snapshot::SaveParts {
-            kvm: parts.kvm,
-            vm: parts.vm,
-            mem: parts.mem,
-            vcpus: handles,
-            virtio: parts.virtio,
-            legacy: parts.legacy,
-            hotplug: &hotplug,
-            boot: parts.boot,
-            facts: parts.facts.clone(),
-        },
-    );
-    match result {
-        Ok(stats) => {
-            info.status = MigrationStatus::Completed;
-            info.total_time_ms = u64::try_from(stats.elapsed.as_millis()).unwrap_or(u64::MAX);
-            info.ram_written = stats.ram_written;
-            log::info!(
-                "snapshot written to {} in {} ms ({} bytes of RAM)",
-                dir.display(),
-                info.total_time_ms,
-                stats.ram_written
-            );
-            shared.set_migration(info);
-            Ok(())
-        }
-        Err(e) => {
-            let why = format!("migrate: {e}");
-            log::error!("{why}");
-            info.status = MigrationStatus::Failed;
-            info.error = Some(why.clone());
-            shared.set_migration(info);
-            Err(why)
-        }
-    }
-}
-
-/// Reads the snapshot for `-incoming` and checks it fits the command line.
-fn open_incoming(
-    dir: &std::path::Path,
-    facts: &MachineFacts,
-    mem_share: bool,
-) -> Result<snapshot::Incoming, MachineError> {
-    if mem_share {
-        return Err(MachineError::Incoming(snapshot::SnapshotError::State(
-            "a snapshot cannot be restored into shared guest memory (-machine mem-share=on)".into(),
-        )));
-    }
-    snapshot::Incoming::open(dir, facts).map_err(MachineError::Incoming)
-}
-
-/// Puts the snapshot's state into the VM just built: interrupt controllers,
-/// PIT and clock, then the vCPUs (their LAPICs before any device raises an
-/// interrupt), then the devices (which kick their queues and re-raise what
-/// was pending).
-fn restore_snapshot(
-    inc: &snapshot::Incoming,
-    vm: &VmFd,
-    vcpus: &[Vcpu],
-    virtio: &mut VirtioDevices,
-    legacy: &mut LegacyDevices,
-    hotplug: &Mutex<Hotplug>,
-) -> Result<(), snapshot::SnapshotError> {
-    let state = &inc.state;
-    state
-        .platform
-        .restore(vm)
-        .map_err(|e| snapshot::SnapshotError::State(e.to_string()))?;
-    vm.set_clock(&state.clock)
-        .map_err(|source| snapshot::SnapshotError::Kvm {
-            what: "KVM_SET_CLOCK".into(),
-            source,
-        })?;
-    for (vcpu, saved) in vcpus.iter().zip(&state.vcpus) {
-        vcpu.restore_state(saved)
-            .map_err(|e| snapshot::SnapshotError::State(e.to_string()))?;
-    }
-    let mut hotplug = hotplug.lock().unwrap_or_else(|p| p.into_inner());
-    snapshot::devices::restore(&state.devices, virtio, legacy, &mut hotplug)
 }
 
 /// QMP SHUTDOWN event fields (`guest`, `reason`) for an exit reason.

@@ -13,6 +13,7 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
+use serde::{Deserialize, Serialize};
 use virtio::net::{parse_mac, FrameIo, Net, Tap};
 
 use crate::hotplug_request::{DeviceRequest, FdSource, HotplugError, TapRequest};
@@ -55,10 +56,22 @@ impl NetSlot {
     }
 }
 
+/// Where a netdev's TAP came from (what a restore needs to re-open it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Origin {
+    /// The command line (`-netdev`): recreated by it.
+    Boot,
+    /// `netdev_add ifname=`.
+    Named(String),
+    /// `netdev_add fd=` (a descriptor from `getfd`).
+    Fd,
+}
+
 /// Network hotplug state: netdevs and slots.
 #[derive(Default)]
 pub struct NetHotplug {
     netdevs: BTreeMap<String, Netdev>,
+    origins: BTreeMap<String, Origin>,
     slots: Vec<NetSlot>,
 }
 
@@ -110,8 +123,13 @@ impl NetHotplug {
             .iter()
             .filter_map(|s| s.device.as_ref())
             .map(|(dev, netdev)| (netdev.clone(), Netdev::InUse(dev.clone())))
-            .collect();
-        NetHotplug { netdevs, slots }
+            .collect::<BTreeMap<_, _>>();
+        let origins = netdevs.keys().map(|k| (k.clone(), Origin::Boot)).collect();
+        NetHotplug {
+            netdevs,
+            origins,
+            slots,
+        }
     }
 
     /// Whether a hot-plugged network device has this id.
@@ -149,6 +167,10 @@ impl NetHotplug {
             }
         }
         let names = &tap.fd_names;
+        let origin = match &tap.ifname {
+            Some(name) if names.is_empty() => Origin::Named(name.clone()),
+            _ => Origin::Fd,
+        };
         let opened = match (names.as_slice(), &tap.ifname) {
             ([], None) => {
                 return Err(generic(format!(
@@ -178,6 +200,7 @@ impl NetHotplug {
         log::info!("netdev '{id}' on TAP {}", opened.if_name());
         self.netdevs
             .insert(id.clone(), Netdev::Free(Arc::new(opened)));
+        self.origins.insert(id.clone(), origin);
         Ok(())
     }
 
@@ -190,6 +213,7 @@ impl NetHotplug {
             ))),
             Some(_) => {
                 self.netdevs.remove(id);
+                self.origins.remove(id);
                 Ok(())
             }
         }
@@ -276,6 +300,147 @@ impl NetHotplug {
     }
 }
 
+/// A netdev as saved in a snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetdevState {
+    /// Netdev id.
+    pub id: String,
+    /// The TAP interface to re-open; `None` for a command-line netdev.
+    pub ifname: Option<String>,
+}
+
+/// A filled network slot as saved in a snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetSlotState {
+    /// Device id.
+    pub id: String,
+    /// Netdev id.
+    pub netdev: String,
+    /// The guest's MAC address.
+    pub mac: [u8; 6],
+}
+
+/// Network hotplug state: netdevs and slots.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetHotplugState {
+    /// Every netdev.
+    pub netdevs: Vec<NetdevState>,
+    /// Every slot, in order.
+    pub slots: Vec<Option<NetSlotState>>,
+}
+
+fn locked(n: &Arc<Mutex<Net>>) -> std::sync::MutexGuard<'_, Net> {
+    n.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl NetHotplug {
+    /// The state to save; refuses a TAP passed as a descriptor (nothing
+    /// could re-open it).
+    pub fn save_state(&self) -> Result<NetHotplugState, String> {
+        let mut netdevs = Vec::new();
+        for id in self.netdevs.keys() {
+            let ifname = match self.origins.get(id) {
+                Some(Origin::Boot) => None,
+                Some(Origin::Named(n)) => Some(n.clone()),
+                Some(Origin::Fd) | None => {
+                    return Err(format!(
+                        "netdev '{id}': its TAP was passed as a file descriptor and cannot be \
+                         re-opened on restore (use ifname=, or netdev_del it first)"
+                    ))
+                }
+            };
+            netdevs.push(NetdevState {
+                id: id.clone(),
+                ifname,
+            });
+        }
+        let slots = self
+            .slots
+            .iter()
+            .map(|s| {
+                s.device.as_ref().map(|(id, netdev)| NetSlotState {
+                    id: id.clone(),
+                    netdev: netdev.clone(),
+                    mac: locked(&s.net).mac(),
+                })
+            })
+            .collect();
+        Ok(NetHotplugState { netdevs, slots })
+    }
+
+    /// Makes netdevs and slots what `s` says (the VM was just built from
+    /// the same command line): unplugs boot NICs that were gone,
+    /// re-opens hot-added TAPs by name and plugs them into their slots
+    /// with their MAC addresses.
+    pub fn restore_state(&mut self, s: &NetHotplugState) -> Result<(), String> {
+        if s.slots.len() != self.slots.len() {
+            return Err(format!(
+                "{} network slots saved, {} here",
+                s.slots.len(),
+                self.slots.len()
+            ));
+        }
+        let gone: Vec<String> = self
+            .slots
+            .iter()
+            .zip(&s.slots)
+            .filter_map(|(slot, saved)| {
+                let (id, netdev) = slot.device.as_ref()?;
+                let same = saved
+                    .as_ref()
+                    .is_some_and(|d| &d.id == id && &d.netdev == netdev);
+                (!same).then(|| id.clone())
+            })
+            .collect();
+        for id in gone {
+            if let Some(Err(e)) = self.device_del(&id) {
+                return Err(format!("unplugging '{id}': {e}"));
+            }
+        }
+        let extra: Vec<String> = self
+            .netdevs
+            .keys()
+            .filter(|k| !s.netdevs.iter().any(|n| &n.id == *k))
+            .cloned()
+            .collect();
+        for id in extra {
+            self.netdev_del(&id)
+                .map_err(|e| format!("netdev '{id}': {e}"))?;
+        }
+        for n in &s.netdevs {
+            if self.netdevs.contains_key(&n.id) {
+                continue;
+            }
+            let Some(ifname) = &n.ifname else {
+                return Err(format!("netdev '{}' is not on this command line", n.id));
+            };
+            let tap = Tap::open_named(ifname).map_err(|e| format!("netdev '{}': {e}", n.id))?;
+            self.netdevs
+                .insert(n.id.clone(), Netdev::Free(Arc::new(tap)));
+            self.origins
+                .insert(n.id.clone(), Origin::Named(ifname.clone()));
+        }
+        for (index, saved) in s.slots.iter().enumerate() {
+            let Some(d) = saved else { continue };
+            let slot = &mut self.slots[index];
+            if slot.device.is_some() {
+                continue;
+            }
+            let io = match self.netdevs.get(&d.netdev) {
+                Some(Netdev::Free(io)) => io.clone(),
+                _ => return Err(format!("netdev '{}' is not free for '{}'", d.netdev, d.id)),
+            };
+            locked(&slot.net)
+                .attach(io, Some(d.mac))
+                .map_err(|e| format!("'{}' in network slot {index}: {e}", d.id))?;
+            slot.device = Some((d.id.clone(), d.netdev.clone()));
+            self.netdevs
+                .insert(d.netdev.clone(), Netdev::InUse(d.id.clone()));
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -298,5 +463,76 @@ mod tests {
         assert!(desc(choose_slot(Some("x"), &free, "block", "Slot")).contains("Invalid addr 'x'"));
         assert!(desc(choose_slot(None, &[false], "network", "Network slot"))
             .contains("No free network slot (all 1 in use)"));
+    }
+
+    struct FakeTap(vmm_sys_util::eventfd::EventFd, String);
+    impl std::os::fd::AsRawFd for FakeTap {
+        fn as_raw_fd(&self) -> std::os::fd::RawFd {
+            self.0.as_raw_fd()
+        }
+    }
+    impl FrameIo for FakeTap {
+        fn name(&self) -> &str {
+            &self.1
+        }
+        fn send(&self, _frame: &[u8]) -> std::io::Result<()> {
+            Ok(())
+        }
+        fn recv(&self, _buf: &mut [u8]) -> std::io::Result<usize> {
+            Err(std::io::ErrorKind::WouldBlock.into())
+        }
+    }
+
+    fn fake(name: &str) -> Arc<dyn FrameIo> {
+        let efd = vmm_sys_util::eventfd::EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        Arc::new(FakeTap(efd, name.to_string()))
+    }
+
+    #[test]
+    fn snapshot_refuses_a_tap_passed_as_descriptor_and_records_named_ones() {
+        let mut hp = NetHotplug::new(vec![]);
+        hp.netdevs.insert("n0".into(), Netdev::Free(fake("tap0")));
+        hp.origins.insert("n0".into(), Origin::Named("tap0".into()));
+        let s = hp.save_state().unwrap();
+        assert_eq!(
+            s.netdevs,
+            vec![NetdevState {
+                id: "n0".into(),
+                ifname: Some("tap0".into())
+            }]
+        );
+        hp.netdevs.insert("n1".into(), Netdev::Free(fake("tap1")));
+        hp.origins.insert("n1".into(), Origin::Fd);
+        let e = hp.save_state().unwrap_err();
+        assert!(
+            e.starts_with("netdev 'n1': its TAP was passed as a file descriptor"),
+            "{e}"
+        );
+        hp.netdev_del("n1").unwrap();
+        assert!(hp.save_state().is_ok(), "origin forgotten with the netdev");
+    }
+
+    #[test]
+    fn restore_drops_netdevs_deleted_before_the_snapshot() {
+        let mut hp = NetHotplug::new(vec![]);
+        hp.netdevs.insert("boot".into(), Netdev::Free(fake("tapb")));
+        hp.origins.insert("boot".into(), Origin::Boot);
+        let saved = NetHotplugState {
+            netdevs: vec![],
+            slots: vec![],
+        };
+        hp.restore_state(&saved).unwrap();
+        assert!(hp.netdevs.is_empty());
+        let saved = NetHotplugState {
+            netdevs: vec![NetdevState {
+                id: "other".into(),
+                ifname: None,
+            }],
+            slots: vec![],
+        };
+        assert_eq!(
+            hp.restore_state(&saved).unwrap_err(),
+            "netdev 'other' is not on this command line"
+        );
     }
 }

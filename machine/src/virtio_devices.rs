@@ -54,6 +54,9 @@ pub struct VirtioDevices {
     /// Device id → iothread id.
     iothread_of: BTreeMap<String, String>,
     transports: Vec<Arc<Mutex<MmioTransport>>>,
+    /// The id each window was created for (a device id, or `blk-slotN` /
+    /// `net-slotN` for an empty slot), in window order.
+    window_ids: Vec<String>,
     cmdline: Vec<String>,
     /// Block slots, in slot order.
     slots: Vec<Slot>,
@@ -128,6 +131,7 @@ impl VirtioDevices {
             iothreads: loops,
             iothread_of: iothread_of.clone(),
             transports: Vec::new(),
+            window_ids: Vec::new(),
             cmdline: Vec::new(),
             slots: Vec::new(),
             net_slots: Vec::new(),
@@ -232,6 +236,7 @@ impl VirtioDevices {
             })?;
         log::info!("virtio device '{id}' at {base:#x}, IRQ {irq}");
         self.transports.push(transport);
+        self.window_ids.push(id.to_string());
         self.cmdline
             .push(format!("virtio_mmio.device=4K@{base:#x}:{irq}"));
         Ok(base)
@@ -240,6 +245,16 @@ impl VirtioDevices {
     /// The device event loops: `virtio-io` and the iothreads.
     pub fn event_loops(&self) -> impl Iterator<Item = &EventLoop> {
         std::iter::once(&self.event_loop).chain(self.iothreads.values())
+    }
+
+    /// Every window in order: the id it was created for, its base and
+    /// its transport (snapshots).
+    pub(crate) fn windows(&self) -> impl Iterator<Item = (&str, u64, &Arc<Mutex<MmioTransport>>)> {
+        self.window_ids
+            .iter()
+            .zip(&self.transports)
+            .enumerate()
+            .map(|(slot, (id, t))| (id.as_str(), slot_window(slot).0, t))
     }
 
     /// The block hotplug slots, taken once by the machine.

@@ -295,6 +295,101 @@ sc_b_balloon_report() {
     finish $sc 30
 }
 
+# Snapshot and restore with kernel (b): L2 (rig.mode=snapshot) writes a
+# file on its data disk, pings L1 over a tap and listens on hybrid vsock;
+# L1 pauses it, `migrate`s it to a directory and quits it, then restores it
+# with the same arguments plus -incoming in a new altovirt. L1's vsock
+# connection then makes L2 re-read the file from the disk, write another
+# (read back with debugfs after exit) and ping L1 again.
+snap_vmm() { # SERIAL QMP LOG EXTRA...: the scenario's altovirt, same devices each time
+    ser=$1 q=$2 log=$3
+    shift 3
+    altovirt -kernel $L2B -initrd $L2I -m 256 -smp 2 \
+        -append "$BASEARGS quiet rig.mode=snapshot rig.scenario=b_snapshot" \
+        -serial file:$ser -qmp unix:$q,server,nowait -D $log \
+        -config /tmp/cfg-b_snapshot.json \
+        -device vsock-device,id=vsock0,guest-cid=3,uds-path=/tmp/b_snapshot.vsock \
+        "$@" </dev/null >/dev/null 2>>/tmp/b_snapshot.stderr &
+    VMM=$!
+}
+snap_tap_up() { # the host side keeps its MAC across both VMs, as a real host's would
+    i=0
+    while [ ! -e /sys/class/net/rigtap5 ] && [ $i -lt 100 ]; do i=$((i + 1)); sleep 0.1; done
+    ip link set rigtap5 address 02:00:00:00:05:01 && ip addr add 10.0.5.1/24 dev rigtap5 &&
+        ip link set rigtap5 up && say b_snapshot tap up
+}
+sc_b_snapshot() {
+    sc=b_snapshot
+    if [ ! -f $L2B ]; then say $sc skipped no-kernel-b; return; fi
+    rm -rf /tmp/$sc.* /tmp/$sc-snap
+    cp /rig/l2/data.ext4 /tmp/img-$sc.ext4
+    cat >/tmp/cfg-$sc.json <<JSON
+{"drive": [{"drive_id": "data", "path_on_host": "/tmp/img-$sc.ext4"}],
+ "net": [{"iface_id": "net0", "host_dev_name": "rigtap5"}]}
+JSON
+    T0=$(now_cs)
+    snap_vmm /tmp/$sc.serial /tmp/$sc.qmp /tmp/$sc.log
+    snap_tap_up
+    if wait_for /tmp/$sc.serial L2-SNAP-READY 120; then
+        say $sc cold-boot-complete-us $(boot_time_us $sc)
+        say $sc cold-ready-ms $((($(now_cs) - T0) * 10))
+        # Writing guest RAM takes seconds here (L1's user space runs under
+        # TCG): the client stays until query-migrate has answered.
+        {
+            echo '{"execute":"qmp_capabilities"}'
+            echo '{"execute":"stop"}'
+            echo '{"execute":"migrate","arguments":{"uri":"file:/tmp/'$sc'-snap"}}'
+            echo '{"execute":"query-migrate"}'
+            i=0
+            while ! grep -q '"status"' /tmp/$sc.qmp-save 2>/dev/null && [ $i -lt 1200 ]; do
+                i=$((i + 1))
+                sleep 0.1
+            done
+            echo '{"execute":"quit"}'
+            sleep 1
+        } | socat -t 2 - UNIX-CONNECT:/tmp/$sc.qmp >/tmp/$sc.qmp-save 2>&1
+        tr -d '\r' </tmp/$sc.qmp-save | sed "s/^/RIG $sc qmp-save /"
+        i=0
+        while kill -0 $VMM 2>/dev/null && [ $i -lt 300 ]; do i=$((i + 1)); sleep 0.1; done
+        kill -9 $VMM 2>/dev/null
+        wait $VMM
+        say $sc save-exit $?
+        say $sc snap-files "$(ls /tmp/$sc-snap | tr '\n' ' ')"
+        say $sc snap-memory-kb "$(du -k /tmp/$sc-snap/memory | cut -f1)"
+        rm -f /tmp/$sc.vsock
+        T1=$(now_cs)
+        snap_vmm /tmp/$sc-r.serial /tmp/$sc-r.qmp /tmp/$sc-r.log -incoming file:/tmp/$sc-snap
+        snap_tap_up
+        wait_for_sock /tmp/$sc.vsock
+        word="$(head -c 4 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+        { echo "CONNECT 5000"; echo "check-$word"; sleep 10; } |
+            socat -t 12 - UNIX-CONNECT:/tmp/$sc.vsock 2>&1 | tr -d '\r' >/tmp/$sc.vsock-reply &
+        rp=$!
+        wait_for /tmp/$sc.vsock-reply L2-SNAP-UPTIME 60 || say $sc no-vsock-answer
+        say $sc restore-answer-ms $((($(now_cs) - T1) * 10))
+        say $sc restore-us "$(sed -n 's/.*restored the snapshot .* after \([0-9]*\) us.*/\1/p' /tmp/$sc-r.log | head -n1)"
+        kill $rp 2>/dev/null
+        sed "s/^/RIG $sc vsock-reply /" /tmp/$sc.vsock-reply
+        say $sc word check-$word
+        RSS=$(rss_kb $VMM)
+        say $sc restored-rss-kb $RSS
+        qmp /tmp/$sc-r.qmp '{"execute":"query-status"}' '{"execute":"quit"}' |
+            tr -d '\r' | sed "s/^/RIG $sc qmp-restored /"
+        i=0
+        while kill -0 $VMM 2>/dev/null && [ $i -lt 300 ]; do i=$((i + 1)); sleep 0.1; done
+        wait $VMM
+        say $sc restore-exit $?
+    else
+        say $sc not-ready
+        kill -9 $VMM 2>/dev/null
+    fi
+    sed "s/^/RIG $sc stderr /" /tmp/$sc.stderr 2>/dev/null
+    sed "s/^/L2 $sc /" /tmp/$sc.serial 2>/dev/null | tr -d '\r'
+    sed "s/^/L2 $sc /" /tmp/$sc-r.serial 2>/dev/null | tr -d '\r'
+    sed "s/^/LOG $sc /" /tmp/$sc.log /tmp/$sc-r.log 2>/dev/null
+    say $sc after-file "$(debugfs -R 'cat /after.txt' /tmp/img-$sc.ext4 2>/dev/null)"
+}
+
 # Kernel (a) with its virtio devices found through ACPI: a data disk (ext4,
 # read back with debugfs after exit), virtio-rng and virtio-net over a tap;
 # no hotplug slots, so the disk is vda and the NIC eth0.

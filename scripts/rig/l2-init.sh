@@ -19,6 +19,12 @@
 #              power button (QMP system_powerdown) its handler powers off
 #   ignorebutton  the same drivers, no acpid: L2-TICK lines forever, with
 #              the GED's interrupt count (the press arrives, nobody acts)
+#   snapshot   (data disk vda, eth0 on a tap, hybrid vsock) write a file
+#              on vda, ping L1, listen on vsock port 5000 and say
+#              L2-SNAP-READY; L1 snapshots the VM, quits it and restores it
+#              in a new altovirt; L1's connection to port 5000 then runs the
+#              after-restore checks: re-read the file from the disk (caches
+#              dropped), write another, ping L1, answer on vsock
 #   balloon    show the balloon's driver and negotiated features, fill the
 #              free memory once (a tmpfs file, then removed: L1 backs it),
 #              then print MemTotal whenever it changes (L1 inflates and
@@ -108,6 +114,36 @@ virtio_list() {
 virtio_list
 echo "L2-MODE $mode"
 case "$mode" in
+snapshot)
+    if mount -t ext4 /dev/vda /mnt; then
+        echo "before-snapshot $(head -c 8 /dev/urandom | od -An -tx1 | tr -d ' \n')" >/mnt/before.txt && sync &&
+            echo "L2-SNAP-WROTE $(cat /mnt/before.txt)"
+    else
+        echo "L2-SNAP-WROTE mount-failed"
+    fi
+    ip link set eth0 up
+    ping_l1 eth0 10.0.5.2 10.0.5.1
+    cat >/tmp/after.sh <<'EOS'
+#!/bin/busybox sh
+# Runs for L1's vsock connection after the restore: what it prints goes
+# back over vsock and to the console.
+read -r what
+{
+    echo "L2-SNAP-ASKED $what"
+    sync
+    echo 3 >/proc/sys/vm/drop_caches
+    echo "L2-SNAP-READ $(cat /mnt/before.txt 2>&1)"
+    echo "after-restore $what" >/mnt/after.txt && sync && echo "L2-SNAP-WROTE-AFTER ok"
+    if ping -c 2 -W 2 10.0.5.1 >/tmp/ping2 2>&1; then echo "L2-SNAP-PING ok"; else echo "L2-SNAP-PING failed"; fi
+    echo "L2-SNAP-UPTIME $(cut -d' ' -f1 /proc/uptime)"
+} | tee /dev/console
+EOS
+    chmod +x /tmp/after.sh
+    socat VSOCK-LISTEN:5000,fork EXEC:/tmp/after.sh 2>/tmp/vs.err &
+    sleep 0.5
+    echo "L2-SNAP-READY $(cut -d' ' -f1 /proc/uptime)"
+    sleep 100000
+    ;;
 heartbeat)
     i=0
     while :; do

@@ -10,7 +10,9 @@
  *   virtio_mmio.device=<size>@<base>:<irq>[:<id>]  one per device, as Linux
  *       parses it (size with an optional K/M/G suffix; numbers in decimal,
  *       0x hex or 0 octal)
- *   guest.virtio=<test>[,<test>...]  blk, rng, console, blk-bad, net, vsock,
+ *   guest.virtio=<test>[,<test>...]  blk, rng, console, console-steps
+ *                                    (snapshot tests; never returns),
+ *                                    blk-bad, net, vsock,
  *                                    blkbench, hotplug, net-hotplug, fs,
  *                                    balloon, log-flood (run
  *                                    in the order given; net-hotplug is in
@@ -987,6 +989,65 @@ static void test_console(void)
 	vdev_reset(d);
 }
 
+/*
+ * guest.virtio=console-steps (snapshot tests): for each byte received on
+ * COM1, sends "con <n>\n" on the console's transmit queue (descriptor
+ * n % 4, one buffer reused), waits for the device to use it and prints
+ * "console-steps: <n> used=<used.idx> id=<id>" on COM1. Never returns: a
+ * guest restored from a snapshot keeps using the same queue, and the host
+ * must see each line once.
+ */
+static void __attribute__((noreturn)) test_console_steps(void)
+{
+	const struct vdev *d = vdev_find(ID_CONSOLE);
+	struct vq rx, tx;
+	u64 features;
+
+	if (!d) {
+		say("console-steps", "no device");
+		halt_forever();
+	}
+	if (!vdev_begin(d, 0, &features, "console-steps") ||
+	    !vq_setup(&rx, d, 0, RING_CON_RX, "console-steps") ||
+	    !vq_setup(&tx, d, 1, RING_CON_TX, "console-steps"))
+		halt_forever();
+	if (!(vdev_driver_ok(d) & ST_DRIVER_OK)) {
+		vdev_fail(d, "console-steps", "DRIVER_OK not kept");
+		halt_forever();
+	}
+	say("console-steps", "ready");
+	for (u32 n = 1;; n++) {
+		while (!(inb(COM1_LSR) & 1))
+			cpu_pause();
+		(void)inb(COM1);
+		char digits[10];
+		u32 nd = 0;
+		for (u32 v = n; v || !nd; v /= 10)
+			digits[nd++] = (char)('0' + v % 10);
+		u32 len = 0;
+		conbuf.tx[len++] = 'c';
+		conbuf.tx[len++] = 'o';
+		conbuf.tx[len++] = 'n';
+		conbuf.tx[len++] = ' ';
+		while (nd)
+			conbuf.tx[len++] = digits[--nd];
+		conbuf.tx[len++] = '\n';
+		u16 head = (u16)(n % 4);
+		struct vq_used_elem e = { 0, 0 };
+		vq_set_desc(&tx, head, (u64)conbuf.tx, len, 0, 0);
+		vq_publish(&tx, head);
+		vq_notify(&tx);
+		int ok = vq_wait(&tx, WAIT_REQUEST, &e);
+		line_start("console-steps");
+		put_dec(n);
+		puts_serial(ok ? " used=" : " timeout used=");
+		put_dec(tx.r->used.idx);
+		puts_serial(" id=");
+		put_dec(e.id);
+		putc_serial('\n');
+	}
+}
+
 /* ---- virtio-net (5.1), one queue pair, polled ------------------------------- */
 
 #define NET_F_MAC (1ull << 5)
@@ -1928,6 +1989,8 @@ static void virtio_run(void)
 			test_rng();
 		else if (name_is(t, len, "console"))
 			test_console();
+		else if (name_is(t, len, "console-steps"))
+			test_console_steps();
 		else if (name_is(t, len, "net"))
 			test_net();
 		else if (name_is(t, len, "vsock"))

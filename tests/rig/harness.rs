@@ -29,6 +29,7 @@ pub(crate) const KERNEL_B_SCENARIOS: &[&str] = &[
     "b_kata",
     "b_balloon",
     "b_balloon_report",
+    "b_snapshot",
 ];
 /// Upper bound for one whole rig run (L1 boot plus every scenario).
 pub(crate) const RIG_TIMEOUT: Duration = Duration::from_secs(540);

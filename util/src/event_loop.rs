@@ -65,6 +65,15 @@ pub enum EventLoopError {
     /// The loop has been stopped.
     #[error("event loop is stopped")]
     Stopped,
+    /// [`EventLoop::freeze`]: the loop did not park in time (a handler
+    /// is still running).
+    #[error("event loop '{name}' did not park within {ms} ms")]
+    NotParked {
+        /// Name of the loop.
+        name: String,
+        /// How long it was given.
+        ms: u128,
+    },
 }
 
 /// Token value reserved for the internal wake-up eventfd.

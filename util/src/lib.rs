@@ -5,3 +5,4 @@
 
 pub mod confine;
 pub mod event_loop;
+pub mod freeze;

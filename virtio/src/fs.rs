@@ -299,6 +299,13 @@ impl VirtioDevice for VhostUserFs {
         Ok(())
     }
 
+    fn snapshot_blocker(&self) -> Option<String> {
+        Some(
+            "vhost-user-fs cannot be snapshotted (the back-end process owns its queues and state)"
+                .to_string(),
+        )
+    }
+
     fn reset(&mut self) {
         if let Some(mut a) = self.active.take() {
             {

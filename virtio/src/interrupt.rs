@@ -82,6 +82,24 @@ impl Interrupt {
         self.config_generation.load(Ordering::SeqCst)
     }
 
+    /// Sets the state saved in a snapshot, without signalling.
+    pub(crate) fn restore(&self, status: u32, needs_reset: bool, config_generation: u32) {
+        self.status.store(status, Ordering::SeqCst);
+        self.needs_reset.store(needs_reset, Ordering::SeqCst);
+        self.config_generation
+            .store(config_generation, Ordering::SeqCst);
+    }
+
+    /// Signals the irqfd again if an interrupt is pending (after a restore,
+    /// where the pending edge was lost with the old process).
+    pub(crate) fn reraise_pending(&self) {
+        if self.status() != 0 {
+            if let Err(e) = self.irq_evt.write(1) {
+                log::error!("virtio: cannot signal interrupt: {e}");
+            }
+        }
+    }
+
     /// Clears the status bits and the needs-reset state (device reset).
     pub(crate) fn reset(&self) {
         self.status.store(0, Ordering::SeqCst);

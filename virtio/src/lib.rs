@@ -31,6 +31,7 @@ pub mod mmio;
 pub mod net;
 pub mod rate_limiter;
 pub mod rng;
+pub mod snapshot;
 #[cfg(test)]
 mod test_utils;
 pub mod vhost_user;
@@ -42,7 +43,7 @@ use std::sync::Arc;
 pub use address_space::GuestMemoryMmap;
 pub use interrupt::{Interrupt, VIRTIO_MMIO_INT_CONFIG, VIRTIO_MMIO_INT_VRING};
 pub use mmio::{MmioError, MmioTransport, MMIO_WINDOW_SIZE, NOTIFY_REG_OFFSET};
-pub use virtio_queue::{Queue, QueueT};
+pub use virtio_queue::{Queue, QueueState, QueueT};
 pub use vmm_sys_util::eventfd::EventFd;
 
 use util::event_loop::EventLoopError;
@@ -137,6 +138,37 @@ pub trait VirtioDevice: Send {
     /// Stops queue processing and drops the queues. Safe at any time,
     /// including while the event loop is processing this device.
     fn reset(&mut self);
+
+    /// Snapshots: why this device cannot be saved, or `None` if it can.
+    /// Devices opt in by overriding this (and the methods below).
+    fn snapshot_blocker(&self) -> Option<String> {
+        Some("this device does not support snapshots".to_string())
+    }
+    /// Snapshots: the live state of the queues the device works on while
+    /// active (positions reached by its worker), in queue order; it may
+    /// cover only the first queues (the others keep the transport's copy).
+    /// `None` when not active.
+    fn queue_states(&self) -> Option<Vec<QueueState>> {
+        None
+    }
+    /// Snapshots: device-specific state.
+    fn save_extra(&self) -> snapshot::DeviceExtra {
+        snapshot::DeviceExtra::None
+    }
+    /// Snapshots: applies device-specific state, before activation.
+    fn restore_extra(&mut self, extra: &snapshot::DeviceExtra) -> Result<(), String> {
+        match extra {
+            snapshot::DeviceExtra::None => Ok(()),
+            other => Err(format!("unexpected device state {other:?}")),
+        }
+    }
+    /// Snapshots: called once after a restored device was activated, before
+    /// the guest runs again (vsock tells the guest its connections are gone).
+    fn after_restore(&mut self) {}
+    /// Snapshots: makes data the guest wrote durable (block: fdatasync).
+    fn sync(&self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// Copies the bytes of `config` at `offset` into `data`, zero-filling what

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use vmm_sys_util::timerfd::TimerFd;
 
 /// The limits of one bucket, in tokens (bytes or operations).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct BucketConfig {
     /// Tokens of a full bucket; 0 means no limit.
     pub size: u64,
@@ -51,7 +51,7 @@ impl BucketConfig {
 }
 
 /// The limits of a device: bandwidth (bytes) and operations.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct RateLimitConfig {
     /// Bytes bucket.
     pub bandwidth: BucketConfig,

@@ -167,6 +167,16 @@ impl VirtioDevice for Rng {
             registrations.clear();
         }
     }
+
+    fn snapshot_blocker(&self) -> Option<String> {
+        None
+    }
+
+    fn queue_states(&self) -> Option<Vec<virtio_queue::QueueState>> {
+        self.active
+            .as_ref()
+            .map(|(_, w)| crate::lock(w).qs.states())
+    }
 }
 
 #[cfg(test)]

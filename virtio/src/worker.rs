@@ -41,6 +41,11 @@ impl QueueSet {
         }
     }
 
+    /// The live state of every queue (for snapshots).
+    pub fn states(&self) -> Vec<virtio_queue::QueueState> {
+        self.queues.iter().map(|q| q.state()).collect()
+    }
+
     /// Whether the device gave up on its queues (DEVICE_NEEDS_RESET).
     pub fn is_broken(&self) -> bool {
         self.broken

@@ -11,6 +11,7 @@
 pub mod devices;
 pub mod error;
 pub mod format;
+pub mod lifecycle;
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;

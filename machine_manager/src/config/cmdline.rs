@@ -50,6 +50,7 @@ Usage: altovirt [OPTIONS]
   -qmp unix:PATH,server,nowait  serve QMP on a unix socket (may repeat; also server=on,wait=off)
   -api-channel unix:PATH        the same, StratoVirt spelling
   -S                    do not start the vCPUs until QMP 'cont'
+  -incoming file:DIR    restore the snapshot QMP 'migrate' wrote to DIR (same other flags)
   -drive id=ID,file=PATH[,readonly=on|off][,direct=on|off][,format=raw]  a block back-end
                         (a regular file or block device, locked as QEMU locks it)
                         [,iops=N][,bps=N][,iops_max=N][,bps_max=N]: I/O rate limits

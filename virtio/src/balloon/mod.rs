@@ -33,6 +33,7 @@ use util::event_loop::EventLoop;
 use virtio_queue::Queue;
 use vmm_sys_util::eventfd::EventFd;
 
+use crate::snapshot::DeviceExtra;
 use crate::worker::{split_queues, QueueSet, Registrations};
 use crate::{read_config_bytes, ActivateError, Interrupt, VirtioDevice, TYPE_BALLOON};
 use crate::{VIRTIO_F_VERSION_1, VIRTIO_RING_F_INDIRECT_DESC};
@@ -96,7 +97,7 @@ pub struct BalloonStats {
 struct Active {
     registrations: Registrations,
     interrupt: Arc<Interrupt>,
-    _worker: Arc<Mutex<BalloonWorker>>,
+    worker: Arc<Mutex<BalloonWorker>>,
 }
 
 /// A virtio-balloon device.
@@ -268,7 +269,7 @@ impl VirtioDevice for Balloon {
         self.active = Some(Active {
             registrations,
             interrupt,
-            _worker: worker,
+            worker,
         });
         Ok(())
     }
@@ -281,5 +282,33 @@ impl VirtioDevice for Balloon {
         }
         self.acked_features = 0;
         self.set_actual(0);
+    }
+
+    fn snapshot_blocker(&self) -> Option<String> {
+        None
+    }
+
+    fn queue_states(&self) -> Option<Vec<virtio_queue::QueueState>> {
+        self.active
+            .as_ref()
+            .map(|a| crate::lock(&a.worker).qs.states())
+    }
+
+    fn save_extra(&self) -> DeviceExtra {
+        DeviceExtra::Balloon {
+            num_pages: self.num_pages,
+            actual: self.actual,
+        }
+    }
+
+    fn restore_extra(&mut self, extra: &DeviceExtra) -> Result<(), String> {
+        match extra {
+            DeviceExtra::Balloon { num_pages, actual } => {
+                self.num_pages = *num_pages;
+                self.set_actual(*actual);
+                Ok(())
+            }
+            other => Err(format!("virtio-balloon: unexpected state {other:?}")),
+        }
     }
 }

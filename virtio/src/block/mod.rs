@@ -224,6 +224,17 @@ impl Block {
         self.disk.as_ref().is_some_and(|d| d.read_only())
     }
 
+    /// The GET_ID serial number, if one was given.
+    pub fn serial(&self) -> Option<String> {
+        let end = self
+            .serial
+            .iter()
+            .position(|&b| b == 0)
+            .unwrap_or(SERIAL_LEN);
+        let s = self.serial.get(..end)?;
+        (!s.is_empty()).then(|| String::from_utf8_lossy(s).into_owned())
+    }
+
     /// Whether the device is processing its queue.
     pub fn is_active(&self) -> bool {
         self.active.is_some()
@@ -352,6 +363,20 @@ impl VirtioDevice for Block {
             }
         }
         self.acked_features = 0;
+    }
+
+    fn snapshot_blocker(&self) -> Option<String> {
+        None
+    }
+
+    fn queue_states(&self) -> Option<Vec<virtio_queue::QueueState>> {
+        self.active
+            .as_ref()
+            .map(|a| crate::lock(&a.worker).queue_states())
+    }
+
+    fn sync(&self) -> std::io::Result<()> {
+        self.disk.as_ref().map_or(Ok(()), |d| d.flush())
     }
 }
 

@@ -58,6 +58,11 @@ pub(super) struct BlockWorker {
 }
 
 impl BlockWorker {
+    /// The live queue state (snapshots).
+    pub fn queue_states(&self) -> Vec<virtio_queue::QueueState> {
+        self.qs.states()
+    }
+
     pub fn new(
         qs: QueueSet,
         disk: Option<Arc<DiskFile>>,

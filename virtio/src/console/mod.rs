@@ -18,6 +18,7 @@ use vmm_sys_util::eventfd::EventFd;
 pub use backend::{ConsoleBackend, ConsoleError, FileBackend, InputSink, UnixSocketBackend};
 
 use crate::chain::{descs_in_memory, Cursor, Desc};
+use crate::snapshot::DeviceExtra;
 use crate::worker::{split_queues, QueueSet, Registrations};
 use crate::{
     lock, read_config_bytes, ActivateError, Interrupt, VirtioDevice, TYPE_CONSOLE,
@@ -276,6 +277,32 @@ impl VirtioDevice for Console {
             r.clear();
         }
         lock(&self.shared).active = None;
+    }
+
+    fn snapshot_blocker(&self) -> Option<String> {
+        None
+    }
+
+    fn queue_states(&self) -> Option<Vec<virtio_queue::QueueState>> {
+        lock(&self.shared).active.as_ref().map(QueueSet::states)
+    }
+
+    fn save_extra(&self) -> DeviceExtra {
+        DeviceExtra::Console {
+            pending: lock(&self.shared).pending.iter().copied().collect(),
+        }
+    }
+
+    fn restore_extra(&mut self, extra: &DeviceExtra) -> Result<(), String> {
+        match extra {
+            DeviceExtra::Console { pending } => {
+                let mut shared = lock(&self.shared);
+                shared.pending.clear();
+                shared.push_input(pending);
+                Ok(())
+            }
+            other => Err(format!("virtio-console: unexpected state {other:?}")),
+        }
     }
 }
 

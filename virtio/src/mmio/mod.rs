@@ -496,5 +496,6 @@ impl BusDevice for MmioTransport {
     }
 }
 
+mod snapshot;
 #[cfg(test)]
 mod tests;

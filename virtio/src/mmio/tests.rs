@@ -481,3 +481,5 @@ fn block_device_end_to_end_through_registers() {
     assert_eq!(el.registrations(), 0);
     el.stop();
 }
+
+mod snapshot;

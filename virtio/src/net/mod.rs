@@ -354,6 +354,14 @@ impl VirtioDevice for Net {
         }
         self.acked_features = 0;
     }
+
+    fn snapshot_blocker(&self) -> Option<String> {
+        None
+    }
+
+    fn queue_states(&self) -> Option<Vec<virtio_queue::QueueState>> {
+        self.active.as_ref().map(|a| lock(&a.worker).queue_states())
+    }
 }
 
 impl Drop for Net {

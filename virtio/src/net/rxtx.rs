@@ -91,6 +91,11 @@ pub(super) struct NetWorker {
 }
 
 impl NetWorker {
+    /// The live queue state (snapshots).
+    pub fn queue_states(&self) -> Vec<virtio_queue::QueueState> {
+        self.qs.states()
+    }
+
     pub fn new(
         qs: QueueSet,
         io: Arc<dyn FrameIo>,

@@ -264,6 +264,20 @@ impl VirtioDevice for Vsock {
         let teardown = lock(&self.muxer).deactivate();
         teardown.finish(&self.event_loop);
     }
+
+    /// Host connections do not survive a snapshot; the guest is told
+    /// after the restore (transport reset event).
+    fn snapshot_blocker(&self) -> Option<String> {
+        None
+    }
+
+    fn queue_states(&self) -> Option<Vec<virtio_queue::QueueState>> {
+        lock(&self.muxer).queue_states()
+    }
+
+    fn after_restore(&mut self) {
+        lock(&self.muxer).send_transport_reset();
+    }
 }
 
 impl Drop for Vsock {

@@ -33,6 +33,11 @@ mod rx;
 pub(crate) const RXQ: usize = 0;
 /// Transmit queue index.
 pub(crate) const TXQ: usize = 1;
+/// Event queue index.
+pub(crate) const EVQ: usize = 2;
+/// struct virtio_vsock_event id: the transport was reset (connections
+/// are gone, the CID may have changed).
+const VIRTIO_VSOCK_EVENT_TRANSPORT_RESET: u32 = 0;
 /// Most connections (including host clients that have not yet sent their
 /// `CONNECT` line) at any time.
 pub const MAX_CONNECTIONS: usize = 64;
@@ -231,6 +236,37 @@ impl Muxer {
         let next = self.conns.values().filter_map(|c| c.deadline).min();
         if let Some(a) = self.active.as_mut() {
             a.timer.set(next);
+        }
+    }
+
+    /// The live queue state while active (snapshots).
+    pub fn queue_states(&self) -> Option<Vec<virtio_queue::QueueState>> {
+        self.active.as_ref().map(|a| a.qs.states())
+    }
+
+    /// Puts VIRTIO_VSOCK_EVENT_TRANSPORT_RESET on the event queue: after a
+    /// restore the guest's connections have no host side any more, and
+    /// the guest drops them (and re-reads its CID) on this event.
+    pub fn send_transport_reset(&mut self) {
+        let Some(a) = self.active.as_mut() else {
+            return;
+        };
+        let Some(chain) = a.qs.pop(EVQ) else {
+            log::warn!("vsock: no event buffer for the transport reset after restore");
+            return;
+        };
+        let writable: Vec<crate::chain::Desc> =
+            chain.descs.iter().filter(|d| d.writable).copied().collect();
+        let event = VIRTIO_VSOCK_EVENT_TRANSPORT_RESET.to_le_bytes();
+        let len = match crate::chain::Cursor::new(&a.qs.mem, &writable).write(&event) {
+            Ok(n) => n as u32,
+            Err(e) => {
+                log::warn!("vsock: event buffer outside guest RAM: {e}");
+                0
+            }
+        };
+        if a.qs.add_used(EVQ, chain.head, len) {
+            a.qs.interrupt.signal_used_queue();
         }
     }
 

@@ -111,7 +111,7 @@ pub struct Rig<'a> {
     pub mem: &'a GuestMemoryMmap,
     pub rx: Vq<'a>,
     pub tx: Vq<'a>,
-    _ev: Vq<'a>,
+    pub ev: Vq<'a>,
     pub evts: Vec<EventFd>,
     pub irq: Arc<Interrupt>,
     pub dev: Vsock,
@@ -198,7 +198,7 @@ impl<'a> Rig<'a> {
             mem,
             rx,
             tx,
-            _ev: ev,
+            ev,
             evts: Vec::new(),
             irq: Arc::new(Interrupt::new().unwrap()),
             dev,
@@ -219,7 +219,7 @@ impl<'a> Rig<'a> {
         let qs = vec![
             (self.rx.queue(), self.evts[0].try_clone().unwrap()),
             (self.tx.queue(), self.evts[1].try_clone().unwrap()),
-            (self._ev.queue(), self.evts[2].try_clone().unwrap()),
+            (self.ev.queue(), self.evts[2].try_clone().unwrap()),
         ];
         self.dev
             .activate(self.mem.clone(), self.irq.clone(), qs)
@@ -235,7 +235,7 @@ impl<'a> Rig<'a> {
         let (rx, tx, ev) = queues(self.mem, base);
         self.rx = rx;
         self.tx = tx;
-        self._ev = ev;
+        self.ev = ev;
         self.activate();
     }
 

@@ -380,3 +380,25 @@ fn drop_removes_the_socket_and_stale_sockets_are_replaced() {
     drop(rig);
     assert!(!uds.exists());
 }
+
+#[test]
+fn restore_queues_a_transport_reset_event() {
+    let mem = guest_memory();
+    let mut rig = Rig::new(&mem, "vsock-restore");
+    // The guest keeps event buffers posted; one 8-byte buffer here.
+    let buf = 0x8_0000u64;
+    mem.write_obj(0xffff_ffffu32, vm_memory::GuestAddress(buf))
+        .unwrap();
+    rig.ev.write_chain(0, &[(buf, 8, true)]);
+    rig.ev.publish(&[0]);
+    rig.irq.ack(u32::MAX);
+    rig.dev.after_restore();
+    assert_eq!(rig.ev.used_idx(), 1);
+    assert_eq!(rig.ev.used_elem(0), (0, 4));
+    let id: u32 = mem.read_obj(vm_memory::GuestAddress(buf)).unwrap();
+    assert_eq!(id, 0, "VIRTIO_VSOCK_EVENT_TRANSPORT_RESET");
+    assert_ne!(rig.irq.status() & crate::VIRTIO_MMIO_INT_VRING, 0);
+    // Without a posted buffer nothing is written (and nothing breaks).
+    rig.dev.after_restore();
+    assert_eq!(rig.ev.used_idx(), 1);
+}

@@ -391,6 +391,10 @@ impl VirtioDevice for VhostVsockDevice {
         Ok(())
     }
 
+    fn snapshot_blocker(&self) -> Option<String> {
+        Some("kernel vhost-vsock cannot be snapshotted (the kernel owns its queues and connections); use the user-space vsock (uds-path)".to_string())
+    }
+
     fn reset(&mut self) {
         if let Some(mut a) = self.active.take() {
             self.stop_kernel();
