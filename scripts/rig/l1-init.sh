@@ -328,11 +328,19 @@ sc_b_snapshot() {
  "net": [{"iface_id": "net0", "host_dev_name": "rigtap5"}]}
 JSON
     T0=$(now_cs)
-    snap_vmm /tmp/$sc.serial /tmp/$sc.qmp /tmp/$sc.log
+    ALTOVIRT_LOG=debug snap_vmm /tmp/$sc.serial /tmp/$sc.qmp /tmp/$sc.log
     snap_tap_up
     if wait_for /tmp/$sc.serial L2-SNAP-READY 120; then
         say $sc cold-boot-complete-us $(boot_time_us $sc)
         say $sc cold-ready-ms $((($(now_cs) - T0) * 10))
+        # The same vsock request before the snapshot: hybrid vsock with
+        # Linux's driver works at all.
+        { echo "CONNECT 5000"; echo "before-$sc"; sleep 8; } |
+            socat -t 10 - UNIX-CONNECT:/tmp/$sc.vsock 2>&1 | tr -d '\r' >/tmp/$sc.vsock-pre &
+        rp=$!
+        wait_for /tmp/$sc.vsock-pre L2-SNAP-UPTIME 60 || say $sc no-vsock-answer-before
+        kill $rp 2>/dev/null
+        sed "s/^/RIG $sc vsock-pre /" /tmp/$sc.vsock-pre
         # Writing guest RAM takes seconds here (L1's user space runs under
         # TCG): the client stays until query-migrate has answered.
         {
@@ -358,7 +366,7 @@ JSON
         say $sc snap-memory-kb "$(du -k /tmp/$sc-snap/memory | cut -f1)"
         rm -f /tmp/$sc.vsock
         T1=$(now_cs)
-        snap_vmm /tmp/$sc-r.serial /tmp/$sc-r.qmp /tmp/$sc-r.log -incoming file:/tmp/$sc-snap
+        ALTOVIRT_LOG=debug snap_vmm /tmp/$sc-r.serial /tmp/$sc-r.qmp /tmp/$sc-r.log -incoming file:/tmp/$sc-snap
         snap_tap_up
         wait_for_sock /tmp/$sc.vsock
         word="$(head -c 4 /dev/urandom | od -An -tx1 | tr -d ' \n')"

@@ -141,6 +141,7 @@ EOS
     chmod +x /tmp/after.sh
     socat VSOCK-LISTEN:5000,fork EXEC:/tmp/after.sh 2>/tmp/vs.err &
     sleep 0.5
+    echo "L2-SNAP-LISTENER pid=$(pidof socat) err=$(tr '\n' ' ' </tmp/vs.err)"
     echo "L2-SNAP-READY $(cut -d' ' -f1 /proc/uptime)"
     # Heartbeats through the tty (interrupt-driven UART) and through printk
     # (polled), to tell a stuck guest from a stuck console after a restore.
@@ -148,6 +149,7 @@ EOS
     while :; do
         echo "L2-SNAP-TICK $i $(cut -d' ' -f1 /proc/uptime)"
         echo "<2>L2-SNAP-KTICK $i" >/dev/kmsg
+        [ $((i % 5)) = 0 ] && echo "L2-SNAP-IRQS $(grep virtio /proc/interrupts | tr -s ' ' | tr '\n' '|')"
         i=$((i + 1))
         sleep 2
     done

@@ -409,6 +409,7 @@ impl Muxer {
     }
 
     fn guest_packet(&mut self, h: &Header, payload: &[u8]) {
+        log::debug!("vsock: from the guest: {h:?}, {} bytes", payload.len());
         if h.dst_cid != HOST_CID || h.src_cid != self.guest_cid || h.type_ != TYPE_STREAM {
             log::debug!("vsock: refusing packet {h:?}");
             self.refuse(h);
@@ -503,6 +504,7 @@ impl Muxer {
                 continue;
             }
             let id = self.alloc_id();
+            log::debug!("vsock: host client {id} connected");
             let deadline = Instant::now() + CONNECT_TIMEOUT;
             if self.insert(id, Conn::accepted(stream, self.guest_cid, deadline)) {
                 // The line may already be there.
@@ -536,6 +538,9 @@ impl Muxer {
                 Ok(None) => {}
                 Ok(Some((guest_port, early))) => {
                     let host_port = self.alloc_port();
+                    log::debug!(
+                        "vsock: host client {id}: CONNECT {guest_port} from port {host_port}"
+                    );
                     if let Some(conn) = self.conns.get_mut(&id) {
                         conn.start_connect(host_port, guest_port, &early);
                         conn.deadline = Some(Instant::now() + CONNECT_TIMEOUT);
