@@ -22,9 +22,7 @@ use std::sync::Arc;
 
 use vmm_sys_util::eventfd::EventFd;
 
-use super::{
-    derived_mac, mac_or_derived, FrameIo, Net, NetError, NetLimits, VIRTIO_NET_S_LINK_UP,
-};
+use super::{derived_mac, mac_or_derived, FrameIo, Net, NetError, NetLimits, VIRTIO_NET_S_LINK_UP};
 use crate::lock;
 
 /// Name of the back-end of an empty slot, as shown in log lines.

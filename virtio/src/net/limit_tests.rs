@@ -61,7 +61,10 @@ fn rx_limit_leaves_frames_in_the_kernel_and_loses_none() {
     for i in 0..3u16 {
         let len = 100 + u32::from(i);
         assert_eq!(used_elem(&r.rx, i), (u32::from(i), len + 12));
-        assert_eq!(rx_data(&mem, u32::from(i), len + 12).1, frame(len as usize, i as u8));
+        assert_eq!(
+            rx_data(&mem, u32::from(i), len + 12).1,
+            frame(len as usize, i as u8)
+        );
     }
     r.el.stop();
 }
@@ -80,7 +83,11 @@ fn rx_limit_timer_delivers_held_frames_at_the_rate() {
     }
     // No kick: the timer alone moves them.
     assert!(wait_for(|| r.rx.used().idx().load() == 4));
-    assert!(t0.elapsed() >= Duration::from_millis(58), "{:?}", t0.elapsed());
+    assert!(
+        t0.elapsed() >= Duration::from_millis(58),
+        "{:?}",
+        t0.elapsed()
+    );
     for i in 0..4u16 {
         assert_eq!(rx_data(&mem, u32::from(i), 76).1, frame(64, i as u8));
     }

@@ -26,10 +26,10 @@ use std::sync::{Arc, Mutex, Weak};
 
 use util::event_loop::{EventLoop, Token};
 
+use super::limit::{DirLimit, NetLimits};
 use super::{FrameIo, ETH_HLEN, MAX_FRAME_LEN, MAX_TX_CHAIN_LEN, NET_HDR_LEN, RXQ, TXQ};
 use crate::chain::{descs_in_memory, Chain, Cursor, Desc};
 use crate::lock;
-use super::limit::{DirLimit, NetLimits};
 use crate::rate_limiter::Throttle;
 use crate::worker::QueueSet;
 
@@ -169,10 +169,7 @@ impl NetWorker {
 
     /// Watches the back-end for frames (if not already watching).
     pub fn start_reading(&mut self) {
-        if self.stopped
-            || self.qs.is_broken()
-            || self.rx_token.is_some()
-            || self.rx_limit.waiting()
+        if self.stopped || self.qs.is_broken() || self.rx_token.is_some() || self.rx_limit.waiting()
         {
             return;
         }

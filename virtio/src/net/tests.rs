@@ -627,12 +627,19 @@ fn empty_slot_gets_a_backend_then_loses_it() {
 
     let mac = [0x02, 0xaa, 0xbb, 0xcc, 0xdd, 0xee];
     r.net
-        .attach(Arc::new(Seqpacket(dev_end)), Some(mac), NetLimits::default())
+        .attach(
+            Arc::new(Seqpacket(dev_end)),
+            Some(mac),
+            NetLimits::default(),
+        )
         .unwrap();
     assert!(!r.net.is_empty());
     assert!(matches!(
-        r.net
-            .attach(Arc::new(Unplugged::new().unwrap()), None, NetLimits::default()),
+        r.net.attach(
+            Arc::new(Unplugged::new().unwrap()),
+            None,
+            NetLimits::default()
+        ),
         Err(NetError::SlotBusy)
     ));
     r.net.read_config(0, &mut cfg);
