@@ -35,13 +35,14 @@ fn frames_cross_a_tap_opened_by_name() {
     frames_cross_a_named_tap("net_ifname", "tap,id=n0,ifname=tap0");
 }
 
-/// With transmit limits set (a full bucket lets the guest's frame out at
-/// once; tests/rate_limit.rs and the virtio unit tests check the holding).
+/// With transmit and receive limits set (full buckets let the frames
+/// through at once; tests/net_rate_limit.rs and the virtio unit tests check
+/// the holding).
 #[test]
-fn frames_cross_a_tap_with_transmit_limits() {
+fn frames_cross_a_tap_with_rate_limits() {
     frames_cross_a_named_tap(
-        "net_txlimit",
-        "tap,id=n0,ifname=tap0,tx_iops=100,tx_bps=1000000,tx_iops_max=10",
+        "net_limits",
+        "tap,id=n0,ifname=tap0,tx_iops=100,tx_bps=1000000,tx_iops_max=10,rx_iops=100,rx_bps=1000000",
     );
 }
 

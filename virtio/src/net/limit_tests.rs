@@ -185,7 +185,7 @@ fn a_slot_takes_the_limits_of_each_backend_plugged_in() {
         post_rx(&r, 2 * round + 1, 1526);
         seq_send(&r.host, &frame(64, 1)).unwrap();
         seq_send(&r.host, &frame(64, 2)).unwrap();
-        let done = u16::from(round) * 2 + 1;
+        let done = round * 2 + 1;
         assert!(wait_for(|| r.rx.used().idx().load() == done));
         std::thread::sleep(Duration::from_millis(30));
         assert_eq!(r.rx.used().idx().load(), done);
