@@ -142,7 +142,15 @@ EOS
     socat VSOCK-LISTEN:5000,fork EXEC:/tmp/after.sh 2>/tmp/vs.err &
     sleep 0.5
     echo "L2-SNAP-READY $(cut -d' ' -f1 /proc/uptime)"
-    sleep 100000
+    # Heartbeats through the tty (interrupt-driven UART) and through printk
+    # (polled), to tell a stuck guest from a stuck console after a restore.
+    i=0
+    while :; do
+        echo "L2-SNAP-TICK $i $(cut -d' ' -f1 /proc/uptime)"
+        echo "<2>L2-SNAP-KTICK $i" >/dev/kmsg
+        i=$((i + 1))
+        sleep 2
+    done
     ;;
 heartbeat)
     i=0

@@ -48,6 +48,19 @@ pub struct BootDevices {
     pub vhost_vsock_fd: Option<i32>,
 }
 
+/// What a VM is to the VM factory (docs/shim.md, "VM factory").
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum FactoryRole {
+    /// An ordinary cold boot.
+    #[default]
+    None,
+    /// The template VM `altovirt-shim factory init` boots and snapshots.
+    Template,
+    /// A sandbox restored from the template in this directory
+    /// (`-incoming file:DIR`).
+    FromTemplate(PathBuf),
+}
+
 /// Everything the builders need for one VM.
 #[derive(Debug, Clone, PartialEq)]
 pub struct VmSpec {
@@ -64,6 +77,8 @@ pub struct VmSpec {
     /// The jail directory when the VMM runs through the jailer
     /// (`jailer_path`): the VMM's files are there, under relative names.
     pub jail: Option<PathBuf>,
+    /// Template VM, restored from one, or neither (altovirt only).
+    pub factory: FactoryRole,
 }
 
 impl VmSpec {
@@ -345,7 +360,13 @@ pub fn stratovirt_args(spec: &VmSpec) -> Vec<String> {
         spec.vmm_path(files::VMM_LOG).display().to_string(),
         "-disable-seccomp".into(),
     ];
-    let mut machine = String::from("type=microvm,dump-guest-core=off,mem-share=on");
+    let mut machine = String::from("type=microvm,dump-guest-core=off");
+    // altovirt restores a snapshot into private memory only (the template
+    // file mapped copy-on-write), so the template VM and its clones go
+    // without mem-share (the factory refuses virtio-fs, which needs it).
+    if spec.factory == FactoryRole::None {
+        machine.push_str(",mem-share=on");
+    }
     machine.push_str(&format!(",blk-slots={}", hv.blk_slots));
     // Only when it differs from altovirt's default, so that a VMM without
     // network hotplug still accepts the default configuration.
@@ -373,6 +394,9 @@ pub fn stratovirt_args(spec: &VmSpec) -> Vec<String> {
             "-device",
             format!("vhost-user-fs-device,chardev=virtio_fs,tag={VIRTIO_FS_TAG},id=virtio-fs0"),
         );
+    }
+    if let FactoryRole::FromTemplate(dir) = &spec.factory {
+        push(&mut a, "-incoming", format!("file:{}", dir.display()));
     }
     a
 }
@@ -491,6 +515,7 @@ mod tests {
             },
             devices: BootDevices::default(),
             jail: None,
+            factory: FactoryRole::None,
         }
     }
 
@@ -543,6 +568,22 @@ mod tests {
         assert_eq!(after(&a, "-serial"), "file:/run/vc/abc/console.log");
         assert_eq!(after(&a, "-pidfile"), "/run/vc/abc/pid");
         assert!(!a.iter().any(|x| x.contains("vhost-user-fs")));
+    }
+
+    #[test]
+    fn factory_roles_drop_mem_share_and_restore_adds_incoming() {
+        let mut s = spec();
+        s.factory = FactoryRole::Template;
+        let t = stratovirt_args(&s);
+        assert_eq!(
+            after(&t, "-machine"),
+            "type=microvm,dump-guest-core=off,blk-slots=4"
+        );
+        assert!(!t.contains(&"-incoming".to_string()));
+        s.factory = FactoryRole::FromTemplate("/run/vc/vm/template".into());
+        let r = stratovirt_args(&s);
+        assert_eq!(after(&r, "-incoming"), "file:/run/vc/vm/template");
+        assert_eq!(&r[..r.len() - 2], &t[..]);
     }
 
     #[test]

@@ -23,7 +23,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::cmdline::{build_args, files, mac_for, uuid_for, BootDevices, BootNet, VmSpec};
+use crate::cmdline::{
+    build_args, files, mac_for, uuid_for, BootDevices, BootNet, FactoryRole, VmSpec,
+};
 use crate::config::{Flavour, HypervisorConfig, LoadedConfig};
 use crate::qmp_client::{QmpClient, QmpClientError};
 use crate::sandbox::SandboxState;
@@ -177,6 +179,8 @@ pub struct Hypervisor {
     inherited: Vec<OwnedFd>,
     pub(crate) blk: SlotTable,
     pub(crate) net: SlotTable,
+    /// Launch to QMP negotiated, of the last `start` (or from the state).
+    started_in: Option<Duration>,
 }
 
 impl Hypervisor {
@@ -206,6 +210,7 @@ impl Hypervisor {
                 jail: crate::jail::jail_dir(&hv, id),
                 hv,
                 devices: BootDevices::default(),
+                factory: FactoryRole::None,
             },
             mode: QmpMode::Persistent,
             timeouts: Timeouts::default(),
@@ -216,6 +221,7 @@ impl Hypervisor {
             inherited: Vec::new(),
             blk: SlotTable::new("blk", nb),
             net: SlotTable::new("net", nn),
+            started_in: None,
         }
     }
 
@@ -232,6 +238,14 @@ impl Hypervisor {
         h.attached = Some(state.vmm_pid);
         h.blk = state.blk_slots.clone().with_kind("blk");
         h.net = state.net_slots.clone().with_kind("net");
+        h.spec.factory = state
+            .template
+            .clone()
+            .map_or(FactoryRole::None, FactoryRole::FromTemplate);
+        h.started_in = state
+            .start_seconds
+            .filter(|s| s.is_finite() && *s >= 0.0)
+            .map(Duration::from_secs_f64);
         h
     }
 
@@ -248,7 +262,28 @@ impl Hypervisor {
             shim_pid,
             blk_slots: self.blk.clone(),
             net_slots: self.net.clone(),
+            template: match &self.spec.factory {
+                FactoryRole::FromTemplate(dir) => Some(dir.clone()),
+                _ => None,
+            },
+            start_seconds: self.started_in.map(|d| d.as_secs_f64()),
         }
+    }
+
+    /// Makes this VM the factory's template VM, or a clone of the template
+    /// in `dir` (see [`FactoryRole`]); before `start` only.
+    pub fn set_factory_role(&mut self, role: FactoryRole) -> Result<(), DriverError> {
+        if self.is_running() {
+            return Err(DriverError::Started("the factory role"));
+        }
+        self.spec.factory = role;
+        Ok(())
+    }
+
+    /// How long the last `start` took from launch to QMP negotiated (for a
+    /// clone of the template: the restore included).
+    pub fn start_duration(&self) -> Option<Duration> {
+        self.started_in
     }
 
     /// The block slot table.
@@ -395,10 +430,12 @@ impl Hypervisor {
             source,
         })?;
         log::info!("started {program} pid {}", child.id());
+        let launched = Instant::now();
         let launcher = child.id();
         self.child = Some(child);
         match self.wait_ready() {
             Ok(()) => {
+                self.started_in = Some(launched.elapsed());
                 if self.spec.jail.is_some() {
                     // QMP answers, so the VMM runs: the jailer's child.
                     self.jailed_vmm = crate::jail::vmm_pid(launcher, &self.spec.hv.path);

@@ -73,6 +73,7 @@ pub fn config_toml(data: &[u8]) {
         hv: h.clone(),
         devices: BootDevices::default(),
         jail: None,
+        factory: Default::default(),
     };
     let args = build_args(loaded.flavour, &spec);
     assert!(!args.is_empty(), "empty VMM command line");

@@ -6,6 +6,8 @@
 //!   command-line builders;
 //! - [`driver`]: the [`driver::Hypervisor`] lifecycle (start, pause, resume,
 //!   thread ids, stop, attach to a VMM another process started);
+//! - [`factory`]: Kata's VM factory (templates: `factory init|status|destroy`,
+//!   sandboxes restored from the template);
 //! - [`hotplug`]: block and network hotplug into altovirt's slots;
 //! - [`slots`]: the slot tables;
 //! - [`sandbox`]: per-sandbox state shared by `altovirt-shim` commands;
@@ -28,6 +30,7 @@ pub mod qmp_client;
 pub use config_validate::glob_match;
 pub mod cmdline;
 pub mod driver;
+pub mod factory;
 pub mod host;
 pub mod hotplug;
 pub mod jail;

@@ -1,7 +1,8 @@
 //! Sandbox metrics in the Prometheus text exposition format (version
 //! 0.0.4): the VMM process from `/proc/PID` (resident and virtual memory,
 //! CPU time, threads, descriptors, start time) and the VM over QMP
-//! (`query-status`, vCPUs, `query-block`, hotplug slots).
+//! (`query-status`, vCPUs, `query-block`, hotplug slots), and how long the
+//! sandbox took to start (cold boot or from the VM factory's template).
 //!
 //! Every family has `# HELP` and `# TYPE` lines and every sample carries
 //! `sandbox` and `hypervisor` labels.
@@ -11,6 +12,7 @@ use std::io;
 
 use serde_json::Value;
 
+use crate::cmdline::FactoryRole;
 use crate::config::Flavour;
 use crate::driver::{DriverError, Hypervisor};
 
@@ -224,6 +226,18 @@ pub fn collect(h: &mut Hypervisor) -> Result<Vec<Family>, DriverError> {
             inserted as f64,
         ),
     ];
+    if let Some(d) = h.start_duration() {
+        let from = match h.spec().factory {
+            FactoryRole::FromTemplate(_) => "template",
+            _ => "boot",
+        };
+        f.push(family(
+            "altovirt_sandbox_start_seconds",
+            "gauge",
+            "Launch of the VMM to QMP ready; from=template when restored from the VM factory's template.",
+            vec![(vec![("from", from.to_string())], d.as_secs_f64())],
+        ));
+    }
     if h.flavour() == Flavour::StratoVirt {
         // altovirt's extension; StratoVirt itself has no such command.
         if let Ok(stats) = h.qmp_execute("__io.altovirt_query-log-stats", None) {

@@ -105,6 +105,12 @@ pub struct SandboxState {
     pub blk_slots: SlotTable,
     /// Network hotplug slots.
     pub net_slots: SlotTable,
+    /// The VM factory template it was restored from (none: cold boot).
+    #[serde(default)]
+    pub template: Option<PathBuf>,
+    /// Seconds from launching the VMM to QMP negotiated.
+    #[serde(default)]
+    pub start_seconds: Option<f64>,
 }
 
 /// Checks that `id` is a plain file name.
@@ -275,6 +281,8 @@ mod tests {
             shim_pid: std::process::id(),
             blk_slots: SlotTable::new("blk", 2),
             net_slots: SlotTable::new("net", 1),
+            template: Some("/run/vc/vm/template".into()),
+            start_seconds: Some(0.25),
         };
         {
             let _l = lock(&sb, true).unwrap();

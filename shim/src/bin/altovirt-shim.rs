@@ -1,8 +1,11 @@
 //! `altovirt-shim`: host checks (`check`), the effective configuration
 //! with host facts (`env`), and sandbox VMs: `run` boots one and stays in
 //! the foreground; `status`, `hotplug`, `metrics` and `stop` reach it from
-//! other processes through its state in `RUN_DIR/ID/`.
+//! other processes through its state in `RUN_DIR/ID/`; `factory` makes,
+//! shows and removes the VM factory's template that `run` starts from.
 
+#[path = "altovirt-shim/factory_cmds.rs"]
+mod factory_cmds;
 #[path = "altovirt-shim/sandbox_cmds.rs"]
 mod sandbox_cmds;
 
@@ -39,6 +42,7 @@ enum Sub {
     Hotplug(sandbox_cmds::HotplugCmd),
     Metrics(sandbox_cmds::MetricsCmd),
     Stop(sandbox_cmds::StopCmd),
+    Factory(factory_cmds::FactoryCmd),
 }
 
 /// Check that this host can run microVMs.
@@ -189,5 +193,6 @@ fn main() -> ExitCode {
         Sub::Hotplug(h) => sandbox_cmds::hotplug(rd, h),
         Sub::Metrics(m) => sandbox_cmds::metrics(rd, m),
         Sub::Stop(s) => sandbox_cmds::stop(rd, s),
+        Sub::Factory(f) => factory_cmds::factory(cli.config.as_deref(), rd, f),
     }
 }

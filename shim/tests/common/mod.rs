@@ -25,6 +25,26 @@ pub fn guest() -> PathBuf {
     PathBuf::from(test_guests::PVH)
 }
 
+/// True when `/dev/kvm` can be opened; otherwise prints why and skips
+/// (returns false), except under CI=true or ALTOVIRT_REQUIRE_KVM=1, where
+/// it fails. The same rule as the root tests' `kvm_usable`.
+pub fn kvm_usable(test: &str) -> bool {
+    match std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+    {
+        Ok(_) => true,
+        Err(e) => {
+            let must = std::env::var("CI").is_ok_and(|v| v == "true")
+                || std::env::var("ALTOVIRT_REQUIRE_KVM").is_ok_and(|v| v == "1");
+            assert!(!must, "{test}: /dev/kvm is required here but unusable: {e}");
+            eprintln!("SKIP {test}: /dev/kvm unusable ({e}); set up KVM to run this test");
+            false
+        }
+    }
+}
+
 /// A parsed Prometheus text exposition, checked strictly: every sample's
 /// family has `# HELP` and then `# TYPE` (once, before its samples), names
 /// and label names are valid, label values are quoted with escapes,

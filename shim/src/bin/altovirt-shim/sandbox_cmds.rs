@@ -1,4 +1,5 @@
-//! `run`, `status`, `hotplug`, `metrics` and `stop`.
+//! `run` (from the VM factory's template when there is one), `status`,
+//! `hotplug`, `metrics` and `stop`.
 //!
 //! Exit status: 0 on success, 1 on failure, 3 when the operation is not
 //! supported by the VMM (hotplug on QEMU microvm, network hotplug on an
@@ -12,9 +13,11 @@ use std::time::{Duration, Instant};
 
 use argh::FromArgs;
 use serde_json::{json, Value};
-use shim::config::Flavour;
+use shim::cmdline::FactoryRole;
+use shim::config::{Flavour, LoadedConfig};
 use shim::config_load;
 use shim::driver::{DriverError, Hypervisor, QmpMode};
+use shim::factory::{self, FactoryError};
 use shim::hotplug::{BlockDevice, NetDevice, TapSource};
 use shim::sandbox::{self, SandboxError, SandboxState};
 use shim::slots::SlotTable;
@@ -221,12 +224,34 @@ pub fn run(config_file: Option<&Path>, run_dir: &Path, r: RunCmd) -> ExitCode {
     // No connection is held between operations: a client that never
     // reads would have its events queue up in the VMM.
     h.set_qmp_mode(QmpMode::ReconnectPerOperation);
+    let template = match from_template(&cfg, &id) {
+        Ok(t) => t,
+        Err(e) => {
+            remove_dir();
+            return fail(CMD, e);
+        }
+    };
+    if let Some(t) = &template {
+        if let Err(e) = h.set_factory_role(FactoryRole::FromTemplate(t.clone())) {
+            remove_dir();
+            return fail(CMD, e);
+        }
+    }
+    // Cold boot: the taps are boot devices. From the template (which has
+    // none): hotplugged once the clone runs, as Kata does after taking a
+    // VM from its factory.
+    let mut late_taps = Vec::new();
     for (i, name) in r.tap.iter().enumerate() {
         let added = tap::open_tap(name)
             .map_err(|e| e.to_string())
             .and_then(|fd| {
-                h.add_boot_net(&format!("net{i}"), fd, None)
-                    .map_err(|e| e.to_string())
+                if template.is_some() {
+                    late_taps.push(fd);
+                    Ok(())
+                } else {
+                    h.add_boot_net(&format!("net{i}"), fd, None)
+                        .map_err(|e| e.to_string())
+                }
             });
         if let Err(e) = added {
             remove_dir();
@@ -235,8 +260,29 @@ pub fn run(config_file: Option<&Path>, run_dir: &Path, r: RunCmd) -> ExitCode {
     }
     if let Err(e) = h.start() {
         keep_logs();
-        return fail(CMD, e);
+        return match &template {
+            Some(t) => fail(
+                CMD,
+                format!("restoring from the template in {}: {e}", t.display()),
+            ),
+            None => fail(CMD, e),
+        };
     }
+    for (i, fd) in late_taps.iter().enumerate() {
+        use std::os::fd::AsFd;
+        let plugged = h.hotplug_add_net(&NetDevice {
+            id: format!("net{i}"),
+            tap: TapSource::Fd(fd.as_fd()),
+            mac: None,
+            slot: None,
+        });
+        if let Err(e) = plugged {
+            let _ = h.stop();
+            remove_dir();
+            return fail(CMD, format!("tap {} after the restore: {e}", r.tap[i]));
+        }
+    }
+    drop(late_taps);
     let state = h.sandbox_state(&cfg.file, std::process::id());
     let saved = sandbox::lock(&dir, true).and_then(|_l| sandbox::save(&dir, &state));
     if let Err(e) = saved {
@@ -249,8 +295,13 @@ pub fn run(config_file: Option<&Path>, run_dir: &Path, r: RunCmd) -> ExitCode {
         let _ = writeln!(out, "{}", h.spec().qmp_socket().display());
         let _ = out.flush();
     }
+    let took = h.start_duration().unwrap_or_default().as_millis();
+    let how = match &template {
+        Some(t) => format!("restored from the template in {} in {took} ms", t.display()),
+        None => format!("QMP ready {took} ms after launch"),
+    };
     note!(
-        "altovirt-shim: sandbox {id} running on {} (VMM pid {}, {}); state in {}",
+        "altovirt-shim: sandbox {id} running on {} (VMM pid {}, {}; {how}); state in {}",
         cfg.hypervisor.path,
         state.vmm_pid,
         cfg.flavour,
@@ -294,6 +345,30 @@ pub fn run(config_file: Option<&Path>, run_dir: &Path, r: RunCmd) -> ExitCode {
     };
     remove_dir();
     code
+}
+
+/// The VM factory's template sandbox `id` starts from: `Ok(None)` to boot
+/// cold (templating off, or with a warning: no template, another
+/// configuration, not supported), an error when the template is damaged.
+fn from_template(cfg: &LoadedConfig, id: &str) -> Result<Option<PathBuf>, String> {
+    match factory::template_for(cfg) {
+        Ok(t) => Ok(t),
+        Err(e @ (FactoryError::Corrupt { .. } | FactoryError::Io { .. })) => Err(format!(
+            "VM factory template: {e} (`altovirt-shim factory destroy`, then `factory init`)"
+        )),
+        Err(FactoryError::Missing(d)) => {
+            // Kata's runtime would create the template now, then use it.
+            note!(
+                "altovirt-shim: warning: [factory] enable_template = true but there is no template in {}; sandbox {id} boots cold (`altovirt-shim factory init` makes one)",
+                d.display()
+            );
+            Ok(None)
+        }
+        Err(e) => {
+            note!("altovirt-shim: warning: sandbox {id} boots cold, not from the VM factory's template: {e}");
+            Ok(None)
+        }
+    }
 }
 
 /// Loads a live sandbox and attaches to its VM.
@@ -382,6 +457,8 @@ pub fn status(run_dir: &Path, s: StatusCmd) -> ExitCode {
             "qmp_socket": st.qmp_socket,
             "run_dir": st.run_dir,
             "config_file": st.config_file,
+            "template": st.template,
+            "start_seconds": st.start_seconds,
             "vcpu_threads": tids.iter().map(|(k, v)| (k.to_string(), json!(v))).collect::<serde_json::Map<_, _>>(),
             "capabilities": caps,
             "blk_slots": slots_json(h.block_slots()),
@@ -400,6 +477,10 @@ pub fn status(run_dir: &Path, s: StatusCmd) -> ExitCode {
         println!("vmm pid:      {}", st.vmm_pid);
         println!("shim pid:     {}", st.shim_pid);
         println!("qmp socket:   {}", st.qmp_socket.display());
+        match &st.template {
+            Some(t) => println!("started from: template {}", t.display()),
+            None => println!("started from: boot"),
+        }
         println!("vcpu threads: {}", t.join(" "));
         println!("blk slots:    {}", slots_text(h.block_slots()));
         println!("net slots:    {}", slots_text(h.net_slots()));
