@@ -99,6 +99,9 @@ pub struct TapRequest {
     pub script: Option<String>,
     /// `downscript`, if given.
     pub downscript: Option<String>,
+    /// Rate limits of the NIC the back-end is plugged into (altovirt's
+    /// `rx_…`/`tx_…` keys).
+    pub limits: virtio::net::NetLimits,
 }
 
 /// Descriptors a client passed beforehand, by name.

@@ -9,12 +9,16 @@
 //! one named by `addr`) with the MAC asked for, which brings the slot's
 //! link up; `device_del` takes the link down and hands the TAP back to its
 //! netdev; `netdev_del` closes it.
+//!
+//! Rate limits belong to the netdev (`-netdev tap,rx_…,tx_…`, or the same
+//! keys given to `netdev_add`): the slot's NIC takes them when the netdev
+//! is plugged in and drops them when it is unplugged.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
-use virtio::net::{parse_mac, FrameIo, Net, Tap};
+use virtio::net::{parse_mac, FrameIo, Net, NetError, NetLimits, Tap};
 
 use crate::hotplug_request::{DeviceRequest, FdSource, HotplugError, TapRequest};
 
@@ -72,6 +76,8 @@ enum Origin {
 pub struct NetHotplug {
     netdevs: BTreeMap<String, Netdev>,
     origins: BTreeMap<String, Origin>,
+    /// Each netdev's rate limits (none when absent).
+    limits: BTreeMap<String, NetLimits>,
     slots: Vec<NetSlot>,
 }
 
@@ -125,9 +131,15 @@ impl NetHotplug {
             .map(|(dev, netdev)| (netdev.clone(), Netdev::InUse(dev.clone())))
             .collect::<BTreeMap<_, _>>();
         let origins = netdevs.keys().map(|k| (k.clone(), Origin::Boot)).collect();
+        // A boot NIC was built with its -netdev's limits.
+        let limits = slots
+            .iter()
+            .filter_map(|s| Some((s.device.as_ref()?.1.clone(), locked(&s.net).limits())))
+            .collect();
         NetHotplug {
             netdevs,
             origins,
+            limits,
             slots,
         }
     }
@@ -201,6 +213,7 @@ impl NetHotplug {
         self.netdevs
             .insert(id.clone(), Netdev::Free(Arc::new(opened)));
         self.origins.insert(id.clone(), origin);
+        self.limits.insert(id.clone(), tap.limits);
         Ok(())
     }
 
@@ -214,6 +227,7 @@ impl NetHotplug {
             Some(_) => {
                 self.netdevs.remove(id);
                 self.origins.remove(id);
+                self.limits.remove(id);
                 Ok(())
             }
         }
@@ -266,12 +280,16 @@ impl NetHotplug {
         };
         let free: Vec<bool> = self.slots.iter().map(|s| s.device.is_none()).collect();
         let index = choose_slot(args.addr.as_deref(), &free, "network", "Network slot")?;
+        let limits = self.limits.get(&netdev_id).copied().unwrap_or_default();
         let slot = &mut self.slots[index];
-        slot.net
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .attach(io, mac)
-            .map_err(|e| generic(format!("Property '{}.mac': {e}", args.driver)))?;
+        locked(&slot.net)
+            .attach(io, mac, limits)
+            .map_err(|e| match e {
+                NetError::InvalidMac { .. } => {
+                    generic(format!("Property '{}.mac': {e}", args.driver))
+                }
+                other => generic(format!("netdev '{netdev_id}': {other}")),
+            })?;
         slot.device = Some((id.to_string(), netdev_id.clone()));
         // The device holds the only other reference now.
         self.netdevs
@@ -307,6 +325,10 @@ pub struct NetdevState {
     pub id: String,
     /// The TAP interface to re-open; `None` for a command-line netdev.
     pub ifname: Option<String>,
+    /// Rate limits given to `netdev_add` (a command-line netdev gets its
+    /// own from the command line). Absent in older snapshots: none.
+    #[serde(default)]
+    pub limits: NetLimits,
 }
 
 /// A filled network slot as saved in a snapshot.
@@ -352,6 +374,7 @@ impl NetHotplug {
             netdevs.push(NetdevState {
                 id: id.clone(),
                 ifname,
+                limits: self.limits.get(id).copied().unwrap_or_default(),
             });
         }
         let slots = self
@@ -419,6 +442,7 @@ impl NetHotplug {
                 .insert(n.id.clone(), Netdev::Free(Arc::new(tap)));
             self.origins
                 .insert(n.id.clone(), Origin::Named(ifname.clone()));
+            self.limits.insert(n.id.clone(), n.limits);
         }
         for (index, saved) in s.slots.iter().enumerate() {
             let Some(d) = saved else { continue };
@@ -430,8 +454,9 @@ impl NetHotplug {
                 Some(Netdev::Free(io)) => io.clone(),
                 _ => return Err(format!("netdev '{}' is not free for '{}'", d.netdev, d.id)),
             };
+            let limits = self.limits.get(&d.netdev).copied().unwrap_or_default();
             locked(&slot.net)
-                .attach(io, Some(d.mac))
+                .attach(io, Some(d.mac), limits)
                 .map_err(|e| format!("'{}' in network slot {index}: {e}", d.id))?;
             slot.device = Some((d.id.clone(), d.netdev.clone()));
             self.netdevs
@@ -493,14 +518,26 @@ mod tests {
         let mut hp = NetHotplug::new(vec![]);
         hp.netdevs.insert("n0".into(), Netdev::Free(fake("tap0")));
         hp.origins.insert("n0".into(), Origin::Named("tap0".into()));
+        let limits = NetLimits {
+            rx: virtio::rate_limiter::RateLimitConfig {
+                ops: virtio::rate_limiter::BucketConfig::per_second(100, 5),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        hp.limits.insert("n0".into(), limits);
         let s = hp.save_state().unwrap();
         assert_eq!(
             s.netdevs,
             vec![NetdevState {
                 id: "n0".into(),
-                ifname: Some("tap0".into())
+                ifname: Some("tap0".into()),
+                limits,
             }]
         );
+        // Snapshots from before limits were saved read as no limits.
+        let old: NetdevState = serde_json::from_str(r#"{"id": "n0", "ifname": "tap0"}"#).unwrap();
+        assert_eq!(old.limits, NetLimits::default());
         hp.netdevs.insert("n1".into(), Netdev::Free(fake("tap1")));
         hp.origins.insert("n1".into(), Origin::Fd);
         let e = hp.save_state().unwrap_err();
@@ -510,6 +547,8 @@ mod tests {
         );
         hp.netdev_del("n1").unwrap();
         assert!(hp.save_state().is_ok(), "origin forgotten with the netdev");
+        hp.netdev_del("n0").unwrap();
+        assert!(hp.limits.is_empty(), "limits forgotten with the netdev");
     }
 
     #[test]
@@ -527,6 +566,7 @@ mod tests {
             netdevs: vec![NetdevState {
                 id: "other".into(),
                 ifname: None,
+                limits: NetLimits::default(),
             }],
             slots: vec![],
         };

@@ -95,6 +95,21 @@ pub(crate) fn tap_request(args: &NetdevAddArgs) -> TapRequest {
         queues: tap.queues,
         script: tap.script.clone(),
         downscript: tap.downscript.clone(),
+        limits: tap_limits(&tap.rate_limits),
+    }
+}
+
+/// altovirt's `netdev_add` rate-limit keys as the NIC's limits.
+fn tap_limits(l: &qmp::TapRateLimits) -> virtio::net::NetLimits {
+    let limits = |iops, iops_max, bps, bps_max| {
+        crate::virtio_devices::device_limits(&IoLimits {
+            bandwidth: LimitBucket::per_second(bps, bps_max),
+            ops: LimitBucket::per_second(iops, iops_max),
+        })
+    };
+    virtio::net::NetLimits {
+        rx: limits(l.rx_iops, l.rx_iops_max, l.rx_bps, l.rx_bps_max),
+        tx: limits(l.tx_iops, l.tx_iops_max, l.tx_bps, l.tx_bps_max),
     }
 }
 

@@ -18,7 +18,7 @@ use virtio::balloon::{Balloon, BalloonConfig, BALLOON_PAGE_SIZE};
 use virtio::block::{Block, BlockConfig};
 use virtio::console::{Console, ConsoleBackend, FileBackend, UnixSocketBackend};
 use virtio::fs::{FsConfig, VhostUserFs};
-use virtio::net::{parse_mac, Net, NetConfig, Tap};
+use virtio::net::{parse_mac, Net, NetConfig, NetLimits, Tap};
 use virtio::rate_limiter::{BucketConfig, RateLimitConfig};
 use virtio::rng::Rng;
 use virtio::vsock::{VhostVsock, VhostVsockDevice, Vsock, VsockConfig};
@@ -353,7 +353,7 @@ impl VirtioDevices {
             id,
             backend,
             mac,
-            tx_limits,
+            limits,
             ..
         } = cfg
         else {
@@ -379,7 +379,12 @@ impl VirtioDevices {
             .transpose()
             .map_err(|e| err(e.to_string()))?;
         Net::new(NetConfig { tap, mac }, self.loop_for(id))
-            .map(|n| n.with_tx_limit(device_limits(tx_limits)))
+            .map(|n| {
+                n.with_limits(NetLimits {
+                    rx: device_limits(&limits.rx),
+                    tx: device_limits(&limits.tx),
+                })
+            })
             .map_err(|e| err(e.to_string()))
     }
 

@@ -323,6 +323,64 @@ pub struct TapNetdevArgs {
     pub queues: Option<u32>,
     /// `vnet_hdr`.
     pub vnet_hdr: Option<bool>,
+    /// altovirt's rate-limit keys (`rx_iops`, `tx_bps_max`, …).
+    pub rate_limits: TapRateLimits,
+}
+
+/// Rate limits of a tap given to `netdev_add`: an altovirt extension (QEMU
+/// has no such keys), spelled as on altovirt's `-netdev tap`. Rates are
+/// per second, `…_max` is a one-time burst on top; 0 (or absent) is no
+/// limit. `rx` is what the guest receives, `tx` what it sends.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TapRateLimits {
+    /// `rx_iops`: frames per second.
+    pub rx_iops: u64,
+    /// `rx_iops_max`: frames allowed once on top.
+    pub rx_iops_max: u64,
+    /// `rx_bps`: bytes per second.
+    pub rx_bps: u64,
+    /// `rx_bps_max`: bytes allowed once on top.
+    pub rx_bps_max: u64,
+    /// `tx_iops`: frames per second.
+    pub tx_iops: u64,
+    /// `tx_iops_max`: frames allowed once on top.
+    pub tx_iops_max: u64,
+    /// `tx_bps`: bytes per second.
+    pub tx_bps: u64,
+    /// `tx_bps_max`: bytes allowed once on top.
+    pub tx_bps_max: u64,
+}
+
+impl TapRateLimits {
+    /// Reads the keys; a burst without its rate is refused.
+    fn parse(a: &mut Args<'_>, id: &str) -> Result<Self, QmpError> {
+        let mut get = |key: &str| -> Result<u64, QmpError> {
+            Ok(a.opt_uint(key, u64::MAX, true)?.unwrap_or(0))
+        };
+        let l = TapRateLimits {
+            rx_iops: get("rx_iops")?,
+            rx_iops_max: get("rx_iops_max")?,
+            rx_bps: get("rx_bps")?,
+            rx_bps_max: get("rx_bps_max")?,
+            tx_iops: get("tx_iops")?,
+            tx_iops_max: get("tx_iops_max")?,
+            tx_bps: get("tx_bps")?,
+            tx_bps_max: get("tx_bps_max")?,
+        };
+        for (burst, rate, burst_key, rate_key) in [
+            (l.rx_iops_max, l.rx_iops, "rx_iops_max", "rx_iops"),
+            (l.rx_bps_max, l.rx_bps, "rx_bps_max", "rx_bps"),
+            (l.tx_iops_max, l.tx_iops, "tx_iops_max", "tx_iops"),
+            (l.tx_bps_max, l.tx_bps, "tx_bps_max", "tx_bps"),
+        ] {
+            if burst > 0 && rate == 0 {
+                return Err(QmpError::generic(format!(
+                    "netdev '{id}': {burst_key} needs {rate_key} too"
+                )));
+            }
+        }
+        Ok(l)
+    }
 }
 
 impl TapNetdevArgs {
@@ -379,6 +437,7 @@ impl NetdevAddArgs {
                 .opt_uint("queues", 1024, true)?
                 .and_then(|n| u32::try_from(n).ok()),
             vnet_hdr: a.opt_switch("vnet_hdr")?,
+            rate_limits: TapRateLimits::parse(a, &id)?,
         };
         Ok(NetdevAddArgs {
             id,
@@ -524,5 +583,41 @@ mod tests {
             e.desc,
             "Invalid parameter type for 'vhost', expected: boolean"
         );
+    }
+
+    #[test]
+    fn netdev_add_rate_limit_extension() {
+        let cmd = parse(
+            "netdev_add",
+            json!({"type": "tap", "id": "n", "ifname": "tap0", "rx_iops": 100,
+                   "rx_iops_max": 10, "rx_bps": "125000", "tx_bps": 5000}),
+        )
+        .unwrap();
+        let QmpCommand::NetdevAdd(n) = cmd else {
+            panic!()
+        };
+        let NetdevBackend::Tap(tap) = &n.backend;
+        assert_eq!(
+            tap.rate_limits,
+            TapRateLimits {
+                rx_iops: 100,
+                rx_iops_max: 10,
+                rx_bps: 125_000,
+                tx_bps: 5000,
+                ..Default::default()
+            }
+        );
+        let e = parse(
+            "netdev_add",
+            json!({"type": "tap", "id": "n", "tx_bps_max": 1}),
+        )
+        .unwrap_err();
+        assert_eq!(e.desc, "netdev 'n': tx_bps_max needs tx_bps too");
+        let e = parse(
+            "netdev_add",
+            json!({"type": "tap", "id": "n", "rx_iops": -1}),
+        )
+        .unwrap_err();
+        assert!(e.desc.contains("rx_iops"), "{}", e.desc);
     }
 }

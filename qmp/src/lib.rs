@@ -40,7 +40,7 @@ pub use framer::{Frame, FrameError, Framer, MAX_MESSAGE_SIZE, MAX_NESTING};
 pub use hotplug::{
     BlockdevAddArgs, BlockdevAio, BlockdevCache, BlockdevCommon, BlockdevDiscard, BlockdevDriver,
     BlockdevFile, BlockdevOptions, BlockdevRaw, BlockdevRef, DeviceAddArgs, NetdevAddArgs,
-    NetdevBackend, TapNetdevArgs,
+    NetdevBackend, TapNetdevArgs, TapRateLimits,
 };
 pub use protocol::{greeting_line, QmpHandler, QmpVersion, Response};
 pub use server::{QmpServer, QmpServerHandle, QmpThreadFilters, MAX_CLIENTS};

@@ -688,7 +688,10 @@ mod tests {
             after(&a, "-drive"),
             "id=rootfs,file=/img,readonly=on,direct=off,iops=300"
         );
-        assert_eq!(after(&a, "-netdev"), "tap,id=eth0,fds=9,tx_bps=1000");
+        assert_eq!(
+            after(&a, "-netdev"),
+            "tap,id=eth0,fds=9,rx_bps=1000,tx_bps=1000"
+        );
         let q = qemu_args(&s);
         assert!(after(&q, "-drive").ends_with(",throttling.iops-total=300"));
         assert_eq!(after(&q, "-netdev"), "tap,id=eth0,fds=9");

@@ -156,11 +156,12 @@ pub struct HypervisorConfig {
     pub disk_rate_limiter_ops_max_rate: u64,
     /// Kata's key: operations allowed once on top of that rate.
     pub disk_rate_limiter_ops_one_time_burst: u64,
-    /// Kata's key: bandwidth the guest may send on each boot NIC, bits/s.
+    /// Kata's key: bandwidth of each NIC, bits/s, in each direction
+    /// (received and sent; boot and hot-plugged NICs).
     pub net_rate_limiter_bw_max_rate: u64,
     /// Kata's key: bits allowed once on top of that rate.
     pub net_rate_limiter_bw_one_time_burst: u64,
-    /// Kata's key: frames per second the guest may send on each boot NIC.
+    /// Kata's key: frames per second of each NIC, in each direction.
     pub net_rate_limiter_ops_max_rate: u64,
     /// Kata's key: frames allowed once on top of that rate.
     pub net_rate_limiter_ops_one_time_burst: u64,

@@ -275,6 +275,8 @@ impl Hypervisor {
             TapSource::Fd(_) => add["fds"] = json!(fdname),
             TapSource::Ifname(n) => add["ifname"] = json!(n),
         }
+        // Kata's network limits, as on the boot NICs' -netdev.
+        crate::rate_limits::add_netdev_limits(&self.spec.hv, &mut add);
         let devadd = json!({"driver": "virtio-net-mmio", "id": id, "netdev": netdev,
             "mac": mac, "addr": slot.to_string()});
         let tap = dev.tap;

@@ -4,9 +4,12 @@
 //! Kata gives bandwidth in bits per second (and its one-time burst in bits)
 //! and operations per second; altovirt takes bytes. Disks get
 //! `iops=`/`bps=` (StratoVirt's spelling) or `throttling.iops-total=`/
-//! `throttling.bps-total=` (QEMU's) with `…_max` as the one-time burst;
-//! taps get altovirt's `tx_iops=`/`tx_bps=` (what the guest sends). 0 is no
-//! limit and adds nothing.
+//! `throttling.bps-total=` (QEMU's) with `…_max` as the one-time burst.
+//! Kata applies its network limits to both directions of a NIC (its
+//! hypervisor config: the same value is used for inbound and outbound
+//! traffic), so taps get altovirt's `rx_…` and `tx_…` keys alike, on the
+//! command line and as `netdev_add` arguments for a hot-plugged NIC. 0 is
+//! no limit and adds nothing.
 
 use serde_json::{json, Value};
 
@@ -77,20 +80,55 @@ pub fn drive_options(hv: &HypervisorConfig, qemu_style: bool) -> String {
     out
 }
 
-/// The `-netdev tap` options of Kata's network limits.
+fn net(hv: &HypervisorConfig) -> (Limit, Limit) {
+    (
+        Limit::bits(
+            hv.net_rate_limiter_bw_max_rate,
+            hv.net_rate_limiter_bw_one_time_burst,
+        ),
+        Limit {
+            rate: hv.net_rate_limiter_ops_max_rate,
+            burst: hv.net_rate_limiter_ops_one_time_burst,
+        },
+    )
+}
+
+/// The `-netdev tap` options of Kata's network limits (both directions).
 pub fn netdev_options(hv: &HypervisorConfig) -> String {
-    let bw = Limit::bits(
-        hv.net_rate_limiter_bw_max_rate,
-        hv.net_rate_limiter_bw_one_time_burst,
-    );
-    let ops = Limit {
-        rate: hv.net_rate_limiter_ops_max_rate,
-        burst: hv.net_rate_limiter_ops_one_time_burst,
-    };
+    let (bw, ops) = net(hv);
     let mut out = String::new();
-    push(&mut out, "tx_iops", "tx_iops_max", ops);
-    push(&mut out, "tx_bps", "tx_bps_max", bw);
+    for dir in ["rx", "tx"] {
+        push(
+            &mut out,
+            &format!("{dir}_iops"),
+            &format!("{dir}_iops_max"),
+            ops,
+        );
+        push(
+            &mut out,
+            &format!("{dir}_bps"),
+            &format!("{dir}_bps_max"),
+            bw,
+        );
+    }
     out
+}
+
+/// Adds Kata's network limits (both directions) to the `netdev_add`
+/// arguments `args` of a hot-plugged tap (altovirt's extension keys).
+pub fn add_netdev_limits(hv: &HypervisorConfig, args: &mut Value) {
+    let (bw, ops) = net(hv);
+    for dir in ["rx", "tx"] {
+        for (key, l) in [("iops", ops), ("bps", bw)] {
+            if l.rate == 0 {
+                continue;
+            }
+            args[format!("{dir}_{key}")] = json!(l.rate);
+            if l.burst > 0 {
+                args[format!("{dir}_{key}_max")] = json!(l.burst);
+            }
+        }
+    }
 }
 
 /// The `block_set_io_throttle` arguments that give the hot-plugged disk
@@ -138,7 +176,17 @@ mod tests {
         hv.net_rate_limiter_ops_max_rate = 1000;
         assert_eq!(
             netdev_options(&hv),
-            ",tx_iops=1000,tx_bps=10000,tx_bps_max=1000"
+            ",rx_iops=1000,rx_bps=10000,rx_bps_max=1000,tx_iops=1000,tx_bps=10000,tx_bps_max=1000"
         );
+        let mut args = json!({"type": "tap", "id": "n"});
+        add_netdev_limits(&hv, &mut args);
+        assert_eq!(
+            args,
+            json!({"type": "tap", "id": "n", "rx_iops": 1000, "rx_bps": 10000,
+                   "rx_bps_max": 1000, "tx_iops": 1000, "tx_bps": 10000, "tx_bps_max": 1000})
+        );
+        let mut none = json!({"type": "tap", "id": "n"});
+        add_netdev_limits(&HypervisorConfig::default(), &mut none);
+        assert_eq!(none, json!({"type": "tap", "id": "n"}));
     }
 }

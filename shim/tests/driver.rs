@@ -531,6 +531,9 @@ fn net_hotplug_protocol_against_a_fake_vmm() {
         kernel: "/nonexistent".into(),
         vsock: "none".into(),
         net_slots: 2,
+        // Kata's network limits go with every hot-plugged tap, both ways.
+        net_rate_limiter_ops_max_rate: 500,
+        net_rate_limiter_bw_max_rate: 8_000_000,
         ..Default::default()
     };
     let mut h = Hypervisor::with_hypervisor(Flavour::StratoVirt, hv, "fakenet", &dir);
@@ -597,9 +600,9 @@ fn net_hotplug_protocol_against_a_fake_vmm() {
         r#"{"execute":"netdev_add","arguments":{"type":"tap","id":"altovirt-shim-probe","fds":"altovirt-shim-probe-none"}}"#,
         r#"{"execute":"netdev_del","arguments":{"id":"altovirt-shim-probe"}}"#,
         r#"{"execute":"getfd","arguments":{"fdname":"fd-virtio-net-hp0"}}"#,
-        r#"{"execute":"netdev_add","arguments":{"type":"tap","id":"netdev-virtio-net-hp0","fds":"fd-virtio-net-hp0"}}"#,
+        r#"{"execute":"netdev_add","arguments":{"type":"tap","id":"netdev-virtio-net-hp0","fds":"fd-virtio-net-hp0","rx_iops":500,"rx_bps":1000000,"tx_iops":500,"tx_bps":1000000}}"#,
         r#"{"execute":"device_add","arguments":{"driver":"virtio-net-mmio","id":"virtio-net-hp0","netdev":"netdev-virtio-net-hp0","mac":"02:00:00:00:00:09","addr":"0"}}"#,
-        r#"{"execute":"netdev_add","arguments":{"type":"tap","id":"netdev-eth9","ifname":"tap9"}}"#,
+        r#"{"execute":"netdev_add","arguments":{"type":"tap","id":"netdev-eth9","ifname":"tap9","rx_iops":500,"rx_bps":1000000,"tx_iops":500,"tx_bps":1000000}}"#,
         &format!(r#"{{"execute":"device_add","arguments":{{"driver":"virtio-net-mmio","id":"eth9","netdev":"netdev-eth9","mac":"{mac}","addr":"1"}}}}"#),
         r#"{"execute":"device_del","arguments":{"id":"virtio-net-hp0"}}"#,
         r#"{"execute":"netdev_del","arguments":{"id":"netdev-virtio-net-hp0"}}"#,

@@ -608,6 +608,14 @@ fn taps_at_boot_and_network_hotplug_in_a_netns() {
     };
     let s = Scratch::new("tap");
     let cfg = s.config();
+    // Kata's network limits: on the boot tap's -netdev and on netdev_add
+    // (altovirt must accept its rx_/tx_ keys for the hotplug to succeed).
+    let text_cfg = std::fs::read_to_string(&cfg).unwrap().replacen(
+        "blk_slots = 2\n",
+        "blk_slots = 2\nnet_rate_limiter_ops_max_rate = 100000\n",
+        1,
+    );
+    std::fs::write(&cfg, text_cfg).unwrap();
     let rd = s.run_dir();
     let pre = ns.prefix();
     let mut r = start_run(
@@ -629,7 +637,9 @@ fn taps_at_boot_and_network_hotplug_in_a_netns() {
         .find(|w| w[0] == "-netdev")
         .map(|w| w[1].clone())
         .expect("a -netdev");
-    let fd = netdev.strip_prefix("tap,id=net0,fds=").expect(&netdev);
+    let rest = netdev.strip_prefix("tap,id=net0,fds=").expect(&netdev);
+    let (fd, limits) = rest.split_once(',').expect(&netdev);
+    assert_eq!(limits, "rx_iops=100000,tx_iops=100000");
     let link = std::fs::read_link(format!("/proc/{vmm}/fd/{fd}")).unwrap();
     assert_eq!(link, Path::new("/dev/net/tun"));
     assert!(args

@@ -3,7 +3,9 @@
 
 #![allow(dead_code)]
 
+pub mod cpu;
 pub mod fs_backend;
+pub mod netns;
 pub mod qmp_client;
 
 use std::io::Read;

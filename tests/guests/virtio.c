@@ -14,10 +14,11 @@
  *                                    (snapshot tests; never returns),
  *                                    blk-bad, net, vsock,
  *                                    blkbench, hotplug, net-hotplug, fs,
- *                                    balloon, log-flood (run
+ *                                    balloon, log-flood, net-rx (run
  *                                    in the order given; net-hotplug is in
- *                                    nethotplug.c, fs in virtiofs.c,
- *                                    balloon in balloon.c)
+ *                                    nethotplug.c, net-rx in netrx.c,
+ *                                    fs in virtiofs.c, balloon in
+ *                                    balloon.c)
  *   guest.blkwrite=1                 blk also writes, flushes and re-reads
  *                                    sector 1
  *   guest.vsockport=<n>              vsock: host port to connect to (1234
@@ -27,6 +28,7 @@
  *   guest.blkbench=<bytes>:<count>   blkbench: count sequential reads of
  *                                    bytes each (a multiple of 512, at most
  *                                    65536)
+ *   guest.netrx=<count>              net-rx: sequence frames to wait for
  *   guest.hotplug.wait=<seconds>     hotplug: how long to wait for events
  *                                    (default 30; a rough pause budget)
  *   guest.hotplug.events=<n>         hotplug: events to wait for (default 2)
@@ -172,6 +174,7 @@ static struct {
 	u64 vsock_listen;	/* guest.vsocklisten=, 0 = do not accept */
 	u64 bench_bytes, bench_count;	/* guest.blkbench= */
 	int bench_bad;		/* guest.blkbench= did not parse */
+	u64 netrx_count;	/* guest.netrx= */
 	u64 hp_wait;		/* guest.hotplug.wait= seconds, default HP_WAIT_DEFAULT */
 	u64 hp_events;		/* guest.hotplug.events=, default HP_EVENTS_DEFAULT */
 	int hp_wait_set, hp_events_set;
@@ -276,6 +279,7 @@ static void virtio_parse_cmdline(u64 cmdline)
 	static const char hpevents_key[] = "guest.hotplug.events=";
 	static const char balmib_key[] = "guest.balloon.mib=";
 	static const char balevents_key[] = "guest.balloon.events=";
+	static const char netrx_key[] = "guest.netrx=";
 	u64 i = 0;
 
 	if (!cmdline)
@@ -334,6 +338,10 @@ static void virtio_parse_cmdline(u64 cmdline)
 				vcfg.hp_events = v;
 				vcfg.hp_events_set = 1;
 			}
+		} else if (token_starts(tok, len, netrx_key)) {
+			u64 p = tok + sizeof(netrx_key) - 1, v;
+			if (parse_num(&p, tok + len, 0, &v) && p == tok + len)
+				vcfg.netrx_count = v;
 		} else if (token_starts(tok, len, balmib_key)) {
 			u64 p = tok + sizeof(balmib_key) - 1, v;
 			if (parse_num(&p, tok + len, 0, &v) && p == tok + len)
@@ -1887,6 +1895,7 @@ static void test_hotplug(void)
 }
 
 #include "nethotplug.c"
+#include "netrx.c"
 #include "virtiofs.c"
 #include "balloon.c"
 
@@ -2001,6 +2010,8 @@ static void virtio_run(void)
 			test_hotplug();
 		else if (name_is(t, len, "net-hotplug"))
 			test_net_hotplug();
+		else if (name_is(t, len, "net-rx"))
+			test_net_rx();
 		else if (name_is(t, len, "fs"))
 			test_fs();
 		else if (name_is(t, len, "balloon"))

@@ -64,6 +64,7 @@ Usage: altovirt [OPTIONS]
                         virtio-fs; connects to the chardev's socket (needs mem-share=on)
   -netdev tap,id=ID,ifname=NAME|fd=N|fds=N  a tap back-end (fd, fds: an inherited descriptor)
                         [,tx_iops=N][,tx_bps=N][,tx_iops_max=N][,tx_bps_max=N]: transmit limits
+                        [,rx_iops=N][,rx_bps=N][,rx_iops_max=N][,rx_bps_max=N]: receive limits
   -device virtio-net-device,netdev=ID[,id=DEV][,mac=MAC]
   -device vhost-vsock-device,id=DEV,guest-cid=N[,vhostfd=FD]  kernel vsock (needs /dev/vhost-vsock)
   -device vsock-device,id=DEV,guest-cid=N,uds-path=PATH       userspace vsock over unix sockets

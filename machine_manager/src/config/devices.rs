@@ -14,9 +14,9 @@ use std::path::PathBuf;
 use super::balloon::{parse_balloon_device, JsonBalloon};
 use super::error::ConfigError;
 use super::options::{parse_bool, OptionList};
-use super::rate_limit::{parse_limits, parse_tx_limits, LIMIT_KEYS, TX_LIMIT_KEYS};
+use super::rate_limit::{parse_limits, parse_net_limits, LIMIT_KEYS, NET_LIMIT_KEYS};
 use super::validate::{check_file, check_mac, check_non_empty, FileKind, MAX_IFNAME_LEN};
-use super::IoLimits;
+use super::NetIoLimits;
 use super::{DriveConfig, NetConfig, RngConfig, VsockConfig};
 
 /// The host side of a network device.
@@ -74,8 +74,8 @@ pub enum DeviceConfig {
         backend: NetBackend,
         /// Guest MAC address (`xx:xx:xx:xx:xx:xx`), if fixed.
         mac: Option<String>,
-        /// Limits on what the guest sends.
-        tx_limits: IoLimits,
+        /// Limits on what the guest receives and sends.
+        limits: NetIoLimits,
     },
     /// vsock through the kernel's vhost-vsock.
     VhostVsock {
@@ -292,7 +292,7 @@ fn parse_chardev(value: &str) -> Result<(String, ChardevBackend), ConfigError> {
 }
 
 /// `-netdev tap,id=ID,(ifname=NAME|fd=N|fds=N)[,vhost=off]`.
-fn parse_netdev(value: &str) -> Result<(String, NetBackend, IoLimits), ConfigError> {
+fn parse_netdev(value: &str) -> Result<(String, NetBackend, NetIoLimits), ConfigError> {
     let at = "-netdev";
     let mut keys = vec![
         "type",
@@ -307,7 +307,7 @@ fn parse_netdev(value: &str) -> Result<(String, NetBackend, IoLimits), ConfigErr
         "downscript",
         "queues",
     ];
-    keys.extend_from_slice(TX_LIMIT_KEYS);
+    keys.extend_from_slice(NET_LIMIT_KEYS);
     let list = OptionList::parse(at, value, Some("type"), &keys)?;
     let id = required(&list, at, "id")?.to_string();
     if list.get("type") != Some("tap") {
@@ -372,7 +372,7 @@ fn parse_netdev(value: &str) -> Result<(String, NetBackend, IoLimits), ConfigErr
             ))
         }
     };
-    Ok((id, backend, parse_tx_limits(&list, at)?))
+    Ok((id, backend, parse_net_limits(&list, at)?))
 }
 
 /// `guest-cid=N`: 3 up to 2^32 - 2 (0–2 and -1 are reserved).
@@ -540,7 +540,7 @@ pub(crate) fn resolve(
             id: n.id,
             backend: NetBackend::TapName(n.host_dev_name),
             mac: n.mac,
-            tx_limits: n.tx_limits,
+            limits: n.limits,
         });
     }
     if let Some(r) = json_rng {
@@ -642,7 +642,7 @@ pub(crate) fn resolve(
                     ],
                 )?;
                 let name = required(&list, &at, "netdev")?;
-                let (backend, tx_limits) = netdevs.remove(name).ok_or_else(|| {
+                let (backend, limits) = netdevs.remove(name).ok_or_else(|| {
                     invalid(
                         &at,
                         format!("netdev '{name}' is not defined (or already used)"),
@@ -659,7 +659,7 @@ pub(crate) fn resolve(
                     netdev: name.to_string(),
                     backend,
                     mac,
-                    tx_limits,
+                    limits,
                 }
             }
             "vhost-vsock-device" | "vhost-vsock-mmio" => {

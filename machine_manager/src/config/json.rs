@@ -16,8 +16,8 @@ use super::validate::{
     MIN_VCPUS,
 };
 use super::{
-    DriveConfig, IoLimits, LimitBucket, NetConfig, RngConfig, SerialConfig, VsockConfig,
-    MIN_GUEST_CID,
+    DriveConfig, IoLimits, LimitBucket, NetConfig, NetIoLimits, RngConfig, SerialConfig,
+    VsockConfig, MIN_GUEST_CID,
 };
 
 /// What a JSON file sets; `None` means the file does not mention it.
@@ -242,7 +242,13 @@ fn rate_limiter(obj: &Obj) -> Result<IoLimits, ConfigError> {
 }
 
 fn net(obj: &Obj, ids: &mut IdSet) -> Result<NetConfig, ConfigError> {
-    obj.only(&["iface_id", "host_dev_name", "mac", "tx_rate_limiter"])?;
+    obj.only(&[
+        "iface_id",
+        "host_dev_name",
+        "mac",
+        "rx_rate_limiter",
+        "tx_rate_limiter",
+    ])?;
     let id = ids.claim(obj, "iface_id")?;
     let host_dev_name = obj.req_str("host_dev_name")?;
     let at = obj.child("host_dev_name");
@@ -262,11 +268,19 @@ fn net(obj: &Obj, ids: &mut IdSet) -> Result<NetConfig, ConfigError> {
         id,
         host_dev_name: host_dev_name.into(),
         mac: mac.map(str::to_string),
-        tx_limits: match obj.opt("tx_rate_limiter") {
-            Some(v) => rate_limiter(&Obj::new(obj.child("tx_rate_limiter"), v)?)?,
-            None => IoLimits::default(),
+        limits: NetIoLimits {
+            rx: direction_limiter(obj, "rx_rate_limiter")?,
+            tx: direction_limiter(obj, "tx_rate_limiter")?,
         },
     })
+}
+
+/// A NIC's `rx_rate_limiter` or `tx_rate_limiter`, if given.
+fn direction_limiter(obj: &Obj, key: &str) -> Result<IoLimits, ConfigError> {
+    match obj.opt(key) {
+        Some(v) => rate_limiter(&Obj::new(obj.child(key), v)?),
+        None => Ok(IoLimits::default()),
+    }
 }
 
 fn vsock(obj: &Obj, ids: &mut IdSet) -> Result<VsockConfig, ConfigError> {

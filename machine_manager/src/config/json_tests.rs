@@ -96,13 +96,13 @@ fn full_example() {
                 id: "net0".into(),
                 host_dev_name: "tap0".into(),
                 mac: Some("12:34:56:78:9A:BC".into()),
-                tx_limits: Default::default(),
+                limits: Default::default(),
             },
             NetConfig {
                 id: "net1".into(),
                 host_dev_name: "tap1".into(),
                 mac: None,
-                tx_limits: Default::default(),
+                limits: Default::default(),
             },
         ]
     );
@@ -539,22 +539,39 @@ fn drive_rate_limiter_is_firecrackers() {
 }
 
 #[test]
-fn net_tx_rate_limiter() {
+fn net_rx_and_tx_rate_limiters() {
     let cfg = parse_json(
         "/p",
         r#"{"net": [{"iface_id": "n0", "host_dev_name": "tap0",
-            "tx_rate_limiter": {"ops": {"size": 10, "one_time_burst": 2, "refill_time": 100}}}]}"#,
+            "tx_rate_limiter": {"ops": {"size": 10, "one_time_burst": 2, "refill_time": 100}},
+            "rx_rate_limiter": {"bandwidth": {"size": 65536, "refill_time": 250}}}]}"#,
     )
     .unwrap();
+    let limits = cfg.nets[0].limits;
     assert_eq!(
-        cfg.nets[0].tx_limits.ops,
+        limits.tx.ops,
         LimitBucket {
             size: 10,
             one_time_burst: 2,
             refill_time_ms: 100
         }
     );
-    assert_eq!(cfg.nets[0].tx_limits.bandwidth, LimitBucket::default());
-    let e = err(r#"{"net": [{"iface_id": "n0", "host_dev_name": "tap0", "rx_rate_limiter": {}}]}"#);
-    assert!(e.contains("net[0].rx_rate_limiter"), "{e}");
+    assert_eq!(limits.tx.bandwidth, LimitBucket::default());
+    assert_eq!(
+        limits.rx.bandwidth,
+        LimitBucket {
+            size: 65536,
+            one_time_burst: 0,
+            refill_time_ms: 250
+        }
+    );
+    assert_eq!(limits.rx.ops, LimitBucket::default());
+    // Errors name the direction's path.
+    let e = err(r#"{"net": [{"iface_id": "n0", "host_dev_name": "tap0",
+            "rx_rate_limiter": {"ops": {"size": 5}}}]}"#);
+    assert!(e.contains("net[0].rx_rate_limiter.ops.refill_time"), "{e}");
+    let e = err(
+        r#"{"net": [{"iface_id": "n0", "host_dev_name": "tap0", "rx_rate_limiter": {"x": 1}}]}"#,
+    );
+    assert!(e.contains("net[0].rx_rate_limiter.x: unknown field"), "{e}");
 }

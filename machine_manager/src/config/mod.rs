@@ -27,7 +27,7 @@ pub use balloon::DEFAULT_BALLOON_ID;
 pub use cmdline::{parse_cmdline, Command, USAGE};
 pub use devices::{ChardevBackend, DeviceConfig, NetBackend};
 pub use error::{single_line, ConfigError};
-pub use rate_limit::{IoLimits, LimitBucket};
+pub use rate_limit::{IoLimits, LimitBucket, NetIoLimits};
 pub use size::{MIN_MEM_SIZE, PAGE_SIZE};
 pub use validate::{MAX_IFNAME_LEN, MAX_VCPUS, MIN_VCPUS};
 
@@ -234,8 +234,9 @@ pub struct NetConfig {
     pub host_dev_name: String,
     /// Guest MAC address as written (`xx:xx:xx:xx:xx:xx`), if fixed.
     pub mac: Option<String>,
-    /// Limits on what the guest sends (`tx_rate_limiter`).
-    pub tx_limits: IoLimits,
+    /// Limits on what the guest receives (`rx_rate_limiter`) and sends
+    /// (`tx_rate_limiter`).
+    pub limits: NetIoLimits,
 }
 
 /// A virtio vsock device.

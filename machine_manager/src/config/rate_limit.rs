@@ -1,6 +1,6 @@
-//! I/O limits of a drive (and later a tap): two token buckets, one in
-//! bytes and one in operations, as plain numbers the machine hands to the
-//! device.
+//! I/O limits of a drive or a tap: two token buckets, one in bytes and
+//! one in operations, as plain numbers the machine hands to the device (a
+//! tap has a pair per direction).
 //!
 //! On the command line a rate is given per second (`bps`, `iops`) with an
 //! optional one-time burst on top (`bps_max`, `iops_max`); StratoVirt's
@@ -51,6 +51,15 @@ impl IoLimits {
     }
 }
 
+/// Receive and transmit limits of a tap.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NetIoLimits {
+    /// Frames and bytes the guest receives (`rx_…`, `rx_rate_limiter`).
+    pub rx: IoLimits,
+    /// Frames and bytes the guest sends (`tx_…`, `tx_rate_limiter`).
+    pub tx: IoLimits,
+}
+
 /// The option keys [`parse_limits`] reads, for `OptionList::parse`.
 pub(crate) const LIMIT_KEYS: &[&str] = &[
     "iops",
@@ -63,24 +72,43 @@ pub(crate) const LIMIT_KEYS: &[&str] = &[
     "throttling.bps-total-max",
 ];
 
-/// The option keys [`parse_tx_limits`] reads (`-netdev tap`).
-pub(crate) const TX_LIMIT_KEYS: &[&str] = &["tx_iops", "tx_bps", "tx_iops_max", "tx_bps_max"];
+/// The option keys [`parse_net_limits`] reads (`-netdev tap`).
+pub(crate) const NET_LIMIT_KEYS: &[&str] = &[
+    "rx_iops",
+    "rx_bps",
+    "rx_iops_max",
+    "rx_bps_max",
+    "tx_iops",
+    "tx_bps",
+    "tx_iops_max",
+    "tx_bps_max",
+];
 
-/// Reads the transmit limits of a `-netdev tap` option list: frames and
-/// bytes per second the guest may send, with one-time bursts.
-pub(crate) fn parse_tx_limits(list: &OptionList, at: &str) -> Result<IoLimits, ConfigError> {
+/// Reads the limits of a `-netdev tap` option list: frames and bytes per
+/// second the guest may receive (`rx_…`) and send (`tx_…`), with one-time
+/// bursts.
+pub(crate) fn parse_net_limits(list: &OptionList, at: &str) -> Result<NetIoLimits, ConfigError> {
+    Ok(NetIoLimits {
+        rx: parse_direction(list, at, "rx")?,
+        tx: parse_direction(list, at, "tx")?,
+    })
+}
+
+/// The `{dir}_iops`, `{dir}_bps` and `…_max` keys of one direction.
+fn parse_direction(list: &OptionList, at: &str, dir: &str) -> Result<IoLimits, ConfigError> {
     let get = |key: &str| {
-        list.get(key)
+        let key = format!("{dir}_{key}");
+        list.get(&key)
             .map(|v| parse_ranged(&format!("{at} {key}"), v, 0, u64::MAX))
             .transpose()
             .map(Option::unwrap_or_default)
     };
-    let (iops, bps) = (get("tx_iops")?, get("tx_bps")?);
-    let (iops_max, bps_max) = (get("tx_iops_max")?, get("tx_bps_max")?);
+    let (iops, bps) = (get("iops")?, get("bps")?);
+    let (iops_max, bps_max) = (get("iops_max")?, get("bps_max")?);
     if (iops_max > 0 && iops == 0) || (bps_max > 0 && bps == 0) {
         return Err(ConfigError::InvalidDevice {
             at: at.into(),
-            reason: "a burst (tx_…_max) needs its rate (tx_iops or tx_bps) too".into(),
+            reason: format!("a burst ({dir}_…_max) needs its rate ({dir}_iops or {dir}_bps) too"),
         });
     }
     Ok(IoLimits {
@@ -162,20 +190,39 @@ mod tests {
     }
 
     #[test]
-    fn netdev_transmit_limits() {
-        let tx = |v: &str| {
+    fn netdev_receive_and_transmit_limits() {
+        let net = |v: &str| {
             let list =
-                OptionList::parse("-netdev", v, None, TX_LIMIT_KEYS).map_err(|e| e.to_string())?;
-            parse_tx_limits(&list, "-netdev").map_err(|e| e.to_string())
+                OptionList::parse("-netdev", v, None, NET_LIMIT_KEYS).map_err(|e| e.to_string())?;
+            parse_net_limits(&list, "-netdev").map_err(|e| e.to_string())
         };
         assert_eq!(
-            tx("tx_iops=1000,tx_bps=125000,tx_bps_max=5000"),
-            Ok(IoLimits {
-                bandwidth: LimitBucket::per_second(125_000, 5000),
-                ops: LimitBucket::per_second(1000, 0),
+            net("tx_iops=1000,tx_bps=125000,tx_bps_max=5000"),
+            Ok(NetIoLimits {
+                rx: IoLimits::default(),
+                tx: IoLimits {
+                    bandwidth: LimitBucket::per_second(125_000, 5000),
+                    ops: LimitBucket::per_second(1000, 0),
+                },
             })
         );
-        assert!(tx("tx_iops=x").unwrap_err().contains("-netdev tx_iops"));
-        assert!(tx("tx_iops_max=3").unwrap_err().contains("needs its rate"));
+        assert_eq!(
+            net("rx_iops=50,rx_iops_max=5,rx_bps=9000,tx_bps=1"),
+            Ok(NetIoLimits {
+                rx: IoLimits {
+                    bandwidth: LimitBucket::per_second(9000, 0),
+                    ops: LimitBucket::per_second(50, 5),
+                },
+                tx: IoLimits {
+                    bandwidth: LimitBucket::per_second(1, 0),
+                    ops: LimitBucket::default(),
+                },
+            })
+        );
+        assert!(net("tx_iops=x").unwrap_err().contains("-netdev tx_iops"));
+        assert!(net("rx_bps=-1").unwrap_err().contains("-netdev rx_bps"));
+        let e = net("rx_iops_max=3").unwrap_err();
+        assert!(e.contains("a burst (rx_…_max) needs its rate"), "{e}");
+        assert!(net("tx_bps_max=3").unwrap_err().contains("(tx_…_max)"));
     }
 }

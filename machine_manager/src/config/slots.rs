@@ -118,7 +118,7 @@ mod tests {
             netdev: id.into(),
             backend: NetBackend::TapName("tap0".into()),
             mac: None,
-            tx_limits: Default::default(),
+            limits: Default::default(),
         }
     }
 

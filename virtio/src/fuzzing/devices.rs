@@ -15,7 +15,8 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::block::{Block, BlockConfig};
 use crate::console::{Console, ConsoleBackend, ConsoleError, InputSink};
-use crate::net::{FrameIo, Net, ETH_HLEN, MAX_FRAME_LEN};
+use crate::net::{FrameIo, Net, NetLimits, ETH_HLEN, MAX_FRAME_LEN};
+use crate::rate_limiter::{BucketConfig, RateLimitConfig};
 use crate::rng::Rng;
 use crate::vsock::{Vsock, VsockConfig};
 use crate::{lock, VirtioDevice};
@@ -319,8 +320,28 @@ pub(super) fn make_device(
         Device::NetTx | Device::NetRx => {
             let (io, handle) = FuzzFrames::new()?;
             let mac = [0x52, 0x54, 0, 0x12, 0x34, 0x56];
-            let dev = Net::with_backend(Box::new(io), Some(mac), event_loop.clone())
+            let mut dev = Net::with_backend(Box::new(io), Some(mac), event_loop.clone())
                 .map_err(|e| other(&e))?;
+            if mode & 1 == 1 {
+                // Tight limits both ways: frames are held (a received one
+                // in the device's buffer) and released by the timers.
+                let tight = RateLimitConfig {
+                    ops: BucketConfig {
+                        size: 1,
+                        one_time_burst: 0,
+                        refill_time_ms: 1,
+                    },
+                    bandwidth: BucketConfig {
+                        size: 4096,
+                        one_time_burst: 0,
+                        refill_time_ms: 1,
+                    },
+                };
+                dev = dev.with_limits(NetLimits {
+                    rx: tight,
+                    tx: tight,
+                });
+            }
             (Box::new(dev), Backend::Frames(handle))
         }
         Device::Vsock => {

@@ -6,7 +6,9 @@
 //! at boot like a NIC whose cable is out. [`Net::attach`] plugs a TAP in:
 //! the MAC and the link status (up) change in configuration space and the
 //! driver gets a configuration change interrupt; [`Net::detach`] takes the
-//! link down again and closes the TAP.
+//! link down again and closes the TAP. The back-end plugged in brings its
+//! rate limits; an empty slot has none (the timers a limit created stay
+//! with the device for the next back-end, see [`Net::set_limits`]).
 //!
 //! A driver reads the MAC when it probes the device; Linux re-reads only
 //! the link status on a configuration change, so a Linux guest shows the
@@ -20,7 +22,7 @@ use std::sync::Arc;
 
 use vmm_sys_util::eventfd::EventFd;
 
-use super::{derived_mac, mac_or_derived, FrameIo, Net, NetError, VIRTIO_NET_S_LINK_UP};
+use super::{derived_mac, mac_or_derived, FrameIo, Net, NetError, NetLimits, VIRTIO_NET_S_LINK_UP};
 use crate::lock;
 
 /// Name of the back-end of an empty slot, as shown in log lines.
@@ -83,17 +85,25 @@ impl Net {
     }
 
     /// Plugs `io` into an empty slot with `mac` (or one derived from the
-    /// back-end's name): frames flow at once, the link goes up, and an
-    /// active driver gets a configuration change interrupt.
+    /// back-end's name) under `limits`: frames flow at once, the link goes
+    /// up, and an active driver gets a configuration change interrupt.
     ///
     /// Errors: [`NetError::SlotBusy`] if a back-end is plugged in,
-    /// [`NetError::InvalidMac`] for an address a NIC cannot own (nothing
+    /// [`NetError::InvalidMac`] for an address a NIC cannot own,
+    /// [`NetError::Timer`] if a limit's timer cannot be set up (nothing
     /// changes then).
-    pub fn attach(&mut self, io: Arc<dyn FrameIo>, mac: Option<[u8; 6]>) -> Result<(), NetError> {
+    pub fn attach(
+        &mut self,
+        io: Arc<dyn FrameIo>,
+        mac: Option<[u8; 6]>,
+        limits: NetLimits,
+    ) -> Result<(), NetError> {
         if self.plugged {
             return Err(NetError::SlotBusy);
         }
         let mac = mac_or_derived(mac, io.name())?;
+        // Before the first frame moves.
+        self.set_limits(limits)?;
         self.mac = mac;
         self.config[0..6].copy_from_slice(&mac);
         self.swap_io(io);
@@ -116,6 +126,10 @@ impl Net {
         self.set_link(false);
         let old = self.swap_io(Arc::new(io));
         self.plugged = false;
+        // Lifting limits creates nothing, so cannot fail.
+        if let Err(e) = self.set_limits(NetLimits::default()) {
+            log::warn!("virtio-net: {}: {e}", self.io.name());
+        }
         Ok(old)
     }
 

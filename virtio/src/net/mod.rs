@@ -10,6 +10,7 @@
 //! buffers without bound nor spins.
 
 mod hotplug;
+mod limit;
 mod rxtx;
 mod tap;
 
@@ -23,15 +24,16 @@ use virtio_queue::Queue;
 use vmm_sys_util::eventfd::EventFd;
 
 pub use hotplug::{Unplugged, UNPLUGGED_NAME};
+pub use limit::NetLimits;
 pub use tap::{Tap, TapError, MAX_IFNAME_LEN, TUN_DEVICE};
 
-use crate::rate_limiter::{RateLimitConfig, Throttle};
+use crate::rate_limiter::Throttle;
 use crate::worker::{split_queues, QueueSet, Registrations};
 use crate::{
     lock, read_config_bytes, ActivateError, Interrupt, VirtioDevice, TYPE_NET, VIRTIO_F_VERSION_1,
     VIRTIO_RING_F_INDIRECT_DESC,
 };
-use rxtx::NetWorker;
+use rxtx::{Dir, NetWorker};
 
 /// Size of each queue.
 pub const QUEUE_SIZE: u16 = 256;
@@ -102,6 +104,9 @@ pub enum NetError {
     /// The placeholder back-end of an empty slot could not be created.
     #[error("cannot create the empty-slot back-end: {0}")]
     Backend(io::Error),
+    /// A rate limit's timer could not be created or watched.
+    #[error("cannot set up the rate-limit timer: {0}")]
+    Timer(String),
 }
 
 /// Options of a network device.
@@ -202,8 +207,8 @@ pub struct Net {
     active: Option<Active>,
     /// False for an empty hotplug slot.
     plugged: bool,
-    /// Limits on what the guest sends.
-    tx_limit: RateLimitConfig,
+    /// Limits on what the guest receives and sends.
+    limits: NetLimits,
 }
 
 impl Net {
@@ -237,15 +242,51 @@ impl Net {
             event_loop,
             active: None,
             plugged: true,
-            tx_limit: RateLimitConfig::default(),
+            limits: NetLimits::default(),
         })
     }
 
-    /// Limits the frames and bytes the guest may send (from the next
-    /// activation on).
-    pub fn with_tx_limit(mut self, limit: RateLimitConfig) -> Self {
-        self.tx_limit = limit;
+    /// Limits the frames and bytes the guest may receive and send (set
+    /// before the device is activated; see [`Net::set_limits`] after).
+    pub fn with_limits(mut self, limits: NetLimits) -> Self {
+        self.limits = limits;
         self
+    }
+
+    /// The limits in force.
+    pub fn limits(&self) -> NetLimits {
+        self.limits
+    }
+
+    /// Changes the limits, at once on an active device (buckets start
+    /// full; a direction held back tries again under the new limits). A
+    /// direction limited for the first time since activation gets its
+    /// timer here; timers stay until the device resets, so limits that
+    /// come and go reuse them. Errors leave the limits unchanged.
+    pub fn set_limits(&mut self, limits: NetLimits) -> Result<(), NetError> {
+        if let Some(active) = &mut self.active {
+            let (rx, tx) = lock(&active.worker).missing_timers(&limits);
+            for (dir, missing) in [(Dir::Rx, rx), (Dir::Tx, tx)] {
+                if !missing {
+                    continue;
+                }
+                let throttle = Throttle::new().map_err(|e| NetError::Timer(e.to_string()))?;
+                // Registered before the worker can arm it: an expiry is
+                // never missed, and a failure changes nothing.
+                let handler = match dir {
+                    Dir::Rx => NetWorker::resume_rx,
+                    Dir::Tx => NetWorker::resume_tx,
+                };
+                active
+                    .registrations
+                    .add_fd(&active.worker, throttle.fd(), handler)
+                    .map_err(|e| NetError::Timer(e.to_string()))?;
+                lock(&active.worker).install_timer(dir, throttle);
+            }
+            lock(&active.worker).set_limits(limits);
+        }
+        self.limits = limits;
+        Ok(())
     }
 
     /// The guest's MAC address.
@@ -305,24 +346,27 @@ impl VirtioDevice for Net {
         }
         let (queues, evts) = split_queues(queues, 2)?;
         let qs = QueueSet::new("virtio-net", mem, interrupt, queues);
-        // The timer exists only with a limit: no cost otherwise.
-        let throttle = if self.tx_limit.is_limited() {
-            Some(Throttle::new()?)
-        } else {
-            None
-        };
-        let throttle_fd = throttle.as_ref().map(Throttle::fd);
+        // A direction's timer exists only with a limit: no cost otherwise.
+        let timer = |limited: bool| limited.then(Throttle::new).transpose();
+        let rx_throttle = timer(self.limits.rx.is_limited())?;
+        let tx_throttle = timer(self.limits.tx.is_limited())?;
+        let rx_fd = rx_throttle.as_ref().map(Throttle::fd);
+        let tx_fd = tx_throttle.as_ref().map(Throttle::fd);
         let worker = NetWorker::new(
             qs,
             self.io.clone(),
             self.event_loop.clone(),
-            self.tx_limit,
-            throttle,
+            self.limits,
+            rx_throttle,
+            tx_throttle,
         );
         let mut registrations = Registrations::new(&self.event_loop);
         registrations.add_queues(&worker, evts, |w: &mut NetWorker, q| w.handle_queue(q))?;
-        if let Some(fd) = throttle_fd {
-            // The worker owns the timer and outlives this registration.
+        // The worker owns the timers and outlives these registrations.
+        if let Some(fd) = rx_fd {
+            registrations.add_fd(&worker, fd, NetWorker::resume_rx)?;
+        }
+        if let Some(fd) = tx_fd {
             registrations.add_fd(&worker, fd, NetWorker::resume_tx)?;
         }
         // Frames may already be waiting; the receive handler stops itself
@@ -370,5 +414,7 @@ impl Drop for Net {
     }
 }
 
+#[cfg(test)]
+mod limit_tests;
 #[cfg(test)]
 mod tests;

@@ -11,6 +11,14 @@
 //! frames stay in the kernel's queue); the next receive queue notification
 //! registers it again. A receive chain taken from the ring while no frame
 //! turned out to be waiting is kept for the next frame.
+//!
+//! Limits ([`DirLimit`]): a transmit chain the limiter refuses is kept and
+//! the queue waits for the timer. On receive a frame's length is known
+//! only once it is read: a frame the limiter refuses is held in the
+//! receive buffer (with its chain), the back-end is no longer watched (the
+//! following frames wait in the kernel's queue, nothing is dropped) and
+//! the timer, when it fires, delivers the held frame and watches the
+//! back-end again.
 
 use std::fmt;
 use std::io;
@@ -18,10 +26,11 @@ use std::sync::{Arc, Mutex, Weak};
 
 use util::event_loop::{EventLoop, Token};
 
+use super::limit::{DirLimit, NetLimits};
 use super::{FrameIo, ETH_HLEN, MAX_FRAME_LEN, MAX_TX_CHAIN_LEN, NET_HDR_LEN, RXQ, TXQ};
 use crate::chain::{descs_in_memory, Chain, Cursor, Desc};
 use crate::lock;
-use crate::rate_limiter::{RateLimitConfig, RateLimiter, Throttle};
+use crate::rate_limiter::Throttle;
 use crate::worker::QueueSet;
 
 /// Frames moved per handler call before yielding to other devices.
@@ -81,13 +90,24 @@ pub(super) struct NetWorker {
     tx_buf: Vec<u8>,
     rx_drops: DropLog,
     tx_drops: DropLog,
+    /// Limits on frames handed to the guest.
+    rx_limit: DirLimit,
+    /// Length of a frame in `rx_buf` the receive limit has not let through
+    /// yet (it goes to `rx_chain`).
+    rx_held: Option<usize>,
     /// Limits on transmitted frames and bytes.
-    tx_limiter: RateLimiter,
-    /// Wakes transmit up when the limiter held a frame back (only with a
-    /// limit).
-    tx_throttle: Option<Throttle>,
+    tx_limit: DirLimit,
     /// A transmit chain the limiter has not let through yet.
     tx_pending: Option<Chain>,
+}
+
+/// A direction of the device, for its limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Dir {
+    /// Receive.
+    Rx,
+    /// Transmit.
+    Tx,
 }
 
 impl NetWorker {
@@ -100,7 +120,8 @@ impl NetWorker {
         qs: QueueSet,
         io: Arc<dyn FrameIo>,
         event_loop: EventLoop,
-        tx_limits: RateLimitConfig,
+        limits: NetLimits,
+        rx_throttle: Option<Throttle>,
         tx_throttle: Option<Throttle>,
     ) -> Arc<Mutex<Self>> {
         Arc::new_cyclic(|me| {
@@ -122,8 +143,9 @@ impl NetWorker {
                     dir: "tx",
                     count: 0,
                 },
-                tx_limiter: RateLimiter::new(tx_limits),
-                tx_throttle,
+                rx_limit: DirLimit::new(limits.rx, rx_throttle),
+                rx_held: None,
+                tx_limit: DirLimit::new(limits.tx, tx_throttle),
                 tx_pending: None,
             })
         })
@@ -134,6 +156,10 @@ impl NetWorker {
         match q {
             RXQ => {
                 self.start_reading();
+                if self.rx_held.is_some() {
+                    // A frame read earlier waits for this buffer.
+                    self.process_rx();
+                }
                 false
             }
             TXQ => self.process_tx(),
@@ -143,7 +169,8 @@ impl NetWorker {
 
     /// Watches the back-end for frames (if not already watching).
     pub fn start_reading(&mut self) {
-        if self.stopped || self.qs.is_broken() || self.rx_token.is_some() {
+        if self.stopped || self.qs.is_broken() || self.rx_token.is_some() || self.rx_limit.waiting()
+        {
             return;
         }
         let Some(me) = self.me.upgrade() else {
@@ -172,7 +199,32 @@ impl NetWorker {
     /// the caller then calls [`NetWorker::start_reading`] again.
     pub fn set_io(&mut self, io: Arc<dyn FrameIo>) -> Option<Token> {
         self.io = io;
+        // A frame of the old back-end's network is not delivered.
+        self.rx_held = None;
         self.rx_token.take()
+    }
+
+    /// Which directions need a timer for `limits` and have none yet.
+    pub fn missing_timers(&self, limits: &NetLimits) -> (bool, bool) {
+        (
+            limits.rx.is_limited() && !self.rx_limit.has_timer(),
+            limits.tx.is_limited() && !self.tx_limit.has_timer(),
+        )
+    }
+
+    /// Gives direction `dir` its timer (registered on the loop already).
+    pub fn install_timer(&mut self, dir: Dir, throttle: Throttle) {
+        match dir {
+            Dir::Rx => self.rx_limit.install(throttle),
+            Dir::Tx => self.tx_limit.install(throttle),
+        }
+    }
+
+    /// New limits, with full buckets; a direction held back tries again
+    /// at once under them. A limited direction must have its timer.
+    pub fn set_limits(&mut self, limits: NetLimits) {
+        self.rx_limit.set(limits.rx);
+        self.tx_limit.set(limits.tx);
     }
 
     /// Tells the driver that the configuration space changed.
@@ -185,36 +237,39 @@ impl NetWorker {
     pub fn stop(&mut self) -> Option<Token> {
         self.stopped = true;
         self.rx_chain = None;
+        self.rx_held = None;
         self.rx_token.take()
     }
 
     /// The transmit throttle timer fired: sends what it held back.
     pub fn resume_tx(&mut self) {
-        let expired = self.tx_throttle.as_mut().is_some_and(Throttle::expired);
-        if expired && self.process_tx() {
-            if let Some(t) = self.tx_throttle.as_mut() {
-                t.arm(std::time::Duration::ZERO);
-            }
+        if self.tx_limit.expired() && self.process_tx() {
+            self.tx_limit.wake_now();
+        }
+    }
+
+    /// The receive throttle timer fired: delivers the held frame and
+    /// watches the back-end again.
+    pub fn resume_rx(&mut self) {
+        if self.rx_limit.expired() {
+            self.start_reading();
+            self.process_rx();
         }
     }
 
     /// The next transmit chain the limiter lets through; `None` when the
     /// queue is empty or the limiter said to wait (the timer is armed).
     fn next_tx(&mut self) -> Option<Chain> {
-        let Some(throttle) = self.tx_throttle.as_mut() else {
-            return self.qs.pop(TXQ);
-        };
-        if throttle.is_armed() {
+        if self.tx_limit.waiting() {
             return None;
         }
         let chain = self.tx_pending.take().or_else(|| self.qs.pop(TXQ))?;
         let total: u64 = chain.descs.iter().map(|d| u64::from(d.len)).sum();
-        if let Err(wait) = self
-            .tx_limiter
-            .consume(total.saturating_sub(NET_HDR_LEN as u64))
+        if !self
+            .tx_limit
+            .admit(total.saturating_sub(NET_HDR_LEN as u64))
         {
             self.tx_pending = Some(chain);
-            throttle.arm(wait);
             return None;
         }
         Some(chain)
@@ -278,6 +333,11 @@ impl NetWorker {
         }
         let mut used = false;
         for _ in 0..BUDGET {
+            if self.rx_limit.waiting() {
+                // The timer watches the back-end again.
+                self.stop_reading();
+                break;
+            }
             let chain = match self.rx_chain.take() {
                 Some(c) => c,
                 None => match self.qs.pop(RXQ) {
@@ -308,7 +368,11 @@ impl NetWorker {
                 used = true;
                 continue;
             }
-            let len = match self.io.recv(&mut self.rx_buf) {
+            let received = match self.rx_held.take() {
+                Some(len) => Ok(len),
+                None => self.io.recv(&mut self.rx_buf),
+            };
+            let len = match received {
                 Ok(0) => {
                     log::warn!("virtio-net: {}: back-end closed", self.io.name());
                     self.rx_chain = Some(chain);
@@ -343,6 +407,14 @@ impl NetWorker {
                 );
                 self.rx_chain = Some(chain);
                 continue;
+            }
+            if !self.rx_limit.admit(len as u64) {
+                // Held with its chain until the timer fires; the frames
+                // behind it stay in the kernel's queue.
+                self.rx_held = Some(len);
+                self.rx_chain = Some(chain);
+                self.stop_reading();
+                break;
             }
             let written = self.deliver(&writable, len);
             if !self.qs.add_used(RXQ, chain.head, written) {

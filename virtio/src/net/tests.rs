@@ -10,10 +10,10 @@ use virtio_queue::mock::MockSplitQueue;
 use vm_memory::GuestAddress;
 use vmm_sys_util::eventfd::EFD_NONBLOCK;
 
-type Vq<'a> = MockSplitQueue<'a, GuestMemoryMmap>;
+pub(super) type Vq<'a> = MockSplitQueue<'a, GuestMemoryMmap>;
 
-const RX_BUF: u64 = 0x40_0000;
-const TX_BUF: u64 = 0x80_0000;
+pub(super) const RX_BUF: u64 = 0x40_0000;
+pub(super) const TX_BUF: u64 = 0x80_0000;
 
 /// One end of a socketpair as a frame back-end.
 pub(super) struct Seqpacket(pub OwnedFd);
@@ -36,7 +36,7 @@ impl FrameIo for Seqpacket {
     }
 }
 
-fn seq_send(fd: &OwnedFd, frame: &[u8]) -> io::Result<()> {
+pub(super) fn seq_send(fd: &OwnedFd, frame: &[u8]) -> io::Result<()> {
     // SAFETY: valid buffer and socket.
     let n = unsafe {
         libc::send(
@@ -52,7 +52,7 @@ fn seq_send(fd: &OwnedFd, frame: &[u8]) -> io::Result<()> {
     Ok(())
 }
 
-fn seq_recv(fd: &OwnedFd, buf: &mut [u8]) -> io::Result<usize> {
+pub(super) fn seq_recv(fd: &OwnedFd, buf: &mut [u8]) -> io::Result<usize> {
     // SAFETY: valid buffer and socket; MSG_TRUNC reports the real length.
     let n = unsafe {
         libc::recv(
@@ -91,28 +91,28 @@ pub(super) fn frame(len: usize, seed: u8) -> Vec<u8> {
         .collect()
 }
 
-struct Rig<'a> {
-    el: EventLoop,
-    net: Net,
-    irq: Arc<Interrupt>,
-    rx: Vq<'a>,
-    tx: Vq<'a>,
-    rx_evt: EventFd,
-    tx_evt: EventFd,
+pub(super) struct Rig<'a> {
+    pub el: EventLoop,
+    pub net: Net,
+    pub irq: Arc<Interrupt>,
+    pub rx: Vq<'a>,
+    pub tx: Vq<'a>,
+    pub rx_evt: EventFd,
+    pub tx_evt: EventFd,
     /// The "host network" end of the socketpair.
-    host: OwnedFd,
+    pub host: OwnedFd,
 }
 
 fn rig<'a>(mem: &'a GuestMemoryMmap, name: &str) -> Rig<'a> {
-    rig_limited(mem, name, RateLimitConfig::default())
+    rig_limited(mem, name, NetLimits::default())
 }
 
-fn rig_limited<'a>(mem: &'a GuestMemoryMmap, name: &str, tx: RateLimitConfig) -> Rig<'a> {
+pub(super) fn rig_limited<'a>(mem: &'a GuestMemoryMmap, name: &str, limits: NetLimits) -> Rig<'a> {
     let el = EventLoop::new(name).unwrap();
     let (dev_end, host) = socketpair();
     let net = Net::with_backend(Box::new(Seqpacket(dev_end)), None, el.clone())
         .unwrap()
-        .with_tx_limit(tx);
+        .with_limits(limits);
     let mut r = Rig {
         el,
         net,
@@ -127,7 +127,7 @@ fn rig_limited<'a>(mem: &'a GuestMemoryMmap, name: &str, tx: RateLimitConfig) ->
     r
 }
 
-fn activate(r: &mut Rig<'_>, mem: &GuestMemoryMmap) {
+pub(super) fn activate(r: &mut Rig<'_>, mem: &GuestMemoryMmap) {
     r.net
         .activate(
             mem.clone(),
@@ -141,7 +141,7 @@ fn activate(r: &mut Rig<'_>, mem: &GuestMemoryMmap) {
 }
 
 /// Posts a one-buffer receive chain of `len` bytes at descriptor `idx`.
-fn post_rx(r: &Rig<'_>, idx: u16, len: u32) {
+pub(super) fn post_rx(r: &Rig<'_>, idx: u16, len: u32) {
     write_chain(
         &r.rx,
         idx,
@@ -152,7 +152,7 @@ fn post_rx(r: &Rig<'_>, idx: u16, len: u32) {
 }
 
 /// Header and frame delivered in receive chain `idx` with `len` bytes.
-fn rx_data(mem: &GuestMemoryMmap, idx: u32, len: u32) -> (Vec<u8>, Vec<u8>) {
+pub(super) fn rx_data(mem: &GuestMemoryMmap, idx: u32, len: u32) -> (Vec<u8>, Vec<u8>) {
     let mut buf = vec![0u8; len as usize];
     mem.read_slice(&mut buf, GuestAddress(RX_BUF + u64::from(idx) * 0x1_0000))
         .unwrap();
@@ -162,7 +162,7 @@ fn rx_data(mem: &GuestMemoryMmap, idx: u32, len: u32) -> (Vec<u8>, Vec<u8>) {
 
 /// Puts `data` (header included) at descriptor `idx` of the transmit queue,
 /// split into buffers of the given lengths, and notifies.
-fn send_tx(r: &Rig<'_>, mem: &GuestMemoryMmap, idx: u16, data: &[u8], split: &[usize]) {
+pub(super) fn send_tx(r: &Rig<'_>, mem: &GuestMemoryMmap, idx: u16, data: &[u8], split: &[usize]) {
     let base = TX_BUF + u64::from(idx) * 0x2_0000;
     mem.write_slice(data, GuestAddress(base)).unwrap();
     let mut bufs = Vec::new();
@@ -176,7 +176,7 @@ fn send_tx(r: &Rig<'_>, mem: &GuestMemoryMmap, idx: u16, data: &[u8], split: &[u
     r.tx_evt.write(1).unwrap();
 }
 
-fn host_recv(r: &Rig<'_>) -> Option<Vec<u8>> {
+pub(super) fn host_recv(r: &Rig<'_>) -> Option<Vec<u8>> {
     let mut buf = vec![0u8; MAX_TX_CHAIN_LEN];
     let n = seq_recv(&r.host, &mut buf).ok()?;
     buf.truncate(n);
@@ -216,8 +216,11 @@ fn tx_limit_holds_frames_back_until_its_timer_fires() {
             one_time_burst: 0,
             refill_time_ms,
         };
-        let limit = RateLimitConfig {
-            ops,
+        let limit = NetLimits {
+            tx: crate::rate_limiter::RateLimitConfig {
+                ops,
+                ..Default::default()
+            },
             ..Default::default()
         };
         let r = rig_limited(&mem, "net-tx-limit", limit);
@@ -624,11 +627,19 @@ fn empty_slot_gets_a_backend_then_loses_it() {
 
     let mac = [0x02, 0xaa, 0xbb, 0xcc, 0xdd, 0xee];
     r.net
-        .attach(Arc::new(Seqpacket(dev_end)), Some(mac))
+        .attach(
+            Arc::new(Seqpacket(dev_end)),
+            Some(mac),
+            NetLimits::default(),
+        )
         .unwrap();
     assert!(!r.net.is_empty());
     assert!(matches!(
-        r.net.attach(Arc::new(Unplugged::new().unwrap()), None),
+        r.net.attach(
+            Arc::new(Unplugged::new().unwrap()),
+            None,
+            NetLimits::default()
+        ),
         Err(NetError::SlotBusy)
     ));
     r.net.read_config(0, &mut cfg);
