@@ -304,7 +304,7 @@ sc_b_balloon_report() {
 snap_vmm() { # SERIAL QMP LOG EXTRA...: the scenario's altovirt, same devices each time
     ser=$1 q=$2 log=$3
     shift 3
-    altovirt -kernel $L2B -initrd $L2I -m 256 -smp 2 \
+    altovirt -kernel $L2B -initrd /rig/l2/initrd-kata.cpio -m 256 -smp 2 \
         -append "$BASEARGS quiet rig.mode=snapshot rig.scenario=b_snapshot" \
         -serial file:$ser -qmp unix:$q,server,nowait -D $log \
         -config /tmp/cfg-b_snapshot.json \

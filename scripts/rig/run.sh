@@ -121,11 +121,11 @@ fi
 with_qemu=0
 for s in "${scenarios[@]}"; do case "$s" in qemu*) with_qemu=1 ;; esac; done
 
-# Kata's command line (b_kata): vhost-vsock in L1 (modules from the same
+# Kata's command line (b_kata) and the snapshot (b_snapshot): vhost-vsock in L1 (modules from the same
 # package), a helper that hands altovirt a tap descriptor, and an L2
 # initramfs with socat (the vsock peer) and its libraries.
 with_kata=0
-for s in "${scenarios[@]}"; do case "$s" in b_kata) with_kata=1 ;; esac; done
+for s in "${scenarios[@]}"; do case "$s" in b_kata | b_snapshot) with_kata=1 ;; esac; done
 if [ "$with_kata" = 1 ] && [ -n "$kernel_b" ]; then
     rustc -O -C target-feature=+crt-static -C strip=symbols \
         "$here/../../tests/rig/tapfd.rs" -o "$work/tapfd"
