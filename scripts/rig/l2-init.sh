@@ -149,7 +149,6 @@ EOS
     while :; do
         echo "L2-SNAP-TICK $i $(cut -d' ' -f1 /proc/uptime)"
         echo "<2>L2-SNAP-KTICK $i" >/dev/kmsg
-        [ $((i % 5)) = 0 ] && echo "L2-SNAP-IRQS $(grep virtio /proc/interrupts | tr -s ' ' | tr '\n' '|')"
         i=$((i + 1))
         sleep 2
     done
