@@ -1,9 +1,9 @@
 //! The VM factory through the real binaries: `altovirt-shim factory init`
-//! boots the counter guest (guest.exit=counter) under altovirt, waits for
-//! it, and snapshots it into template_path; `run` then starts sandboxes
-//! from the template: their guests continue where the template stopped
-//! (no boot line on their consoles, the vCPU busy in the guest's loop)
-//! instead of booting. `status`, `destroy`, the cold-boot fallbacks and the
+//! boots the ticker guest (guest.exit=ticker: "tick N" lines, N counted in
+//! guest memory) under altovirt, waits for "tick 2", and snapshots it into
+//! template_path; `run` then starts sandboxes from the template: their
+//! guests continue the count where the template stopped (no boot line, no
+//! "tick 1", the same first tick in every clone) instead of booting. `status`, `destroy`, the cold-boot fallbacks and the
 //! refusals.
 // Test code: a failed unwrap is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -58,7 +58,7 @@ impl Scratch {
                 r#"[hypervisor.{section}]
 path = "{path}"
 kernel = "{k}"
-kernel_params = "guest.exit=counter"
+kernel_params = "guest.exit=ticker"
 default_memory = 64
 blk_slots = 2
 {extra}
@@ -213,6 +213,14 @@ fn wait_console(s: &Scratch, id: &str, needle: &str) {
     }
 }
 
+/// The number of the first "tick N" line on a console.
+fn first_tick(con: &str) -> u64 {
+    con.lines()
+        .find_map(|l| l.strip_prefix("tick "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no tick line: {con}"))
+}
+
 fn status_json(s: &Scratch, cfg: &Path, id: &str) -> Value {
     serde_json::from_str(&ok(&shim(s, cfg, &["status", "--id", id, "--json"]))).unwrap()
 }
@@ -243,11 +251,13 @@ fn assert_cloned(s: &Scratch, cfg: &Path, id: &str, r: &Running) {
     let before = thread_ticks(pid, tid);
     std::thread::sleep(Duration::from_millis(1500));
     let after = thread_ticks(pid, tid);
-    // The counter guest polls its UART without pause: a busy vCPU.
+    // The ticker guest polls the TSC without pause: a busy vCPU.
     assert!(after > before + 10, "vCPU idle: {before} -> {after} ticks");
     let con = console(s, id);
     assert!(!con.contains(BOOT_LINE), "the clone booted: {con}");
-    assert!(!con.contains("counter: ready"), "the clone booted: {con}");
+    // The count goes on from the template (taken after "tick 2").
+    let first = first_tick(&con);
+    assert!(first > 2, "the clone counts from {first}: {con}");
     let log = std::fs::read_to_string(s.run_dir().join(id).join("vmm.log")).unwrap_or_default();
     assert!(!log.contains("guest boot complete"), "{log}");
 }
@@ -268,7 +278,7 @@ fn template_init_status_run_destroy() {
     let out = ok(&shim(
         &s,
         &cfg,
-        &["factory", "init", "--ready", "console=counter: ready"],
+        &["factory", "init", "--ready", "console=tick 2"],
     ));
     assert!(out.starts_with("vm factory initialized in"), "{out}");
     use std::os::unix::fs::MetadataExt;
@@ -286,7 +296,7 @@ fn template_init_status_run_destroy() {
         serde_json::from_str(&ok(&shim(&s, &cfg, &["factory", "status", "--json"]))).unwrap();
     assert_eq!(j["template"], true);
     assert_eq!(j["memory_mib"], 64);
-    assert_eq!(j["readiness"], "console=counter: ready");
+    assert_eq!(j["readiness"], "console=tick 2");
     let args: Vec<&str> = j["args"]
         .as_array()
         .unwrap()
@@ -307,6 +317,8 @@ fn template_init_status_run_destroy() {
     let b = Running::start(&s, &cfg, "b");
     assert_cloned(&s, &cfg, "a", &a);
     assert_cloned(&s, &cfg, "b", &b);
+    // Both continue from the same point of the same template.
+    assert_eq!(first_tick(&console(&s, "a")), first_tick(&console(&s, "b")));
     let m = parse_prometheus(&ok(&shim(&s, &cfg, &["metrics", "--id", "a"])));
     let start = &m["altovirt_sandbox_start_seconds"];
     assert_eq!(start.len(), 1);
@@ -332,7 +344,7 @@ fn template_init_status_run_destroy() {
         err.contains("warning: [factory] enable_template = true but there is no template in"),
         "{err}"
     );
-    wait_console(&s, "cold", "counter: ready");
+    wait_console(&s, "cold", "tick 1\n");
     assert!(console(&s, "cold").contains(BOOT_LINE));
     let st = status_json(&s, &cfg, "cold");
     assert_eq!(st["template"], Value::Null);

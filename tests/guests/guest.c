@@ -230,7 +230,7 @@ static void parse_start_info(u64 si)
 
 /* ---- Command line ---------------------------------------------------------- */
 
-enum exit_action { EXIT_RESET, EXIT_TRIPLEFAULT, EXIT_HALT, EXIT_SPIN, EXIT_POWEROFF, EXIT_COUNTER };
+enum exit_action { EXIT_RESET, EXIT_TRIPLEFAULT, EXIT_HALT, EXIT_SPIN, EXIT_POWEROFF, EXIT_COUNTER, EXIT_TICKER };
 
 static int is_space(u8 c)
 {
@@ -281,6 +281,8 @@ static enum exit_action parse_exit_action(u64 cmdline)
 			action = EXIT_POWEROFF;
 		else if (token_is(val, vlen, "counter"))
 			action = EXIT_COUNTER;
+		else if (token_is(val, vlen, "ticker"))
+			action = EXIT_TICKER;
 		else
 			action = EXIT_RESET;
 	}
@@ -476,9 +478,39 @@ static void __attribute__((noreturn)) run_counter(void)
 	}
 }
 
+/*
+ * guest.exit=ticker (VM templates): prints "tick N" about every 2^27 TSC
+ * cycles, N counted in memory. A VM started from a template taken after
+ * "tick K" goes on with "tick K+1" (or a little later), never "tick 1".
+ */
+static volatile u32 ticks;
+
+static inline u64 rdtsc(void)
+{
+	u32 lo, hi;
+	__asm__ volatile("rdtsc" : "=a"(lo), "=d"(hi));
+	return ((u64)hi << 32) | lo;
+}
+
+static void __attribute__((noreturn)) run_ticker(void)
+{
+	u64 last = rdtsc();
+	for (;;) {
+		while (rdtsc() - last < (1ull << 27))
+			cpu_pause();
+		last = rdtsc();
+		ticks = ticks + 1;
+		puts_serial("tick ");
+		put_dec(ticks);
+		putc_serial('\n');
+	}
+}
+
 static void __attribute__((noreturn)) do_exit(enum exit_action action)
 {
 	switch (action) {
+	case EXIT_TICKER:
+		run_ticker();
 	case EXIT_COUNTER:
 		run_counter();
 	case EXIT_TRIPLEFAULT: {
