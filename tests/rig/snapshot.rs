@@ -39,18 +39,38 @@ fn rig_kernel_b_guest_keeps_working_after_snapshot_and_restore() {
     // Before the snapshot, the same request over hybrid vsock worked
     // (Linux's driver and altovirt's vsock agree at all).
     let pre = sc.all("vsock-pre");
-    assert!(pre.first().is_some_and(|l| l.starts_with("OK ")), "vsock before: {pre:?}\n{ctx}");
-    assert!(pre.contains(&"L2-SNAP-PING ok"), "vsock before: {pre:?}\n{ctx}");
+    assert!(
+        pre.first().is_some_and(|l| l.starts_with("OK ")),
+        "vsock before: {pre:?}\n{ctx}"
+    );
+    assert!(
+        pre.contains(&"L2-SNAP-PING ok"),
+        "vsock before: {pre:?}\n{ctx}"
+    );
 
     // After the restore: the same guest (one boot, one READY line) answers
     // a new vsock connection with the word L1 sent, so the connection and
     // every line below happened after the restore.
-    assert_eq!(sc.guest_all("SNAP-READY").len(), 1, "L2 booted again:\n{ctx}");
-    assert_eq!(sc.guest_all("BOOTCOMPLETE").len(), 1, "L2 booted again:\n{ctx}");
-    assert!(sc.get("no-vsock-answer").is_none(), "no vsock answer:\n{ctx}");
+    assert_eq!(
+        sc.guest_all("SNAP-READY").len(),
+        1,
+        "L2 booted again:\n{ctx}"
+    );
+    assert_eq!(
+        sc.guest_all("BOOTCOMPLETE").len(),
+        1,
+        "L2 booted again:\n{ctx}"
+    );
+    assert!(
+        sc.get("no-vsock-answer").is_none(),
+        "no vsock answer:\n{ctx}"
+    );
     let word = sc.get("word").unwrap_or_else(|| panic!("no word:\n{ctx}"));
     let after = sc.all("vsock-reply");
-    assert!(after.first().is_some_and(|l| l.starts_with("OK ")), "CONNECT: {after:?}\n{ctx}");
+    assert!(
+        after.first().is_some_and(|l| l.starts_with("OK ")),
+        "CONNECT: {after:?}\n{ctx}"
+    );
     let line = |key: &str| {
         after
             .iter()
