@@ -271,6 +271,7 @@ impl MicroVm {
                 start.elapsed().as_micros()
             );
         }
+        legacy.start_input()?;
         Ok(Self {
             vcpus,
             legacy,
