@@ -31,6 +31,12 @@ struct Vm {
 
 impl Vm {
     fn start(sock: &Path, args: &[&str]) -> Vm {
+        Self::start_typing(sock, args, b"")
+    }
+
+    /// Like `start`, with `input` written to the console right after the
+    /// process is spawned (before it is ready).
+    fn start_typing(sock: &Path, args: &[&str], input: &[u8]) -> Vm {
         let _ = std::fs::remove_file(sock);
         let mut cmd = altovirt_with_qmp(sock);
         cmd.args(["-kernel", GUEST_ELF64, "-serial", "stdio"])
@@ -38,7 +44,9 @@ impl Vm {
             .stdin(Stdio::piped())
             .stdout(Stdio::piped());
         let mut child = cmd.spawn().expect("spawn altovirt");
-        let stdin = child.stdin.take().expect("piped stdin");
+        let mut stdin = child.stdin.take().expect("piped stdin");
+        stdin.write_all(input).expect("write to the guest's UART");
+        stdin.flush().expect("flush");
         let stdout = child.stdout.take().expect("piped stdout");
         let (tx, lines) = mpsc::channel();
         std::thread::spawn(move || {
@@ -196,6 +204,28 @@ fn a_restored_guest_can_be_snapshotted_again_into_the_same_directory() {
     let sock = dir.join("r2.sock");
     let mut vm = Vm::start(&sock, &args);
     assert_eq!(vm.tick(), format!("count 4 reg 4 sum {sum}"));
+    let mut qmp = Client::negotiated(&sock);
+    assert_eq!(qmp.execute("quit"), json!({"return": {}}));
+    assert_eq!(vm.wait_exit(), 0);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn console_input_typed_during_the_restore_reaches_the_guest() {
+    if !kvm_usable("console_input_typed_during_the_restore_reaches_the_guest") {
+        return;
+    }
+    let dir = scratch("snap-typeahead");
+    let snap = dir.join("snap");
+    counted_snapshot(&dir, &snap);
+    let sock = dir.join("r.sock");
+    let incoming = format!("file:{}", snap.display());
+    let mut args = COUNTER_ARGS.to_vec();
+    args.extend(["-incoming", &incoming]);
+    // Written before the VMM has even read the snapshot: the UART's
+    // restored state must not drop it.
+    let vm = Vm::start_typing(&sock, &args, b"x");
+    assert!(vm.expect_line("count ").starts_with("count 3 reg 3 "));
     let mut qmp = Client::negotiated(&sock);
     assert_eq!(qmp.execute("quit"), json!({"return": {}}));
     assert_eq!(vm.wait_exit(), 0);

@@ -27,9 +27,16 @@ use crate::events::EventSender;
 /// The legacy devices of a running VM.
 pub struct LegacyDevices {
     serial: Option<Arc<Mutex<SerialDevice>>>,
+    /// The stdin reader of `-serial stdio`, until it is started.
+    pending_input: Option<PendingInput>,
     i8042: Arc<Mutex<I8042>>,
     rtc: Arc<Mutex<CmosRtc>>,
     boot_complete: Arc<Mutex<BootCompletePort>>,
+}
+
+/// What the serial input thread needs to start.
+struct PendingInput {
+    filter: Option<Arc<seccompiler::BpfProgram>>,
 }
 
 impl LegacyDevices {
@@ -57,9 +64,6 @@ impl LegacyDevices {
                 io_bus
                     .insert(COM1_PORT, COM1_PORT_LEN, dev.clone())
                     .map_err(bus_err("serial"))?;
-                if matches!(serial_cfg, SerialConfig::Stdio) {
-                    spawn_input_thread(dev.clone(), Box::new(std::io::stdin()), stdin_filter)?;
-                }
                 Some(dev)
             }
             None => None,
@@ -96,12 +100,30 @@ impl LegacyDevices {
         io_bus
             .insert(BOOT_COMPLETE_PORT, 1, boot_complete.clone())
             .map_err(bus_err("boot-complete port"))?;
+        // The thread reading stdin starts later (start_input): a snapshot
+        // restored in between would replace the UART's receive FIFO and
+        // lose what was typed meanwhile.
+        let pending_input = (matches!(serial_cfg, SerialConfig::Stdio) && serial.is_some())
+            .then_some(PendingInput {
+                filter: stdin_filter,
+            });
         Ok(Self {
             serial,
+            pending_input,
             i8042,
             rtc,
             boot_complete,
         })
+    }
+
+    /// Starts feeding stdin to COM1 (`-serial stdio`), once the UART's
+    /// state is final (after a snapshot's restore). Does nothing the
+    /// second time or without a stdio console.
+    pub fn start_input(&mut self) -> Result<(), MachineError> {
+        if let (Some(input), Some(dev)) = (self.pending_input.take(), &self.serial) {
+            spawn_input_thread(dev.clone(), Box::new(std::io::stdin()), input.filter)?;
+        }
+        Ok(())
     }
 
     /// COM1, if the VM has one (snapshots).

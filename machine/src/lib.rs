@@ -17,6 +17,7 @@ pub mod hotplug_request;
 pub mod kvm_checks;
 pub mod legacy;
 pub mod net_hotplug;
+mod platform;
 pub mod power_button;
 pub mod qmp_bridge;
 mod qmp_convert;
@@ -33,9 +34,9 @@ use address_space::ram_file::map_ram_file;
 use address_space::{Bus, GuestMemoryMmap, MemoryOptions};
 use boot_loader::{AcpiLayout, BootInfo};
 use cpu::{Vcpu, VcpuControl, VcpuEvent, VcpuHandle, VcpuRunState};
-use kvm_bindings::{kvm_pit_config, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::{Kvm, VmFd};
 use machine_manager::config::{DeviceConfig, SerialConfig, VmConfig};
+use platform::setup_platform;
 
 use balloon::{BalloonHandle, EventThrottle, BALLOON_EVENT_PERIOD};
 pub use control::{
@@ -53,10 +54,6 @@ use power_button::PowerButton;
 use seccomp::{ThreadFilters, ThreadKind};
 use snapshot::MachineFacts;
 use virtio_devices::VirtioDevices;
-
-/// Address of the 3-page region KVM needs for the TSS on Intel hosts
-/// (just below the BIOS area at the top of 4 GiB, inside the MMIO gap).
-const KVM_TSS_ADDRESS: usize = 0xfffb_d000;
 
 /// Why the VM stopped.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -126,8 +123,10 @@ impl MicroVm {
         // anything is created.
         let seccomp = ThreadFilters::new(!cfg.disable_seccomp)?;
         let kvm = kvm_checks::open_kvm()?;
-        let vm = create_vm(&kvm)?;
-        let platform = PlatformSnapshot::capture(&vm)?;
+        let vm = kvm.create_vm().map_err(|source| MachineError::Kvm {
+            what: "KVM_CREATE_VM",
+            source,
+        })?;
         let mem = match &incoming {
             // The snapshot's RAM, mapped copy-on-write: the restore costs
             // what the guest touches.
@@ -144,7 +143,14 @@ impl MicroVm {
                 },
             )?,
         };
+        // RAM is registered before the interrupt controllers and the PIT
+        // exist: registering a slot waits for a grace period of the VM's
+        // SRCU, which the kernel expedites only when no other grace period
+        // ended just before, and creating the PIT ends one (5 ms here when
+        // the slot came second, tens of µs when it comes first).
         register_with_kvm(&vm, &mem)?;
+        setup_platform(&vm)?;
+        let platform = PlatformSnapshot::capture(&vm)?;
         let mut mmio_bus = Bus::new();
         let mut virtio = VirtioDevices::attach(
             &vm,
@@ -265,6 +271,7 @@ impl MicroVm {
                 start.elapsed().as_micros()
             );
         }
+        legacy.start_input()?;
         Ok(Self {
             vcpus,
             legacy,
@@ -654,20 +661,4 @@ fn explain_cmdline_overflow(err: MachineError, user: &str, tokens: &[String]) ->
         }
         other => other,
     }
-}
-
-/// Creates the VM with its in-kernel IOAPIC/PIC/LAPICs and PIT.
-fn create_vm(kvm: &Kvm) -> Result<VmFd, MachineError> {
-    let kvm_err = |what| move |source| MachineError::Kvm { what, source };
-    let vm = kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
-    vm.set_tss_address(KVM_TSS_ADDRESS)
-        .map_err(kvm_err("KVM_SET_TSS_ADDR"))?;
-    vm.create_irq_chip()
-        .map_err(kvm_err("KVM_CREATE_IRQCHIP"))?;
-    let pit = kvm_pit_config {
-        flags: KVM_PIT_SPEAKER_DUMMY,
-        ..Default::default()
-    };
-    vm.create_pit2(pit).map_err(kvm_err("KVM_CREATE_PIT2"))?;
-    Ok(vm)
 }
