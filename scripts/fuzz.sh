@@ -33,6 +33,7 @@ targets=(
     "virtio/fuzz virtq_rng 4096"
     "virtio/fuzz virtq_console 4096"
     "virtio/fuzz mmio_ops 4096"
+    "virtio/fuzz transport_state 8192"
     "virtio/fuzz vhost_user_reply 4096"
     "boot_loader/fuzz kernel_image 65536"
     "shim/fuzz config_toml 4096"

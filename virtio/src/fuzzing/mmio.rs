@@ -11,6 +11,7 @@ use super::devices::{make_device, Device};
 use super::guest::{guest_memory, Input};
 use super::{write_ram, Fuzzer};
 use crate::mmio::{MmioTransport, CONFIG_SPACE_OFFSET, MMIO_MAGIC_VALUE, MMIO_WINDOW_SIZE};
+use crate::snapshot::TransportState;
 use crate::{
     lock, ActivateError, Interrupt, VirtioDevice, STATUS_ACKNOWLEDGE, STATUS_DEVICE_NEEDS_RESET,
     STATUS_DRIVER, STATUS_DRIVER_OK, STATUS_FAILED, STATUS_FEATURES_OK,
@@ -98,6 +99,54 @@ pub(super) fn run(fuzzer: &Fuzzer, data: &[u8]) {
     let Ok(mut t) = MmioTransport::new(mem.clone(), dev) else {
         return;
     };
+    ops_then_reset(fuzzer, &mut t, &mem, &mut input);
+}
+
+/// Runs one snapshot-restore input: byte 0 picks the device and byte 1 its
+/// variant (as for [`run`]), bytes 2-3 (little-endian) give the length of a
+/// JSON `TransportState` that follows — what a snapshot's state file holds
+/// for a window. The fresh transport is restored from it (a refusal is a
+/// fine outcome; a panic or an inconsistent transport is not), the device
+/// resumes, and the rest of the input is MMIO operations as for [`run`].
+pub(super) fn run_restore(fuzzer: &Fuzzer, data: &[u8]) {
+    let mut input = Input::new(data);
+    let kind = DEVICES[usize::from(input.u8()) % DEVICES.len()];
+    let mode = input.u8() | 1;
+    let len = usize::from(input.u16());
+    let json = input.bytes(len);
+    let Ok(state) = serde_json::from_slice::<TransportState>(json) else {
+        return;
+    };
+    let Ok((dev, _backend, _)) = make_device(kind, mode, &fuzzer.host, &fuzzer.event_loop) else {
+        return;
+    };
+    let mem = guest_memory();
+    let dev: Arc<Mutex<dyn VirtioDevice>> = Arc::new(Mutex::new(Boxed(dev)));
+    let Ok(mut t) = MmioTransport::new(mem.clone(), dev) else {
+        return;
+    };
+    match t.restore(&state) {
+        Ok(()) => {
+            assert_eq!(t.is_activated(), state.activated, "activation not restored");
+            t.resume_after_restore();
+        }
+        Err(_) => assert!(
+            !t.is_activated(),
+            "a refused restore left the device active"
+        ),
+    }
+    check_transport(&mut t);
+    ops_then_reset(fuzzer, &mut t, &mem, &mut input);
+}
+
+/// The MMIO operations of the rest of `input`, each followed by the
+/// consistency checks; then the driver resets the device.
+fn ops_then_reset(
+    fuzzer: &Fuzzer,
+    t: &mut MmioTransport,
+    mem: &GuestMemoryMmap,
+    input: &mut Input<'_>,
+) {
     while !input.is_empty() {
         match input.u8() % 4 {
             0 => {
@@ -120,20 +169,20 @@ pub(super) fn run(fuzzer: &Fuzzer, data: &[u8]) {
             2 => {
                 let addr = input.u16();
                 let n = input.u8();
-                write_ram(&mem, addr, input.bytes(usize::from(n)));
+                write_ram(mem, addr, input.bytes(usize::from(n)));
             }
             _ => fuzzer.barrier.wait(),
         }
-        check_transport(&mut t);
+        check_transport(t);
     }
     fuzzer.barrier.wait();
     t.write(REG_STATUS, &0u32.to_le_bytes());
-    let status = read_reg(&mut t, REG_STATUS);
+    let status = read_reg(t, REG_STATUS);
     assert_eq!(status, 0, "status after reset");
     assert!(!t.is_activated(), "device still active after reset");
-    // The device must be idle again: nothing of this run may still run.
+    // The device must be idle again: no handler of this run may still run.
+    fuzzer.barrier.wait();
     let dev = t.device();
-    drop(t);
     drop(lock(&dev));
 }
 

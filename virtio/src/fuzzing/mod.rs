@@ -275,6 +275,14 @@ impl Fuzzer {
         self.runs.fetch_add(1, Ordering::Relaxed);
         mmio::run(self, data);
     }
+
+    /// Runs one snapshot-restore input (see `mmio::run_restore`): a
+    /// window's saved state, as a state file holds it, restored into a
+    /// fresh transport, then register accesses.
+    pub fn transport_state(&self, data: &[u8]) {
+        self.runs.fetch_add(1, Ordering::Relaxed);
+        mmio::run_restore(self, data);
+    }
 }
 
 impl Drop for Fuzzer {

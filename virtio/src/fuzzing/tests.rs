@@ -578,6 +578,83 @@ fn mmio_corpus() {
     assert!(f.runs() >= 5);
 }
 
+/// A saved window: `queue` (16 entries at 0x0/0x1000/0x1400, positions
+/// `next`) of a device of `device_type` with one queue.
+fn saved_window(device_type: u32, status: u32, activated: bool, next: u16) -> Vec<u8> {
+    use crate::snapshot::{DeviceExtra, QueueSnapshot, TransportState};
+    let queue = QueueSnapshot {
+        max_size: 256,
+        next_avail: next,
+        next_used: next,
+        event_idx_enabled: false,
+        size: 16,
+        ready: activated,
+        desc_table: 0,
+        avail_ring: 0x1000,
+        used_ring: 0x1400,
+    };
+    let state = TransportState {
+        device_type,
+        status,
+        driver_features: 1 << 32,
+        device_features_sel: 0,
+        driver_features_sel: 1,
+        queue_sel: 0,
+        queues: vec![queue],
+        queue_bad: vec![false],
+        activated,
+        interrupt_status: u32::from(activated),
+        needs_reset: false,
+        config_generation: 0,
+        device: DeviceExtra::None,
+    };
+    serde_json::to_vec(&state).unwrap()
+}
+
+/// The snapshot-restore target's input: device, variant, the JSON, then
+/// register reads of Status, InterruptStatus and QueueReady.
+fn restore_input(device: u8, json: &[u8]) -> Vec<u8> {
+    let mut v = vec![device, 1];
+    v.extend((json.len() as u16).to_le_bytes());
+    v.extend(json);
+    for reg in [0x70u16, 0x60, 0x44] {
+        v.push(1);
+        v.extend(reg.to_le_bytes());
+        v.push(2);
+    }
+    v
+}
+
+fn transport_state_seeds() -> Vec<(&'static str, Vec<u8>)> {
+    vec![
+        (
+            "rng-active",
+            restore_input(0, &saved_window(4, 15, true, 3)),
+        ),
+        (
+            "block-active",
+            restore_input(1, &saved_window(2, 15, true, 0)),
+        ),
+        (
+            "rng-negotiating",
+            restore_input(0, &saved_window(4, 3, false, 0)),
+        ),
+        (
+            "wrong-device",
+            restore_input(0, &saved_window(2, 15, true, 1)),
+        ),
+    ]
+}
+
+#[test]
+fn transport_state_corpus() {
+    let f = Fuzzer::new().unwrap();
+    for input in corpus("transport_state", transport_state_seeds()) {
+        f.transport_state(&input);
+    }
+    assert!(f.runs() >= 4);
+}
+
 #[test]
 fn vhost_user_corpus() {
     for input in corpus("vhost_user_reply", vhost_user_seeds()) {
