@@ -78,6 +78,14 @@ pub enum DeviceExtra {
         /// The pending bytes.
         pending: Vec<u8>,
     },
+    /// Hybrid vsock: the next host port for host-initiated connections, so
+    /// a restored device does not reuse the port of a connection the guest
+    /// may still hold (a reset socket lingers until its owner closes it,
+    /// and a new request with the same addresses would hit it).
+    Vsock {
+        /// Next host port to hand out.
+        next_host_port: u32,
+    },
 }
 
 /// A virtio-mmio transport with its device.

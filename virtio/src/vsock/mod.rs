@@ -278,6 +278,24 @@ impl VirtioDevice for Vsock {
     fn after_restore(&mut self) {
         lock(&self.muxer).send_transport_reset();
     }
+
+    fn save_extra(&self) -> crate::snapshot::DeviceExtra {
+        crate::snapshot::DeviceExtra::Vsock {
+            next_host_port: lock(&self.muxer).next_host_port(),
+        }
+    }
+
+    fn restore_extra(&mut self, extra: &crate::snapshot::DeviceExtra) -> Result<(), String> {
+        match extra {
+            crate::snapshot::DeviceExtra::Vsock { next_host_port } => {
+                lock(&self.muxer).set_next_host_port(*next_host_port);
+                Ok(())
+            }
+            // A snapshot taken before the port was saved.
+            crate::snapshot::DeviceExtra::None => Ok(()),
+            other => Err(format!("vsock: unexpected state {other:?}")),
+        }
+    }
 }
 
 impl Drop for Vsock {

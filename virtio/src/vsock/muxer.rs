@@ -239,6 +239,21 @@ impl Muxer {
         }
     }
 
+    /// The next host port `CONNECT` hands out (snapshots).
+    pub fn next_host_port(&self) -> u32 {
+        self.next_port
+    }
+
+    /// Continues handing out host ports from `port` (a restored device);
+    /// out-of-range values restart at [`FIRST_HOST_PORT`].
+    pub fn set_next_host_port(&mut self, port: u32) {
+        self.next_port = if (FIRST_HOST_PORT..u32::MAX).contains(&port) {
+            port
+        } else {
+            FIRST_HOST_PORT
+        };
+    }
+
     /// The live queue state while active (snapshots).
     pub fn queue_states(&self) -> Option<Vec<virtio_queue::QueueState>> {
         self.active.as_ref().map(|a| a.qs.states())

@@ -402,3 +402,37 @@ fn restore_queues_a_transport_reset_event() {
     rig.dev.after_restore();
     assert_eq!(rig.ev.used_idx(), 1);
 }
+
+#[test]
+fn a_restored_device_continues_the_host_ports() {
+    use crate::snapshot::DeviceExtra;
+    let mem = guest_memory();
+    let mut rig = Rig::new(&mem, "vsock-ports");
+    let (_c, first) = rig.host_connect(52);
+    let saved = rig.dev.save_extra();
+    assert_eq!(
+        saved,
+        DeviceExtra::Vsock {
+            next_host_port: first + 1
+        }
+    );
+    // A device restored from that state hands out the next port, not the
+    // first again (the guest may still hold a socket for the old one).
+    let mut restored = Rig::new(&mem, "vsock-ports-2");
+    restored.dev.restore_extra(&saved).unwrap();
+    let (_c2, port) = restored.host_connect(52);
+    assert_eq!(port, first + 1);
+    // Out of range restarts at the first port; an older snapshot without
+    // the port is accepted.
+    restored
+        .dev
+        .restore_extra(&DeviceExtra::Vsock { next_host_port: 0 })
+        .unwrap();
+    assert_eq!(
+        restored.dev.save_extra(),
+        DeviceExtra::Vsock {
+            next_host_port: crate::vsock::muxer::FIRST_HOST_PORT
+        }
+    );
+    restored.dev.restore_extra(&DeviceExtra::None).unwrap();
+}
