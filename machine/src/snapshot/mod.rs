@@ -269,25 +269,63 @@ pub fn save(dir: &Path, parts: &SaveParts<'_>) -> Result<SaveStats, SnapshotErro
         .map_err(|e| SnapshotError::State(format!("cannot encode the state: {e}")))?;
 
     let memory_tmp = dir.join(format!("{MEMORY_FILE}.tmp"));
-    let memory = create(&memory_tmp).map_err(io(&memory_tmp))?;
-    let ram_written =
-        address_space::ram_file::save_ram(parts.mem, &memory).map_err(io(&memory_tmp))?;
-    memory.sync_all().map_err(io(&memory_tmp))?;
-    drop(freeze);
-
     let state_tmp = dir.join(format!("{STATE_FILE}.tmp"));
-    let mut file = create(&state_tmp).map_err(io(&state_tmp))?;
-    file.write_all(&format::encode(&payload))
-        .map_err(io(&state_tmp))?;
-    file.sync_all().map_err(io(&state_tmp))?;
+    let written = write_files(parts.mem, &memory_tmp, &state_tmp, &payload, freeze);
+    let ram_written = match written {
+        Ok(n) => n,
+        Err(e) => {
+            // Nothing half-written stays behind; an older snapshot in DIR
+            // is untouched.
+            let _ = std::fs::remove_file(&memory_tmp);
+            let _ = std::fs::remove_file(&state_tmp);
+            return Err(e);
+        }
+    };
+    // The old state goes first: if the process dies between the renames,
+    // DIR has no state file (a restore says so) rather than a state that
+    // does not match the memory next to it.
+    let state_path = dir.join(STATE_FILE);
+    match std::fs::remove_file(&state_path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io(&state_path)(e)),
+    }
     let memory_path = dir.join(MEMORY_FILE);
     std::fs::rename(&memory_tmp, &memory_path).map_err(io(&memory_path))?;
-    let state_path = dir.join(STATE_FILE);
     std::fs::rename(&state_tmp, &state_path).map_err(io(&state_path))?;
+    // The renames themselves reach the disk with the directory.
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io(dir))?;
     Ok(SaveStats {
         ram_written,
         elapsed: start.elapsed(),
     })
+}
+
+/// Writes guest RAM to `memory_tmp` (the devices stay frozen until it is
+/// on disk), then the state file; both synced. Returns the RAM bytes
+/// written.
+fn write_files(
+    mem: &GuestMemoryMmap,
+    memory_tmp: &Path,
+    state_tmp: &Path,
+    payload: &[u8],
+    freeze: devices::Freeze,
+) -> Result<u64, SnapshotError> {
+    let io = |path: &Path| {
+        let path = path.display().to_string();
+        move |source| SnapshotError::Io { path, source }
+    };
+    let memory = create(memory_tmp).map_err(io(memory_tmp))?;
+    let ram_written = address_space::ram_file::save_ram(mem, &memory).map_err(io(memory_tmp))?;
+    memory.sync_all().map_err(io(memory_tmp))?;
+    drop(freeze);
+    let mut file = create(state_tmp).map_err(io(state_tmp))?;
+    file.write_all(&format::encode(payload))
+        .map_err(io(state_tmp))?;
+    file.sync_all().map_err(io(state_tmp))?;
+    Ok(ram_written)
 }
 
 /// A new file (mode 0600: guest memory is private), truncating an old one.
