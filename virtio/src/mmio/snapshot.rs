@@ -5,7 +5,38 @@ use virtio_queue::{Queue, QueueState, QueueT};
 use super::MmioTransport;
 use crate::lock;
 use crate::snapshot::{QueueSnapshot, RestoreError, TransportState};
-use crate::STATUS_FEATURES_OK;
+use crate::{
+    STATUS_ACKNOWLEDGE, STATUS_DRIVER, STATUS_DRIVER_OK, STATUS_FAILED, STATUS_FEATURES_OK,
+};
+
+/// The status bits a driver can set (DEVICE_NEEDS_RESET is kept apart).
+const STATUS_SETTABLE: u32 =
+    STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK | STATUS_FAILED;
+
+/// A saved status must be one the transport itself could have reached:
+/// defined bits only, each negotiation step after the one before it, and
+/// an active device only with DRIVER_OK (a state file is not trusted).
+fn check_status(state: &TransportState) -> Result<(), RestoreError> {
+    let s = state.status;
+    let bad = |why: &str| Err(RestoreError::Mismatch(format!("status {s:#x}: {why}")));
+    if s & !STATUS_SETTABLE != 0 {
+        return bad("undefined bits");
+    }
+    if s & STATUS_DRIVER != 0 && s & STATUS_ACKNOWLEDGE == 0 {
+        return bad("DRIVER without ACKNOWLEDGE");
+    }
+    if s & STATUS_FEATURES_OK != 0 && s & STATUS_DRIVER == 0 {
+        return bad("FEATURES_OK without DRIVER");
+    }
+    if s & STATUS_DRIVER_OK != 0 && s & STATUS_FEATURES_OK == 0 {
+        return bad("DRIVER_OK without FEATURES_OK");
+    }
+    // (A driver may report FAILED after DRIVER_OK: the device stays active.)
+    if state.activated && s & STATUS_DRIVER_OK == 0 {
+        return bad("an active device needs DRIVER_OK");
+    }
+    Ok(())
+}
 
 impl MmioTransport {
     /// Why the device cannot be snapshotted, if it cannot.
@@ -71,6 +102,7 @@ impl MmioTransport {
                 state.device_type, self.device_type
             )));
         }
+        check_status(state)?;
         if state.queues.len() != self.queues.len() || state.queue_bad.len() != self.queues.len() {
             return Err(RestoreError::Mismatch(format!(
                 "{} queues saved, {} here",

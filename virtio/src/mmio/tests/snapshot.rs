@@ -123,6 +123,22 @@ fn restore_refuses_another_device_type_or_queue_layout() {
     state.queue_bad.push(false);
     let e = b.restore(&state).unwrap_err();
     assert!(e.to_string().contains("2 queues saved, 1 here"), "{e}");
+    // A status the transport could never reach (found by the
+    // transport_state fuzz target: an undefined bit was shown to the guest).
+    for (status, activated, why) in [
+        (0x1e, false, "undefined bits"),
+        (0x02, false, "DRIVER without ACKNOWLEDGE"),
+        (0x09, false, "FEATURES_OK without DRIVER"),
+        (0x07, false, "DRIVER_OK without FEATURES_OK"),
+        (0x0b, true, "an active device needs DRIVER_OK"),
+    ] {
+        let mut state = a.save();
+        state.status = status;
+        state.activated = activated;
+        let e = b.restore(&state).unwrap_err();
+        assert!(e.to_string().contains(why), "{status:#x}: {e}");
+        assert!(!b.is_activated());
+    }
     el.stop();
 }
 
