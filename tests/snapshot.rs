@@ -9,25 +9,15 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
-use std::process::{ChildStdin, Stdio};
-use std::sync::mpsc::{self, Receiver};
-use std::time::Duration;
 
+use common::console_vm::ConsoleVm;
 use common::qmp_client::Client;
-use common::{
-    altovirt, altovirt_with_qmp, kvm_usable, scratch, wait_for_path, KillOnDrop, GUEST_ELF64,
-};
+use common::{altovirt, kvm_usable, scratch, GUEST_ELF64};
 use serde_json::{json, Value};
 
-/// A running altovirt whose console (stdout) arrives line by line and whose
-/// stdin feeds the guest's UART.
-struct Vm {
-    child: KillOnDrop,
-    stdin: ChildStdin,
-    lines: Receiver<String>,
-}
+/// The counter guest's VM: the shared console-driven altovirt.
+struct Vm(ConsoleVm);
 
 impl Vm {
     fn start(sock: &Path, args: &[&str]) -> Vm {
@@ -37,70 +27,23 @@ impl Vm {
     /// Like `start`, with `input` written to the console right after the
     /// process is spawned (before it is ready).
     fn start_typing(sock: &Path, args: &[&str], input: &[u8]) -> Vm {
-        let _ = std::fs::remove_file(sock);
-        let mut cmd = altovirt_with_qmp(sock);
-        cmd.args(["-kernel", GUEST_ELF64, "-serial", "stdio"])
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped());
-        let mut child = cmd.spawn().expect("spawn altovirt");
-        let mut stdin = child.stdin.take().expect("piped stdin");
-        stdin.write_all(input).expect("write to the guest's UART");
-        stdin.flush().expect("flush");
-        let stdout = child.stdout.take().expect("piped stdout");
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        assert!(
-            wait_for_path(sock, Duration::from_secs(20)),
-            "QMP socket never appeared"
-        );
-        Vm {
-            child: KillOnDrop(child),
-            stdin,
-            lines,
-        }
+        Vm(ConsoleVm::start(sock, args, input))
     }
 
     /// The next console line starting with `prefix` (30 s at most).
     fn expect_line(&self, prefix: &str) -> String {
-        loop {
-            match self.lines.recv_timeout(Duration::from_secs(30)) {
-                Ok(line) if line.starts_with(prefix) => return line,
-                Ok(_) => continue,
-                Err(e) => panic!("no console line starting with {prefix:?}: {e}"),
-            }
-        }
+        self.0.expect_line(prefix)
     }
 
     /// Sends one byte to the guest and returns the count line it prints.
     fn tick(&mut self) -> String {
-        self.stdin
-            .write_all(b"x")
-            .expect("write to the guest's UART");
-        self.stdin.flush().expect("flush");
+        self.0.type_in(b"x");
         self.expect_line("count ")
     }
 
     /// Waits for the process to end (20 s at most); returns its exit code.
-    fn wait_exit(mut self) -> i32 {
-        let deadline = std::time::Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(status) = self.child.0.try_wait().expect("wait") {
-                return status.code().unwrap_or(-1);
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "altovirt did not exit"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+    fn wait_exit(self) -> i32 {
+        self.0.wait_exit()
     }
 }
 

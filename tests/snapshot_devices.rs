@@ -7,80 +7,35 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
-use std::process::{ChildStdin, Stdio};
-use std::sync::mpsc::{self, Receiver};
 use std::time::{Duration, Instant};
 
+use common::console_vm::ConsoleVm;
 use common::qmp_client::Client;
-use common::{
-    altovirt, altovirt_with_qmp, kvm_usable, scratch, wait_for_path, KillOnDrop, GUEST_ELF64,
-};
+use common::{altovirt, kvm_usable, scratch, GUEST_ELF64};
 use serde_json::json;
 
-/// A running altovirt: console lines from stdout, stdin to the UART.
-struct Vm {
-    child: KillOnDrop,
-    stdin: ChildStdin,
-    lines: Receiver<String>,
-}
+/// The console-steps guest's VM: the shared console-driven altovirt.
+struct Vm(ConsoleVm);
 
 impl Vm {
     fn start(sock: &Path, args: &[String]) -> Vm {
-        let _ = std::fs::remove_file(sock);
-        let mut cmd = altovirt_with_qmp(sock);
-        cmd.args(["-kernel", GUEST_ELF64, "-serial", "stdio"])
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped());
-        let mut child = cmd.spawn().expect("spawn altovirt");
-        let stdin = child.stdin.take().expect("piped stdin");
-        let stdout = child.stdout.take().expect("piped stdout");
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        assert!(
-            wait_for_path(sock, Duration::from_secs(20)),
-            "QMP socket never appeared"
-        );
-        Vm {
-            child: KillOnDrop(child),
-            stdin,
-            lines,
-        }
+        Vm(ConsoleVm::start(sock, args, b""))
     }
 
     fn expect_line(&self, prefix: &str) -> String {
-        loop {
-            match self.lines.recv_timeout(Duration::from_secs(30)) {
-                Ok(line) if line.starts_with(prefix) => return line,
-                Ok(_) => continue,
-                Err(e) => panic!("no console line starting with {prefix:?}: {e}"),
-            }
-        }
+        self.0.expect_line(prefix)
     }
 
     /// One byte to the guest: it sends one console line and reports.
     fn step(&mut self) -> String {
-        self.stdin.write_all(b"x").expect("write to the UART");
-        self.stdin.flush().expect("flush");
+        self.0.type_in(b"x");
         self.expect_line("console-steps: ")
     }
 
-    fn quit(mut self, qmp: &mut Client) {
+    fn quit(self, qmp: &mut Client) {
         assert_eq!(qmp.execute("quit"), json!({"return": {}}));
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while self.child.0.try_wait().expect("wait").is_none() {
-            assert!(Instant::now() < deadline, "altovirt did not exit");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        self.0.wait_exit();
     }
 }
 

@@ -98,43 +98,57 @@ pub fn create_guest_memory(
     let mut regions = Vec::with_capacity(ranges.len());
     let mut file_offset = 0u64;
     for (start, size) in ranges {
-        let len = usize::try_from(size).map_err(|_| MemoryError::InvalidSize(size))?;
-        let prot = libc::PROT_READ | libc::PROT_WRITE;
-        let map = match &memfd {
+        let region = match &memfd {
             Some(file) => {
                 let file = file.try_clone().map_err(MemoryError::Memfd)?;
-                MmapRegion::build(
+                map_region(
+                    start,
+                    size,
                     Some(FileOffset::new(file, file_offset)),
-                    len,
-                    prot,
                     libc::MAP_SHARED | libc::MAP_NORESERVE,
-                )
+                    options.no_dump,
+                )?
             }
-            None => MmapRegion::build(
+            None => map_region(
+                start,
+                size,
                 None,
-                len,
-                prot,
                 libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-            ),
-        }
-        .map_err(|source| MemoryError::Mmap { size, source })?;
-        if options.no_dump {
-            // SAFETY: the range is a mapping we own for its whole length.
-            let ret = unsafe { libc::madvise(map.as_ptr().cast(), len, libc::MADV_DONTDUMP) };
-            if ret != 0 {
-                log::warn!(
-                    "madvise(MADV_DONTDUMP) on guest RAM failed: {}",
-                    std::io::Error::last_os_error()
-                );
-            }
-        }
-        // A fresh, non-overlapping mapping at a valid address cannot fail here,
-        // but report rather than panic.
-        let region = GuestRegionMmap::new(map, start).ok_or(MemoryError::InvalidSize(size))?;
+                options.no_dump,
+            )?,
+        };
         regions.push(region);
         file_offset += size;
     }
     Ok(GuestMemoryMmap::from_regions(regions)?)
+}
+
+/// Maps one RAM region of `size` bytes at guest address `start`, from
+/// `file` or anonymous memory with mmap `flags`, readable and writable;
+/// `no_dump` keeps it out of core dumps.
+pub(crate) fn map_region(
+    start: GuestAddress,
+    size: u64,
+    file: Option<FileOffset>,
+    flags: libc::c_int,
+    no_dump: bool,
+) -> Result<GuestRegionMmap, MemoryError> {
+    let len = usize::try_from(size).map_err(|_| MemoryError::InvalidSize(size))?;
+    let map = MmapRegion::build(file, len, libc::PROT_READ | libc::PROT_WRITE, flags)
+        .map_err(|source| MemoryError::Mmap { size, source })?;
+    if no_dump {
+        // SAFETY: the range is a mapping we own for its whole length.
+        let ret = unsafe { libc::madvise(map.as_ptr().cast(), len, libc::MADV_DONTDUMP) };
+        if ret != 0 {
+            log::warn!(
+                "madvise(MADV_DONTDUMP) on guest RAM failed: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+    }
+    // A fresh, non-overlapping mapping at a valid address cannot fail here,
+    // but report rather than panic.
+    GuestRegionMmap::new(map, start).ok_or(MemoryError::InvalidSize(size))
 }
 
 fn create_memfd(size: u64) -> Result<File, MemoryError> {

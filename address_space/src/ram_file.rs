@@ -6,9 +6,9 @@
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 
-use vm_memory::{FileOffset, GuestMemoryBackend, GuestMemoryRegion, GuestRegionMmap, MmapRegion};
+use vm_memory::{FileOffset, GuestMemoryBackend, GuestMemoryRegion};
 
-use crate::memory::{ram_ranges, GuestMemoryMmap, MemoryError};
+use crate::memory::{map_region, ram_ranges, GuestMemoryMmap, MemoryError};
 
 /// Granularity of the zero-page check when writing RAM.
 const PAGE: usize = 4096;
@@ -71,27 +71,14 @@ pub fn map_ram_file(
     let mut regions = Vec::with_capacity(ranges.len());
     let mut file_offset = 0u64;
     for (start, size) in ranges {
-        let len = usize::try_from(size).map_err(|_| MemoryError::InvalidSize(size))?;
         let file = file.try_clone().map_err(MemoryError::RamFile)?;
-        let map = MmapRegion::build(
+        regions.push(map_region(
+            start,
+            size,
             Some(FileOffset::new(file, file_offset)),
-            len,
-            libc::PROT_READ | libc::PROT_WRITE,
             libc::MAP_PRIVATE | libc::MAP_NORESERVE,
-        )
-        .map_err(|source| MemoryError::Mmap { size, source })?;
-        if no_dump {
-            // SAFETY: the range is a mapping we own for its whole length.
-            let ret = unsafe { libc::madvise(map.as_ptr().cast(), len, libc::MADV_DONTDUMP) };
-            if ret != 0 {
-                log::warn!(
-                    "madvise(MADV_DONTDUMP) on guest RAM failed: {}",
-                    std::io::Error::last_os_error()
-                );
-            }
-        }
-        let region = GuestRegionMmap::new(map, start).ok_or(MemoryError::InvalidSize(size))?;
-        regions.push(region);
+            no_dump,
+        )?);
         file_offset += size;
     }
     Ok(GuestMemoryMmap::from_regions(regions)?)

@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod console_vm;
 pub mod cpu;
 pub mod fs_backend;
 pub mod netns;
