@@ -52,8 +52,13 @@ const COUNTER_ARGS: [&str; 4] = ["-m", "64", "-append", "guest.exit=counter"];
 /// Boots the counter guest, counts to two, pauses it and snapshots it into
 /// `snap`; returns the second count line.
 fn counted_snapshot(dir: &Path, snap: &Path) -> String {
+    counted_snapshot_with(dir, snap, &COUNTER_ARGS)
+}
+
+/// [`counted_snapshot`] with other arguments (a 64 MiB counter guest).
+fn counted_snapshot_with(dir: &Path, snap: &Path, args: &[&str]) -> String {
     let sock = dir.join("a.sock");
-    let mut vm = Vm::start(&sock, &COUNTER_ARGS);
+    let mut vm = Vm::start(&sock, args);
     vm.expect_line("counter: ready");
     assert!(vm.tick().starts_with("count 1 reg 1 sum 0x"));
     let second = vm.tick();
@@ -169,6 +174,34 @@ fn console_input_typed_during_the_restore_reaches_the_guest() {
     // restored state must not drop it.
     let vm = Vm::start_typing(&sock, &args, b"x");
     assert!(vm.expect_line("count ").starts_with("count 3 reg 3 "));
+    let mut qmp = Client::negotiated(&sock);
+    assert_eq!(qmp.execute("quit"), json!({"return": {}}));
+    assert_eq!(vm.wait_exit(), 0);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn a_vm_without_a_pit_is_saved_and_restored() {
+    if !kvm_usable("a_vm_without_a_pit_is_saved_and_restored") {
+        return;
+    }
+    let dir = scratch("snap-nopit");
+    let snap = dir.join("snap");
+    let mut args = COUNTER_ARGS.to_vec();
+    args.extend(["-machine", "microvm,pit=off"]);
+    let second = counted_snapshot_with(&dir, &snap, &args);
+    let sum = second.rsplit(' ').next().unwrap().to_string();
+    let incoming = format!("file:{}", snap.display());
+    // With the PIT on, the snapshot does not fit.
+    assert_refused(
+        &snap,
+        &COUNTER_ARGS,
+        "the PIT is off in the snapshot, -machine pit=on here",
+    );
+    args.extend(["-incoming", &incoming]);
+    let sock = dir.join("r.sock");
+    let mut vm = Vm::start(&sock, &args);
+    assert_eq!(vm.tick(), format!("count 3 reg 3 sum {sum}"));
     let mut qmp = Client::negotiated(&sock);
     assert_eq!(qmp.execute("quit"), json!({"return": {}}));
     assert_eq!(vm.wait_exit(), 0);

@@ -95,7 +95,8 @@ const IRQCHIPS: [u32; 3] = [0, 1, 2];
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct PlatformSnapshot {
     irqchips: Vec<kvm_irqchip>,
-    pit: kvm_pit_state2,
+    /// None without a PIT (`-machine pit=off`).
+    pit: Option<kvm_pit_state2>,
 }
 
 impl PlatformSnapshot {
@@ -114,11 +115,23 @@ impl PlatformSnapshot {
                 })?;
             irqchips.push(chip);
         }
-        let pit = vm.get_pit2().map_err(|source| MachineError::Kvm {
-            what: "KVM_GET_PIT2",
-            source,
-        })?;
+        let pit = match vm.get_pit2() {
+            Ok(pit) => Some(pit),
+            // The VM has no PIT (-machine pit=off).
+            Err(e) if e.errno() == libc::ENXIO => None,
+            Err(source) => {
+                return Err(MachineError::Kvm {
+                    what: "KVM_GET_PIT2",
+                    source,
+                })
+            }
+        };
         Ok(Self { irqchips, pit })
+    }
+
+    /// Whether the VM has a PIT.
+    pub fn has_pit(&self) -> bool {
+        self.pit.is_some()
     }
 
     /// Puts the captured state back.
@@ -129,9 +142,12 @@ impl PlatformSnapshot {
                 source,
             })?;
         }
-        vm.set_pit2(&self.pit).map_err(|source| MachineError::Kvm {
-            what: "KVM_SET_PIT2",
-            source,
-        })
+        match &self.pit {
+            Some(pit) => vm.set_pit2(pit).map_err(|source| MachineError::Kvm {
+                what: "KVM_SET_PIT2",
+                source,
+            }),
+            None => Ok(()),
+        }
     }
 }

@@ -149,8 +149,19 @@ impl MicroVm {
         // ended just before, and creating the PIT ends one (5 ms here when
         // the slot came second, tens of µs when it comes first).
         register_with_kvm(&vm, &mem)?;
-        setup_platform(&vm)?;
+        setup_platform(&vm, cfg.machine.pit)?;
         let platform = PlatformSnapshot::capture(&vm)?;
+        if let Some(inc) = &incoming {
+            if inc.state.platform.has_pit() != platform.has_pit() {
+                let (saved, here) = match platform.has_pit() {
+                    true => ("off", "on"),
+                    false => ("on", "off"),
+                };
+                return Err(MachineError::Incoming(snapshot::SnapshotError::Mismatch(
+                    format!("the PIT is {saved} in the snapshot, -machine pit={here} here"),
+                )));
+            }
+        }
         let mut mmio_bus = Bus::new();
         let mut virtio = VirtioDevices::attach(
             &vm,

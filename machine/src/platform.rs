@@ -10,13 +10,17 @@ use crate::error::MachineError;
 /// (just below the BIOS area at the top of 4 GiB, inside the MMIO gap).
 const KVM_TSS_ADDRESS: usize = 0xfffb_d000;
 
-/// Gives the VM its TSS area, in-kernel IOAPIC/PIC/LAPICs and PIT.
-pub(crate) fn setup_platform(vm: &VmFd) -> Result<(), MachineError> {
+/// Gives the VM its TSS area, in-kernel IOAPIC/PIC/LAPICs and (with
+/// `pit`) PIT.
+pub(crate) fn setup_platform(vm: &VmFd, pit: bool) -> Result<(), MachineError> {
     let kvm_err = |what| move |source| MachineError::Kvm { what, source };
     vm.set_tss_address(KVM_TSS_ADDRESS)
         .map_err(kvm_err("KVM_SET_TSS_ADDR"))?;
     vm.create_irq_chip()
         .map_err(kvm_err("KVM_CREATE_IRQCHIP"))?;
+    if !pit {
+        return Ok(());
+    }
     let pit = kvm_pit_config {
         flags: KVM_PIT_SPEAKER_DUMMY,
         ..Default::default()

@@ -34,7 +34,7 @@ Usage: altovirt [OPTIONS]
   -append CMDLINE       kernel command line; repeated pieces are joined with spaces
   -m [size=]N[K|M|G|T]  guest memory; a plain number is in MiB (default 256M, minimum 16M)
   -smp [cpus=]N[,maxcpus=M][,sockets=S,dies=D,clusters=C,cores=C,threads=T]  vCPUs, 1 to 254 (default 1)
-  -machine [type=]microvm[,dump-guest-core=on|off][,mem-share=on|off][,mem-overcommit=on|off][,accel=kvm][,blk-slots=N][,net-slots=N][,acpi=on|off]
+  -machine [type=]microvm[,dump-guest-core=on|off][,mem-share=on|off][,mem-overcommit=on|off][,accel=kvm][,blk-slots=N][,net-slots=N][,acpi=on|off][,pit=on|off]
                         machine options (mem-overcommit=on: allow more RAM than the host has)
   -name [guest=]NAME    guest name
   -uuid UUID            guest UUID (8-4-4-4-12 hexadecimal digits)
@@ -85,6 +85,7 @@ struct MachineFlags {
     blk_slots: Option<u8>,
     net_slots: Option<u8>,
     acpi: Option<bool>,
+    pit: Option<bool>,
 }
 
 /// Everything read from the command line; `None` means "not given".
@@ -283,6 +284,7 @@ fn parse_machine(value: &str) -> Result<MachineFlags, ConfigError> {
             "blk-slots",
             "net-slots",
             "acpi",
+            "pit",
         ],
     )?;
     if let Some(kind) = list.get("type") {
@@ -323,6 +325,7 @@ fn parse_machine(value: &str) -> Result<MachineFlags, ConfigError> {
         blk_slots,
         net_slots,
         acpi: switch("acpi")?,
+        pit: switch("pit")?,
     })
 }
 
@@ -399,6 +402,7 @@ fn merge(flags: Flags, file: FileConfig) -> Result<VmConfig, ConfigError> {
         blk_slots: flags.machine.blk_slots.unwrap_or(defaults.blk_slots),
         net_slots: flags.machine.net_slots.unwrap_or(defaults.net_slots),
         acpi: flags.machine.acpi.or(file.acpi).unwrap_or(defaults.acpi),
+        pit: flags.machine.pit.unwrap_or(defaults.pit),
     };
 
     let resolved = resolve_devices(

@@ -404,6 +404,7 @@ fn json_values_are_used() {
             blk_slots: super::super::DEFAULT_BLK_SLOTS,
             net_slots: super::super::DEFAULT_NET_SLOTS,
             acpi: true,
+            pit: true,
         }
     );
     assert_eq!(vm.serial, SerialConfig::None);
@@ -618,4 +619,13 @@ fn acpi_option_and_json_field() {
             .machine
             .acpi
     );
+}
+
+#[test]
+fn pit_option() {
+    assert!(run(&[]).machine.pit, "the PIT is on by default");
+    assert!(!run(&["-machine", "microvm,pit=off"]).machine.pit);
+    assert!(run(&["-machine", "microvm,pit=on,acpi=off"]).machine.pit);
+    let e = fail(&["-machine", "microvm,pit=2"]);
+    assert!(e.contains("-machine pit"), "{e}");
 }

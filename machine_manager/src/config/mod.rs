@@ -147,6 +147,11 @@ pub struct MachineConfig {
     /// Describe the machine to the guest with ACPI tables
     /// (`-machine microvm,acpi=on|off`).
     pub acpi: bool,
+    /// Create the in-kernel i8254 PIT (`-machine microvm,pit=on|off`, as
+    /// QEMU's microvm). Off suits guests that never use it (a Linux with
+    /// kvmclock and the TSC-deadline timer skips it) and saves the PIT's
+    /// teardown when the VM ends.
+    pub pit: bool,
 }
 
 /// Default number of block slots, boot disks included (StratoVirt's
@@ -173,6 +178,7 @@ impl Default for MachineConfig {
             blk_slots: DEFAULT_BLK_SLOTS,
             net_slots: DEFAULT_NET_SLOTS,
             acpi: true,
+            pit: true,
         }
     }
 }
