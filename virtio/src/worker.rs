@@ -58,6 +58,16 @@ impl QueueSet {
         self.interrupt.set_needs_reset();
     }
 
+    /// The driver's available index of queue `q` (how many buffers it has
+    /// ever offered, modulo 2^16), read from guest memory.
+    pub fn avail_idx(&self, q: usize) -> Option<u16> {
+        let queue = self.queues.get(q)?;
+        queue
+            .avail_idx(&self.mem, std::sync::atomic::Ordering::Acquire)
+            .ok()
+            .map(|w| w.0)
+    }
+
     /// Takes the next chain of queue `q`; `None` when empty or broken
     /// (a broken queue marks the device as needing a reset).
     pub fn pop(&mut self, q: usize) -> Option<Chain> {

@@ -47,6 +47,9 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long queued guest data may take to reach a host socket after the
 /// guest closed the connection.
 pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(4);
+/// After a restore, how long packets for the guest wait for it to take the
+/// transport-reset event before they go anyway.
+const RESET_ACK_WAIT: Duration = Duration::from_secs(1);
 /// First host port handed out to host-initiated connections.
 pub const FIRST_HOST_PORT: u32 = 1024;
 /// Most control packets (RSTs) waiting for receive buffers; more are
@@ -127,6 +130,12 @@ pub(crate) struct Muxer {
     ctrl: VecDeque<Header>,
     scratch: Vec<u8>,
     payload: Vec<u8>,
+    /// After a restore: the guest was sent TRANSPORT_RESET and has not
+    /// taken it yet (it re-offers the event buffer when it has: the event
+    /// queue's available index, here at the time of the reset, moves).
+    /// Nothing goes to the guest meanwhile, so the reset cannot close a
+    /// connection made after the restore. The deadline is the fallback.
+    reset_pending: Option<(u16, Instant)>,
 }
 
 impl Muxer {
@@ -153,6 +162,7 @@ impl Muxer {
                 ctrl: VecDeque::new(),
                 scratch: vec![0u8; 16 << 10],
                 payload: Vec::new(),
+                reset_pending: None,
             })
         })
     }
@@ -221,6 +231,7 @@ impl Muxer {
     /// Stops serving: everything but the listening socket is handed back
     /// for [`Teardown::finish`].
     pub fn deactivate(&mut self) -> Teardown {
+        self.reset_pending = None;
         self.by_addr.clear();
         self.rx_ready.clear();
         self.ctrl.clear();
@@ -230,10 +241,18 @@ impl Muxer {
         }
     }
 
-    /// Work after every event: packets to the guest, the timer.
+    /// Work after every event: packets to the guest (unless a restored
+    /// guest has yet to take the transport reset), the timer.
     fn finish(&mut self) {
-        self.fill_rx();
-        let next = self.conns.values().filter_map(|c| c.deadline).min();
+        if self.reset_pending.is_none() {
+            self.fill_rx();
+        }
+        let next = self
+            .conns
+            .values()
+            .filter_map(|c| c.deadline)
+            .chain(self.reset_pending.map(|(_, d)| d))
+            .min();
         if let Some(a) = self.active.as_mut() {
             a.timer.set(next);
         }
@@ -282,6 +301,9 @@ impl Muxer {
         };
         if a.qs.add_used(EVQ, chain.head, len) {
             a.qs.interrupt.signal_used_queue();
+            if let Some(idx) = a.qs.avail_idx(EVQ) {
+                self.reset_pending = Some((idx, Instant::now() + RESET_ACK_WAIT));
+            }
         }
     }
 
@@ -291,7 +313,11 @@ impl Muxer {
             return false;
         }
         let more = if q == TXQ { self.process_tx() } else { false };
-        // The event queue is never used: the device has no events to send.
+        // The event queue is only used once, after a restore: the guest
+        // re-offering its buffer means it took the reset.
+        if q == EVQ {
+            self.check_reset_taken(false);
+        }
         self.finish();
         more
     }
@@ -577,10 +603,38 @@ impl Muxer {
         }
     }
 
+    /// Ends the wait for the guest to take the transport reset once it has
+    /// (or, with `timer`, once the wait is over); connections waiting for
+    /// the guest's answer get their full time from now.
+    fn check_reset_taken(&mut self, timer: bool) {
+        let Some((idx, deadline)) = self.reset_pending else {
+            return;
+        };
+        let taken = self
+            .active
+            .as_ref()
+            .and_then(|a| a.qs.avail_idx(EVQ))
+            .is_some_and(|now| now != idx);
+        if !taken && !(timer && Instant::now() >= deadline) {
+            return;
+        }
+        if !taken {
+            log::warn!("vsock: the guest did not take the transport reset in time; going on");
+        }
+        self.reset_pending = None;
+        let deadline = Instant::now() + CONNECT_TIMEOUT;
+        for c in self.conns.values_mut() {
+            if matches!(c.state, State::Connecting) {
+                c.deadline = Some(deadline);
+            }
+        }
+    }
+
     fn on_timer(&mut self) {
         if let Some(a) = self.active.as_mut() {
             a.timer.clear();
         }
+        self.check_reset_taken(true);
         let now = Instant::now();
         let expired: Vec<(u64, bool)> = self
             .conns

@@ -436,3 +436,46 @@ fn a_restored_device_continues_the_host_ports() {
     );
     restored.dev.restore_extra(&DeviceExtra::None).unwrap();
 }
+
+#[test]
+fn after_a_restore_nothing_reaches_the_guest_before_it_takes_the_reset() {
+    let mem = guest_memory();
+    let mut rig = Rig::new(&mem, "vsock-reset-wait");
+    let buf = 0x8_0000u64;
+    rig.ev.write_chain(0, &[(buf, 8, true)]);
+    rig.ev.publish(&[0]);
+    rig.dev.after_restore();
+    // A host client connects at once (as one may while the restored guest
+    // has not run yet): its REQUEST must not reach the guest before the
+    // reset, which would close the new connection too.
+    let mut c = client(&rig.uds);
+    c.write_all(b"CONNECT 52\n").unwrap();
+    assert!(rig.try_recv(Duration::from_millis(300)).is_none());
+    // The restore's own kick of the event queue is not the guest's answer.
+    rig.evts[2].write(1).unwrap();
+    assert!(rig.try_recv(Duration::from_millis(300)).is_none());
+    // The guest took the event: it offers the buffer again and kicks.
+    rig.ev.write_chain(1, &[(buf + 8, 8, true)]);
+    rig.ev.publish(&[1]);
+    rig.evts[2].write(1).unwrap();
+    let (h, _) = rig.recv();
+    assert_eq!((h.op, h.dst_port), (OP_REQUEST, 52));
+
+    // A guest that never takes it: packets go after the wait anyway.
+    rig.reactivate(0x20_0000);
+    rig.ev.write_chain(0, &[(buf, 8, true)]);
+    rig.ev.publish(&[0]);
+    rig.dev.after_restore();
+    let started = Instant::now();
+    let mut c2 = client(&rig.uds);
+    c2.write_all(b"CONNECT 53\n").unwrap();
+    let (h, _) = rig
+        .try_recv(Duration::from_secs(10))
+        .expect("the request goes after the wait");
+    assert_eq!((h.op, h.dst_port), (OP_REQUEST, 53));
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "{:?}",
+        started.elapsed()
+    );
+}
