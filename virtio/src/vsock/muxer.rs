@@ -615,7 +615,8 @@ impl Muxer {
             .as_ref()
             .and_then(|a| a.qs.avail_idx(EVQ))
             .is_some_and(|now| now != idx);
-        if !taken && !(timer && Instant::now() >= deadline) {
+        let waited_enough = timer && Instant::now() >= deadline;
+        if !(taken || waited_enough) {
             return;
         }
         if !taken {
