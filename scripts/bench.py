@@ -63,9 +63,12 @@ def build():
     # The test guests are built by the test_guests crate (not part of the
     # production build).
     sh(["cargo", "build", "--release", "--quiet", "-p", "altovirt", "-p", "test_guests"], cwd=ROOT)
-    binary = os.path.join(ROOT, "target", "release", "altovirt")
+    # .cargo/config.toml names the target (static linking), so the release
+    # artefacts are under target/<triple>/release.
+    release = os.path.join(ROOT, "target", "x86_64-unknown-linux-gnu", "release")
+    binary = os.path.join(release, "altovirt")
     guests = sorted(
-        glob.glob(os.path.join(ROOT, "target", "release", "build", "test_guests-*", "out", "guest-pvh.elf")),
+        glob.glob(os.path.join(release, "build", "test_guests-*", "out", "guest-pvh.elf")),
         key=os.path.getmtime,
     )
     if not guests:

@@ -22,7 +22,9 @@ fi
 if ! command -v virtiofsd >/dev/null 2>&1 && [ ! -x "${CARGO_HOME:-$HOME/.cargo}/bin/virtiofsd" ]; then
     echo "installing: virtiofsd (crates.io) and the libraries it links"
     apt-get update -qq && apt-get install -y -qq libseccomp-dev libcap-ng-dev
-    cargo install --locked --quiet virtiofsd
+    # From / so that this repository's .cargo/config.toml (static linking)
+    # does not apply to virtiofsd.
+    (cd / && cargo install --locked --quiet virtiofsd)
 fi
 
 # QEMU's own QMP client library drives altovirt in tests/qmp.rs.

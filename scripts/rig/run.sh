@@ -47,9 +47,10 @@ tsc_khz="$("$work/tsckhz")" || tsc_khz=
 l1_tsc=
 if [ -n "$tsc_khz" ]; then l1_tsc="tsc_early_khz=$tsc_khz"; else log "could not measure the host TSC; L1 calibrates it itself"; fi
 
-# Shared libraries of the dynamic executables copied into L1 (and L2).
+# Shared libraries of the dynamic executables copied into L1 (and L2);
+# none for a static one (altovirt is static-pie: ldd says so and fails).
 libs() {
-    ldd "$1" 2>/dev/null | sed -n 's/.*=> \(\/[^ ]*\).*/\1/p; s/^[[:space:]]*\(\/[^ ]*\) .*/\1/p'
+    { ldd "$1" 2>/dev/null || true; } | sed -n 's/.*=> \(\/[^ ]*\).*/\1/p; s/^[[:space:]]*\(\/[^ ]*\) .*/\1/p'
 }
 # A plain .ko of module $1 from the cached kernel package, in $work/ko/.
 ko() {

@@ -17,16 +17,16 @@ use serde_json::{json, Value};
 /// The binary under test.
 pub const OZONE: &str = env!("CARGO_BIN_EXE_altovirt-ozone");
 
-/// `target/debug` (the test binary lives in `target/debug/deps`).
+/// `target/<triple>/debug` (the test binary lives in its `deps`).
 pub fn target_debug() -> PathBuf {
     let exe = std::env::current_exe().expect("test binary path");
     exe.parent()
         .and_then(Path::parent)
-        .expect("target/debug")
+        .expect("target/<triple>/debug")
         .to_path_buf()
 }
 
-/// `target/debug/altovirt` (built by `cargo test --workspace`, or
+/// `target/<triple>/debug/altovirt` (built by `cargo test --workspace`, or
 /// `cargo build -p altovirt`).
 pub fn altovirt() -> PathBuf {
     let p = target_debug().join("altovirt");

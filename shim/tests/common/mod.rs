@@ -8,13 +8,13 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
-/// `target/debug` (the test binary lives in `target/debug/deps`).
+/// `target/<triple>/debug` (the test binary lives in its `deps`).
 pub fn target_debug() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     exe.parent().unwrap().parent().unwrap().to_path_buf()
 }
 
-/// `target/debug/altovirt`, if built.
+/// `target/<triple>/debug/altovirt`, if built.
 pub fn altovirt() -> Option<PathBuf> {
     let p = target_debug().join("altovirt");
     p.is_file().then_some(p)
