@@ -111,12 +111,21 @@ def block_run(make_cmd, disk, size, count):
     return wall
 
 
-def block_throughput(make_cmd, disk, size, count, runs=3):
-    """(µs per request, MiB/s) from the difference between `count` requests and none."""
-    base = statistics.median(block_run(make_cmd, disk, size, 0) for _ in range(runs))
-    full = statistics.median(block_run(make_cmd, disk, size, count) for _ in range(runs))
-    per_req_us = max(full - base, 0.001) * 1000 / count
-    mib_s = size * count / (1 << 20) / (max(full - base, 0.001) / 1000)
+def block_throughput(make_cmd, disk, size, count, runs=5):
+    """(µs per request, MiB/s) from the difference between `count` requests and none.
+
+    Each round runs the empty and the full guest back to back and the median
+    of the per-round differences is used, so load that drifts during the run
+    cancels out instead of landing on one side of the subtraction.
+    """
+    diffs = []
+    for _ in range(runs):
+        base = block_run(make_cmd, disk, size, 0)
+        full = block_run(make_cmd, disk, size, count)
+        diffs.append(full - base)
+    diff = max(statistics.median(diffs), 0.001)
+    per_req_us = diff * 1000 / count
+    mib_s = size * count / (1 << 20) / (diff / 1000)
     return per_req_us, mib_s
 
 
@@ -467,6 +476,24 @@ def proc_kib(pid, path, field):
     return 0
 
 
+def proc_cpu_ms(pid):
+    """User + system CPU time of every thread of `pid`, live or ended (ms)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    # Fields 14 and 15 of stat (utime, stime), counted after the command name.
+    return (int(fields[11]) + int(fields[12])) * 1000 / os.sysconf("SC_CLK_TCK")
+
+
+def proc_threads(pid):
+    try:
+        return len(os.listdir(f"/proc/{pid}/task"))
+    except OSError:
+        return 0
+
+
 def density_run(binary, guest, n, mem=32):
     """Starts `n` microVMs of `mem` MiB at once (a guest that halts and stays
     up); returns seconds until all printed, per-VM KiB (VmRSS, PSS, the host
@@ -502,6 +529,8 @@ def density_run(binary, guest, n, mem=32):
         time.sleep(0.5)
         after = meminfo()
         rss = [proc_kib(p.pid, "status", "VmRSS") for p in procs]
+        cpu = [proc_cpu_ms(p.pid) for p in procs]
+        threads = [proc_threads(p.pid) for p in procs]
         pss = [proc_kib(p.pid, "smaps_rollup", "Pss") for p in procs]
         kernel = sum(after.get(k, 0) - before.get(k, 0) for k in KERNEL_MEM_FIELDS)
         avail = before["MemAvailable"] - after["MemAvailable"]
@@ -513,7 +542,8 @@ def density_run(binary, guest, n, mem=32):
             p.wait()
         stopped = time.perf_counter() - t1
     return {"n": n, "start_s": started, "stop_s": stopped, "rss": median(rss), "pss": median(pss),
-            "kernel": kernel / n, "avail": avail / n}
+            "kernel": kernel / n, "avail": avail / n, "cpu_ms": sum(cpu) / n,
+            "threads": median(threads)}
 
 
 def mib(kib):
@@ -528,13 +558,16 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("-n", "--iterations", type=int, default=20)
     ap.add_argument("--mem", type=int, default=128, help="guest RAM in MiB")
-    ap.add_argument("--density", default="10,50,100",
+    ap.add_argument("--density", default="10,100,1000",
                     help="comma-separated numbers of concurrent 32 MiB VMs (e.g. 10,100,1000)")
     ap.add_argument("--only", default=",".join(SECTIONS),
                     help=f"comma-separated sections to run: {','.join(SECTIONS)}")
     ap.add_argument("--write", help="also write the markdown report to this file")
     ap.add_argument("--no-block", action="store_true", help="skip the block throughput runs")
     ap.add_argument("--no-ratelimit", action="store_true", help="skip the block rate-limit runs")
+    ap.add_argument("--altovirt", metavar="PATH",
+                    help="measure this altovirt binary instead of the release build "
+                         "(e.g. another profile, to compare two builds in back-to-back runs)")
     args = ap.parse_args()
     only = set(args.only.split(","))
     if only - set(SECTIONS):
@@ -543,6 +576,10 @@ def main():
         only.discard("block")
 
     binary, guest = build()
+    if args.altovirt:
+        if not (os.path.isfile(args.altovirt) and os.access(args.altovirt, os.X_OK)):
+            sys.exit(f"bench: --altovirt {args.altovirt} is not an executable file")
+        binary = os.path.abspath(args.altovirt)
     qemu = ensure_qemu()
     qemu_version = subprocess.run([qemu, "--version"], capture_output=True, text=True).stdout.splitlines()[0]
     vmms = [
@@ -621,13 +658,18 @@ def main():
                   "a guest that halts and stays up; start is exec of the first → `halting` from the "
                   "last; per VM: median VmRSS and PSS (/proc/PID/smaps_rollup, guest RAM it touched "
                   f"included), the growth of the host kernel's own memory ({' + '.join(KERNEL_MEM_FIELDS)} "
-                  "in /proc/meminfo) and of MemAvailable's drop, divided by N; stop is SIGTERM to all → "
-                  "all reaped:", "",
-                  "| N | start all (s) | VmRSS / VM (MiB) | PSS / VM (MiB) | host kernel / VM (MiB) | "
-                  "MemAvailable drop / VM (MiB) | stop all (s) |",
-                  "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+                  "in /proc/meminfo) and of MemAvailable's drop, divided by N; CPU / VM is user + "
+                  "system time of each VMM process up to that point (nearly all of it the guest's "
+                  "boot, which runs as the vCPU thread's system time), averaged; threads is the "
+                  "median thread count of a VMM (the host kernel may add one of its own per VM, "
+                  "e.g. `kvm-nx-lpage-recovery`); stop is SIGTERM to all → all reaped. With "
+                  f"{os.cpu_count()} CPUs, start all is about N × CPU / VM ÷ CPUs once N is large:", "",
+                  "| N | start all (s) | CPU / VM (ms) | threads / VM | VmRSS / VM (MiB) | PSS / VM (MiB) | "
+                  "host kernel / VM (MiB) | MemAvailable drop / VM (MiB) | stop all (s) |",
+                  "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
         for r in rows:
-            lines.append(f"| {r['n']} | {r['start_s']:.2f} | {mib(r['rss'])} | {mib(r['pss'])} | "
+            lines.append(f"| {r['n']} | {r['start_s']:.2f} | {r['cpu_ms']:.0f} | {r['threads']:g} | "
+                         f"{mib(r['rss'])} | {mib(r['pss'])} | "
                          f"{mib(r['kernel'])} | {mib(r['avail'])} | {r['stop_s']:.2f} |")
     if "block" in only:
         bvmms = [(v.name, v.cmd) for v in vmms if not v.console_on_stdout]
@@ -637,12 +679,12 @@ def main():
                 f.truncate(64 << 20)
             lines += ["", "Block reads from the same guest (virtio-blk, one request in flight, "
                       "sequential, raw image in the page cache; time per request is the wall-time "
-                      "difference between N requests and none, median of 3):", "",
+                      "difference between N requests and none in back-to-back runs, median of 5 such pairs):", "",
                       "| VMM | 4 KiB: µs/request | 4 KiB: MiB/s | 64 KiB: µs/request | 64 KiB: MiB/s |",
                       "| --- | ---: | ---: | ---: | ---: |"]
             for name, make in bvmms:
-                small = block_throughput(make, disk, 4096, 2000)
-                big = block_throughput(make, disk, 65536, 500)
+                small = block_throughput(make, disk, 4096, 5000)
+                big = block_throughput(make, disk, 65536, 2000)
                 lines.append(f"| {name} | {small[0]:.1f} | {small[1]:.1f} | {big[0]:.1f} | {big[1]:.1f} |")
             if not args.no_ratelimit:
                 lines += rate_limit_rows(bvmms, disk)

@@ -15,8 +15,8 @@ use machine_manager::config::{
 use machine_manager::log_limit::LogStats;
 use machine_manager::logger::{self, LoggerError};
 use machine_manager::process::{
-    block_terminating_signals, daemonize, single_malloc_arena, spawn_signal_thread, PidFile,
-    ProcessError, TerminalGuard,
+    block_terminating_signals, daemonize, single_malloc_arena, PidFile, ProcessError,
+    TerminalGuard, TerminatingSignals,
 };
 use qmp::{EventHub, QmpServer, QmpServerError, QmpServerHandle, QmpThreadFilters};
 
@@ -177,16 +177,16 @@ fn run(cfg: &VmConfig, start: Instant) -> Result<ExitCode, Failure> {
         };
         (code, e.to_string())
     })?;
-    // Before any thread exists: fork, and block the signals a thread of its
-    // own will receive.
+    // Before any thread exists: fork, and block the signals the device loop
+    // will read.
     let mut daemon = match cfg.daemonize {
         true => Some(daemonize().map_err(|e| fail(EXIT_FAILURE)(&e))?),
         false => None,
     };
     // Before the pidfile exists: whoever reads it may send SIGTERM at once,
     // and that must be a clean quit (pidfile removed), not the default
-    // action. The blocked signals stay pending until the signal thread
-    // takes them.
+    // action. The blocked signals stay pending until the device loop reads
+    // them from a signalfd.
     block_terminating_signals().map_err(|e| fail(EXIT_FAILURE)(&e))?;
     let _pidfile = match &cfg.pidfile {
         Some(path) => Some(PidFile::acquire(path).map_err(|e| {
@@ -218,8 +218,13 @@ fn run(cfg: &VmConfig, start: Instant) -> Result<ExitCode, Failure> {
     let events = vm.event_sender();
     let hub = EventHub::new();
     let qmp_servers = start_qmp(cfg, &vm, &hub, log_stats.clone())?;
-    spawn_signal_thread(vm.seccomp_filters().get(ThreadKind::Signals), move |sig| {
-        events.send(VmEvent::HostSignal(sig))
+    // The terminating signals are read on the device loop: no thread of
+    // their own (one thread fewer per VM).
+    let signals = TerminatingSignals::open().map_err(|e| fail(EXIT_FAILURE)(&e))?;
+    vm.watch_readable(signals.as_raw_fd(), move || {
+        while let Some(sig) = signals.take() {
+            events.send(VmEvent::HostSignal(sig));
+        }
     })
     .map_err(|e| fail(EXIT_FAILURE)(&e))?;
     if let Some(d) = daemon.as_mut() {

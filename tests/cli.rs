@@ -264,6 +264,42 @@ fn pidfile_is_exclusive_and_removed_on_sigterm() {
 }
 
 #[test]
+fn sigint_and_sighup_also_quit_cleanly_even_right_after_the_pidfile_appears() {
+    if !kvm_usable("signals") {
+        return;
+    }
+    // The signal goes out as soon as the pidfile exists, which may be before
+    // the device loop watches the signalfd: it must wait, pending, not kill.
+    for sig in [libc::SIGINT, libc::SIGHUP] {
+        let dir = scratch(&format!("signal-{sig}"));
+        let pidfile = dir.join("vm.pid");
+        let mut vm = altovirt()
+            .args(["-kernel", GUEST_ELF64, "-append", "guest.exit=halt"])
+            .args(["-serial", "none", "-pidfile"])
+            .arg(&pidfile)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        assert!(
+            wait_for_path(&pidfile, Duration::from_secs(10)),
+            "pidfile not created"
+        );
+        assert!(
+            vm.try_wait().unwrap().is_none(),
+            "exited before signal {sig}"
+        );
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(vm.id() as i32, sig) };
+        let out = wait_with_timeout(vm, Duration::from_secs(10));
+        assert_eq!(out.code(), 0, "signal {sig}: {out:?}");
+        assert!(!pidfile.exists(), "signal {sig}: pidfile left behind");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
+#[test]
 fn daemonize_returns_after_the_pidfile_is_written() {
     if !kvm_usable("daemonize") {
         return;

@@ -89,7 +89,6 @@ fn every_thread_is_confined_by_default() {
         "qmp-accept",
         "qmp-reader",
         "qmp-writer",
-        "signals",
     ] {
         assert!(threads.contains_key(name), "no {name} thread: {threads:?}");
     }

@@ -116,6 +116,9 @@ pub enum MachineError {
     /// The device event loop could not be started.
     #[error("cannot start the device event loop: {0}")]
     EventLoop(util::event_loop::EventLoopError),
+    /// A host descriptor could not be added to the device event loop.
+    #[error("cannot watch a host descriptor on the device event loop: {0}")]
+    WatchFd(util::event_loop::EventLoopError),
     /// A configured device type is not implemented yet.
     #[error("{0}: not supported yet by this altovirt build")]
     Unsupported(String),

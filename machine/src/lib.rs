@@ -316,10 +316,26 @@ impl MicroVm {
     }
 
     /// The seccomp filters of every thread kind (empty with
-    /// `-disable-seccomp`), for the threads the binary starts itself (QMP,
-    /// signals).
+    /// `-disable-seccomp`), for the threads the binary starts itself (QMP).
     pub fn seccomp_filters(&self) -> &ThreadFilters {
         &self.seccomp
+    }
+
+    /// Calls `on_readable` on the VM's device event loop whenever `fd` is
+    /// readable, for the binary's own host-side descriptors (the terminating
+    /// signals' signalfd) so that they need no thread of their own. The
+    /// descriptor must stay open while the VM runs: move its owner into
+    /// `on_readable`, which the loop keeps until it stops.
+    pub fn watch_readable(
+        &self,
+        fd: std::os::fd::RawFd,
+        mut on_readable: impl FnMut() + Send + 'static,
+    ) -> Result<(), MachineError> {
+        self.virtio
+            .main_loop()
+            .add(fd, libc::EPOLLIN as u32, Box::new(move |_| on_readable()))
+            .map(|_| ())
+            .map_err(MachineError::WatchFd)
     }
 
     /// Where and how the guest was loaded.

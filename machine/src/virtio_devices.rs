@@ -247,6 +247,11 @@ impl VirtioDevices {
         std::iter::once(&self.event_loop).chain(self.iothreads.values())
     }
 
+    /// The default device loop (`virtio-io`), which every VM has.
+    pub fn main_loop(&self) -> &EventLoop {
+        &self.event_loop
+    }
+
     /// Every window in order: the id it was created for, its base and
     /// its transport (snapshots).
     pub(crate) fn windows(&self) -> impl Iterator<Item = (&str, u64, &Arc<Mutex<MmioTransport>>)> {

@@ -6,7 +6,6 @@ use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 /// Errors of process set-up.
 #[derive(Debug, thiserror::Error)]
@@ -176,8 +175,8 @@ fn terminating_set() -> libc::sigset_t {
 
 /// Blocks the terminating signals in the calling thread, and so in every
 /// thread spawned after it, so that none of them can be killed by one.
-/// Call from the main thread before spawning any thread, then start
-/// [`spawn_signal_thread`] to receive them.
+/// Call from the main thread before spawning any thread, then read them
+/// from [`TerminatingSignals`].
 pub fn block_terminating_signals() -> Result<(), ProcessError> {
     let set = terminating_set();
     // SAFETY: set is initialised; changes only this thread's mask.
@@ -188,28 +187,49 @@ pub fn block_terminating_signals() -> Result<(), ProcessError> {
     Ok(())
 }
 
-/// Starts a thread that waits for the (blocked) terminating signals and
-/// calls `on_signal` for each. The thread first installs `filter` (a
-/// seccomp program), and ends the process if it cannot.
-pub fn spawn_signal_thread(
-    filter: Option<Arc<seccompiler::BpfProgram>>,
-    on_signal: impl Fn(libc::c_int) + Send + 'static,
-) -> Result<(), ProcessError> {
-    let set = terminating_set();
-    std::thread::Builder::new()
-        .name("signals".into())
-        .spawn(move || {
-            util::confine::confine_or_exit("signals", filter.as_deref());
-            loop {
-                let mut sig = 0;
-                // SAFETY: sigwait on an initialised set.
-                if unsafe { libc::sigwait(&set, &mut sig) } == 0 {
-                    on_signal(sig);
-                }
-            }
-        })
-        .map(|_| ())
-        .map_err(ProcessError::Signals)
+/// The terminating signals as a readable descriptor (a `signalfd`), for an
+/// event loop the VMM already runs to watch: no thread of their own. The
+/// signals must stay blocked in every thread ([`block_terminating_signals`]);
+/// one sent before the descriptor existed is pending and is read then.
+pub struct TerminatingSignals {
+    fd: OwnedFd,
+}
+
+impl TerminatingSignals {
+    /// Opens the descriptor (non-blocking, close-on-exec).
+    pub fn open() -> Result<Self, ProcessError> {
+        let set = terminating_set();
+        // SAFETY: signalfd with -1 creates a new descriptor for an
+        // initialised set; the result is checked before it is owned.
+        let fd = unsafe { libc::signalfd(-1, &set, libc::SFD_NONBLOCK | libc::SFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(ProcessError::Signals(std::io::Error::last_os_error()));
+        }
+        // SAFETY: fd is a new descriptor nothing else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        Ok(Self { fd })
+    }
+
+    /// The descriptor, readable while a terminating signal is pending.
+    pub fn as_raw_fd(&self) -> libc::c_int {
+        self.fd.as_raw_fd()
+    }
+
+    /// Takes the next pending terminating signal; None when none is pending.
+    pub fn take(&self) -> Option<libc::c_int> {
+        // SAFETY: an all-zero signalfd_siginfo is a valid value.
+        let mut info: libc::signalfd_siginfo = unsafe { std::mem::zeroed() };
+        let size = std::mem::size_of::<libc::signalfd_siginfo>();
+        // SAFETY: reads at most `size` bytes into `info`, which is that big.
+        let n = unsafe {
+            libc::read(
+                self.fd.as_raw_fd(),
+                (&mut info as *mut libc::signalfd_siginfo).cast(),
+                size,
+            )
+        };
+        (usize::try_from(n).ok() == Some(size)).then_some(info.ssi_signo as libc::c_int)
+    }
 }
 
 /// Puts a terminal on stdin into raw-ish mode (no line buffering, no echo;
@@ -291,5 +311,19 @@ mod tests {
         );
         drop(again);
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_blocked_terminating_signal_is_read_from_the_descriptor() {
+        // Only this test's thread blocks the signals, and the signal is
+        // sent to this thread alone, so nothing else in the test binary sees it.
+        block_terminating_signals().unwrap();
+        let signals = TerminatingSignals::open().unwrap();
+        assert_eq!(signals.take(), None, "nothing pending yet");
+        // SAFETY: a thread-directed signal to ourselves; it is blocked here.
+        let rc = unsafe { libc::pthread_kill(libc::pthread_self(), libc::SIGHUP) };
+        assert_eq!(rc, 0);
+        assert_eq!(signals.take(), Some(libc::SIGHUP));
+        assert_eq!(signals.take(), None, "taken once");
     }
 }

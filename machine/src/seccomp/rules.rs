@@ -39,13 +39,11 @@ pub enum ThreadKind {
     QmpWriter,
     /// The stdin reader of the serial console (`serial-in`).
     SerialIn,
-    /// The signal thread (`signals`).
-    Signals,
 }
 
 impl ThreadKind {
     /// Every kind.
-    pub const ALL: [ThreadKind; 8] = [
+    pub const ALL: [ThreadKind; 7] = [
         ThreadKind::Vmm,
         ThreadKind::Vcpu,
         ThreadKind::VirtioIo,
@@ -53,7 +51,6 @@ impl ThreadKind {
         ThreadKind::QmpReader,
         ThreadKind::QmpWriter,
         ThreadKind::SerialIn,
-        ThreadKind::Signals,
     ];
 
     /// The kind's name, as in docs/security.md.
@@ -66,7 +63,6 @@ impl ThreadKind {
             ThreadKind::QmpReader => "qmp-reader",
             ThreadKind::QmpWriter => "qmp-writer",
             ThreadKind::SerialIn => "serial-in",
-            ThreadKind::Signals => "signals",
         }
     }
 }
@@ -137,7 +133,6 @@ pub fn rules(kind: ThreadKind) -> Result<Rules, BackendError> {
         // fcntl: seen from this thread when the VMM exits early (a -qmp
         // error) while it reads stdin.
         ThreadKind::SerialIn => allow(&mut r, &[libc::SYS_read, libc::SYS_fcntl]),
-        ThreadKind::Signals => allow(&mut r, &[libc::SYS_rt_sigtimedwait]),
     }
     Ok(r)
 }

@@ -163,7 +163,6 @@ fn only_hotplug_and_control_threads_open_files() {
         ThreadKind::VirtioIo,
         ThreadKind::QmpWriter,
         ThreadKind::SerialIn,
-        ThreadKind::Signals,
     ] {
         assert_refused(kind, open_file, libc::SYS_openat);
     }
@@ -185,9 +184,8 @@ fn kvm_requests_are_checked_by_number() {
 }
 
 #[test]
-fn the_writer_and_signal_threads_cannot_read() {
+fn the_qmp_writer_cannot_read() {
     assert_refused(ThreadKind::QmpWriter, read_stdin, libc::SYS_read);
-    assert_refused(ThreadKind::Signals, read_stdin, libc::SYS_read);
 }
 
 #[test]
