@@ -206,6 +206,25 @@ fn version_and_help() {
     assert_eq!(run(&["-h"]).code(), 0);
 }
 
+/// Starts a VM whose guest halts and stays up, with `-pidfile`, and waits
+/// for the pidfile to appear.
+fn start_halted_with_pidfile(pidfile: &std::path::Path) -> std::process::Child {
+    let child = altovirt()
+        .args(["-kernel", GUEST_ELF64, "-append", "guest.exit=halt"])
+        .args(["-serial", "none", "-pidfile"])
+        .arg(pidfile)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    assert!(
+        wait_for_path(pidfile, Duration::from_secs(10)),
+        "pidfile not created"
+    );
+    child
+}
+
 #[test]
 fn pidfile_is_exclusive_and_removed_on_sigterm() {
     if !kvm_usable("pidfile") {
@@ -213,26 +232,7 @@ fn pidfile_is_exclusive_and_removed_on_sigterm() {
     }
     let dir = scratch("pidfile");
     let pidfile = dir.join("vm.pid");
-    let mut first = altovirt()
-        .args([
-            "-kernel",
-            GUEST_ELF64,
-            "-append",
-            "guest.exit=halt",
-            "-serial",
-            "none",
-        ])
-        .arg("-pidfile")
-        .arg(&pidfile)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    assert!(
-        wait_for_path(&pidfile, Duration::from_secs(10)),
-        "pidfile not created"
-    );
+    let mut first = start_halted_with_pidfile(&pidfile);
     let text = std::fs::read_to_string(&pidfile).unwrap();
     assert_eq!(text.trim(), first.id().to_string());
 
@@ -273,19 +273,7 @@ fn sigint_and_sighup_also_quit_cleanly_even_right_after_the_pidfile_appears() {
     for sig in [libc::SIGINT, libc::SIGHUP] {
         let dir = scratch(&format!("signal-{sig}"));
         let pidfile = dir.join("vm.pid");
-        let mut vm = altovirt()
-            .args(["-kernel", GUEST_ELF64, "-append", "guest.exit=halt"])
-            .args(["-serial", "none", "-pidfile"])
-            .arg(&pidfile)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        assert!(
-            wait_for_path(&pidfile, Duration::from_secs(10)),
-            "pidfile not created"
-        );
+        let mut vm = start_halted_with_pidfile(&pidfile);
         assert!(
             vm.try_wait().unwrap().is_none(),
             "exited before signal {sig}"
