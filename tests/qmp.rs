@@ -111,6 +111,15 @@ fn framing_ids_and_negotiation_on_the_raw_socket() {
     c.send(br#"{"execute":"query-status","id":9}"#);
     assert_eq!(c.reply()["id"], json!(9));
 
+    // A message larger than one read of the server (but under the 1 MiB
+    // limit) arrives in many pieces in one write and is answered whole.
+    let long_id = "y".repeat(300 << 10);
+    let long = format!(r#"{{"execute":"query-status","id":"{long_id}"}}"#);
+    c.send(long.as_bytes());
+    let r = c.recv();
+    assert_eq!(r["id"], json!(long_id));
+    assert_eq!(r["return"]["status"], json!("running"));
+
     // An oversized message is refused without killing anything.
     let big = format!(
         r#"{{"execute":"query-status","id":"{}"}}"#,
